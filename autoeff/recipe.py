@@ -1,0 +1,82 @@
+"""The Recipe: everything a trial decided, as plain versioned data.
+
+A Recipe holds one config per knob. It serializes to JSON (stored as an Optuna trial user attribute and in
+an exported folder's `autoeff.json`) and loads strictly: an unknown field, an unknown knob or a newer schema
+version is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoeff.search_spaces import KNOB_ORDER, knob_module
+from autoeff.search_spaces.base import ConfigError, config_from_dict, config_to_dict
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Recipe:
+    """`model`: the model spec the recipe was searched for; `knobs`: knob name -> that knob's config."""
+
+    model: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.knobs if k not in KNOB_ORDER]
+        if unknown:
+            raise ConfigError(f"unknown knob(s) {unknown}; known knobs: {', '.join(KNOB_ORDER)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "knobs": {k: config_to_dict(self.knobs[k]) for k in KNOB_ORDER if k in self.knobs},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        if not isinstance(data, dict):
+            raise ConfigError("a recipe must be a JSON object")
+        unknown = set(data) - {"schema_version", "model", "knobs"}
+        if unknown:
+            raise ConfigError(f"recipe has unknown field(s) {sorted(unknown)}")
+        version = data.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError("recipe schema_version must be an integer")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"recipe schema_version {version} is newer than this autoeff reads "
+                              f"({SCHEMA_VERSION}); upgrade autoeff")
+        if version < 1:
+            raise ConfigError(f"recipe schema_version {version} is not valid")
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigError("recipe model must be a non-empty string")
+        knobs = data.get("knobs", {})
+        if not isinstance(knobs, dict):
+            raise ConfigError("recipe knobs must be an object")
+        configs = {}
+        for name, payload in knobs.items():
+            if name not in KNOB_ORDER:
+                raise ConfigError(f"recipe has unknown knob {name!r}; known knobs: {', '.join(KNOB_ORDER)}")
+            configs[name] = config_from_dict(knob_module(name).Config, payload)
+        return cls(model=model, knobs=configs, schema_version=version)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"recipe is not valid JSON: {e.msg} at line {e.lineno}") from None
+        return cls.from_dict(data)
+
+    def describe(self) -> str:
+        """One line per knob, for tables and logs."""
+        return "; ".join(f"{k}: {getattr(self.knobs[k], 'describe', lambda: self.knobs[k])()}"
+                         for k in KNOB_ORDER if k in self.knobs)

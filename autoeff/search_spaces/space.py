@@ -1,0 +1,56 @@
+"""`SearchSpace`: the knobs chosen for a model family, composed into one Recipe per Optuna trial."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autoeff.models.handle import ModelHandle
+from autoeff.recipe import Recipe
+from autoeff.search_spaces import KNOB_ORDER, knob_module
+from autoeff.search_spaces.base import SpaceContext
+
+
+def parse_space(text: str | Sequence[str]) -> list[str]:
+    """`"schedule,solver,cache"` -> knob names in application order; unknown names raise ValueError."""
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    if not names:
+        raise ValueError("the search space is empty; name at least one knob: " + ",".join(KNOB_ORDER))
+    unknown = [n for n in names if n not in KNOB_ORDER]
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown} in the search space; known knobs: {','.join(KNOB_ORDER)}")
+    return [n for n in KNOB_ORDER if n in names]
+
+
+def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext) -> Any:
+    """Apply every knob of `recipe` to a copy of the handle's base pipeline (the base is never mutated)."""
+    pipe = copy_pipeline(handle.pipeline)
+    for name in KNOB_ORDER:
+        if name in recipe.knobs:
+            pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)
+    return pipe
+
+
+def copy_pipeline(pipe: Any) -> Any:
+    """A new pipeline object sharing the same component modules (knobs copy what they change)."""
+    new = type(pipe)(**pipe.components)
+    cfg = getattr(pipe, "_progress_bar_config", None)
+    if cfg is not None:
+        new.set_progress_bar_config(**cfg)
+    return new
+
+
+class SearchSpace:
+    """The knobs to search for one model; `suggest(trial)` draws a Recipe, `build(recipe)` a pipeline."""
+
+    def __init__(self, handle: ModelHandle, knobs: Sequence[str], context: SpaceContext) -> None:
+        self.handle = handle
+        self.knobs = parse_space(list(knobs))
+        self.context = context
+
+    def suggest(self, trial: Any) -> Recipe:
+        configs = {name: knob_module(name).suggest(trial, self.context) for name in self.knobs}
+        return Recipe(model=self.handle.spec, knobs=configs)
+
+    def build(self, recipe: Recipe) -> Any:
+        return build_pipeline(self.handle, recipe, self.context)

@@ -1,0 +1,41 @@
+"""Shared fixtures: seeded, tiny, local models only (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def random_digits_handle():
+    """The built-in digits U-Net architecture with random weights (fast; no trained weights needed)."""
+    from autoeff.models.digits.architectures import build_scheduler, build_unet
+    from autoeff.models.digits.pipeline import DigitsPipeline
+    from autoeff.models.handle import ModelHandle
+
+    torch.manual_seed(0)
+    pipe = DigitsPipeline(unet=build_unet().eval(), scheduler=build_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return ModelHandle(spec="digits", pipeline=pipe, family="digits", resolution=16, num_classes=10,
+                       default_steps=10, identity="random-digits")
+
+
+@pytest.fixture
+def random_digits_dit_handle():
+    """The built-in digits DiT architecture with random weights."""
+    from autoeff.models.digits.architectures import build_dit, build_scheduler
+    from autoeff.models.digits.pipeline import DigitsDiTPipeline
+    from autoeff.models.handle import ModelHandle
+
+    torch.manual_seed(0)
+    pipe = DigitsDiTPipeline(transformer=build_dit().eval(), scheduler=build_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return ModelHandle(spec="digits-dit", pipeline=pipe, family="digits-dit", resolution=16, num_classes=10,
+                       default_steps=10, identity="random-digits-dit")
