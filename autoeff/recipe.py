@@ -38,7 +38,8 @@ class Recipe:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -78,5 +79,9 @@ class Recipe:
 
     def describe(self) -> str:
         """One line per knob, for tables and logs."""
-        return "; ".join(f"{k}: {getattr(self.knobs[k], 'describe', lambda: self.knobs[k])()}"
-                         for k in KNOB_ORDER if k in self.knobs)
+        parts = []
+        for k in KNOB_ORDER:
+            if k in self.knobs:
+                cfg = self.knobs[k]
+                parts.append(f"{k}: {cfg.describe() if hasattr(cfg, 'describe') else cfg}")
+        return "; ".join(parts)

@@ -14,6 +14,8 @@ import torch
 
 from autoeff.models.handle import ModelHandle
 
+_STEP_NOISE_OFFSET = 7_919_000_000
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -78,13 +80,17 @@ def call_pipeline(handle: ModelHandle, pipe, spec: SampleSpec, start: int, stop:
     device = getattr(pipe, "_execution_device", None) or (param.device if param is not None else "cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     latents = initial_noise(spec.seeds[start:stop], latent_shape(handle, pipe)).to(device=device, dtype=dtype)
-    gen = torch.Generator(device="cpu").manual_seed(int(spec.seeds[start]))
+    # one generator per sample for stochastic solvers, seeded apart from the initial noise, so a sample's
+    # noise never depends on the batch it lands in
+    gen = [torch.Generator(device="cpu").manual_seed(int(s) + _STEP_NOISE_OFFSET) for s in spec.seeds[start:stop]]
     if handle.conditioning == "class":
-        labels = list(spec.labels[start:stop]) if spec.labels else [0] * (stop - start)
+        labels = ([spec.labels[i % len(spec.labels)] for i in range(start, stop)] if spec.labels
+                  else [0] * (stop - start))
         out = pipe(class_labels=labels, latents=latents, generator=gen, output_type="pt",
                    num_inference_steps=handle.default_steps).images
     else:
-        prompts = list(spec.prompts[start:stop]) if spec.prompts else ["a photo"] * (stop - start)
+        prompts = ([spec.prompts[i % len(spec.prompts)] for i in range(start, stop)] if spec.prompts
+                   else ["a photo"] * (stop - start))
         kwargs = dict(handle.extra)
         if handle.guidance_scale is not None:
             kwargs.setdefault("guidance_scale", handle.guidance_scale)

@@ -18,7 +18,7 @@ def parse_space(text: str | Sequence[str]) -> list[str]:
         raise ValueError("the search space is empty; name at least one knob: " + ",".join(KNOB_ORDER))
     unknown = [n for n in names if n not in KNOB_ORDER]
     if unknown:
-        raise ValueError(f"unknown knob(s) {unknown} in the search space; known knobs: {','.join(KNOB_ORDER)}")
+        raise ValueError(f"unknown knob(s) {unknown} in the search space; known: {','.join(KNOB_ORDER)}")
     return [n for n in KNOB_ORDER if n in names]
 
 
@@ -33,7 +33,10 @@ def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext) -
 
 def copy_pipeline(pipe: Any) -> Any:
     """A new pipeline object sharing the same component modules (knobs copy what they change)."""
-    new = type(pipe)(**pipe.components)
+    kwargs = dict(pipe.components)
+    if "requires_safety_checker" in pipe.config:  # keeps SD pipelines from warning on every copy
+        kwargs["requires_safety_checker"] = pipe.config.requires_safety_checker
+    new = type(pipe)(**kwargs)
     cfg = getattr(pipe, "_progress_bar_config", None)
     if cfg is not None:
         new.set_progress_bar_config(**cfg)

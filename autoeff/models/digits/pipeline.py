@@ -95,9 +95,9 @@ class _DigitsPipelineBase(DiffusionPipeline):
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
             latents = latents.to(device=device, dtype=dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-
         steps = set_schedule(self.scheduler, num_inference_steps, timesteps, sigmas, device)
+        # after set_timesteps, as in diffusers' pipelines: Euler's initial scale depends on the timesteps
+        latents = latents * self.scheduler.init_noise_sigma
         accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters)
         extra = {"generator": generator} if accepts_generator else {}
         for t in self.progress_bar(steps):

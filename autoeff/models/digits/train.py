@@ -71,17 +71,18 @@ def train_classifier(steps: int, seed: int, batch: int, out: Path) -> dict:
     return meta
 
 
-def train_denoiser(kind: str, steps: int, seed: int, batch: int, lr: float, out: Path) -> dict:
+def train_denoiser(kind: str, steps: int, seed: int, batch: int, lr: float, out: Path,
+                   device: str = "cpu") -> dict:
     from autoeff.models.digits.pipeline import DigitsDiTPipeline, DigitsPipeline
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x_all, y_all = load_digits_16("all")
-    model = build_unet() if kind == "unet" else build_dit()
+    model = (build_unet() if kind == "unet" else build_dit()).to(device)
     sched = build_scheduler()
     ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    alphas = sched.alphas_cumprod
+    alphas = sched.alphas_cumprod.to(device)
     t0 = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
@@ -91,6 +92,8 @@ def train_denoiser(kind: str, steps: int, seed: int, batch: int, lr: float, out:
         y = y_all[idx]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+        # random numbers are drawn on the CPU so the stream is the same whatever the device
+        x0, y, noise, t = x0.to(device), y.to(device), noise.to(device), t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         if kind == "unet":
@@ -107,11 +110,11 @@ def train_denoiser(kind: str, steps: int, seed: int, batch: int, lr: float, out:
             el = time.perf_counter() - t0
             print(f"{kind} step {step} loss {loss.item():.4f} {el / (step + 1):.3f}s/step", flush=True)
     ema.copy_to(model.parameters())
-    model.eval()
+    model = model.to("cpu").eval()
     pipe = (DigitsPipeline(unet=model, scheduler=sched) if kind == "unet"
             else DigitsDiTPipeline(transformer=model, scheduler=sched))
     pipe.save_pretrained(str(out), safe_serialization=True)
-    meta = {"kind": kind, "steps": steps, "seed": seed, "batch": batch, "lr": lr,
+    meta = {"kind": kind, "steps": steps, "seed": seed, "batch": batch, "lr": lr, "device": device,
             "seconds": round(time.perf_counter() - t0, 1), "final_loss": round(loss.item(), 5)}
     (out / "training.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"saved {out} {meta}", flush=True)
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the denoisers only)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         default_lr = 1e-3 if a.model == "unet" else 5e-4
         train_denoiser(a.model, a.steps or 3000, a.seed, a.batch, a.lr or default_lr,
-                       a.out or WEIGHTS / f"digits-{a.model}")
+                       a.out or WEIGHTS / f"digits-{a.model}", device=a.device)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,315 @@
+"""The Python API: `autoeff.optimize(...)` does what `autoeff optimize` does, and takes loaded pipelines too.
+
+    import autoeff
+    result = autoeff.optimize("digits", budget="10%", trials=24, out="autoeff-out")
+    result.best.recipe, result.best.measurement, result.pareto
+    result.export("optimized/")
+    pipe = autoeff.load("optimized/")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoeff.budget import Budget, parse_budget
+from autoeff.export import export_pipeline
+from autoeff.measurement import Measurement
+from autoeff.models.handle import ModelHandle
+from autoeff.recipe import Recipe
+from autoeff.search import (
+    Objective,
+    SearchError,
+    SearchSettings,
+    TrialRecord,
+    context_for,
+    create_or_load_study,
+    default_storage,
+    load_records,
+    pareto_front,
+    settings_to_dict,
+    warm_start_params,
+)
+from autoeff.search_spaces.base import SpaceContext
+from autoeff.search_spaces.space import SearchSpace
+
+
+class NoFeasibleCandidateError(SearchError):
+    """No measured candidate met the budget."""
+
+    def __init__(self, message: str, fastest: TrialRecord | None) -> None:
+        super().__init__(message)
+        self.fastest = fastest
+
+
+@dataclass
+class Finalist:
+    """A front candidate re-measured on a larger quality sample and re-timed before the winner is chosen."""
+
+    record: TrialRecord
+    final: Measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.record.number, "proxy": self.record.measurement.to_dict(),
+                "final": self.final.to_dict()}
+
+
+@dataclass
+class OptimizeResult:
+    """What a search produced.
+
+    Attributes:
+        best: the chosen finalist (its trial and its re-measured figures), or `None` when nothing met the
+            budget.
+        pareto: the feasible Pareto front (latency vs proxy quality) of all completed trials.
+        records: every completed trial.
+        baseline: the baseline's measured figures (latency and quality, same sample spec).
+        finalists: every re-measured finalist.
+        budget_s: the budget in seconds.
+        export_path: the exported folder, when one was written.
+    """
+
+    handle: ModelHandle
+    settings: SearchSettings
+    context: SpaceContext
+    study: optuna.Study
+    records: list[TrialRecord]
+    pareto: list[TrialRecord]
+    baseline: dict[str, Any]
+    budget_s: float
+    finalists: list[Finalist] = field(default_factory=list)
+    best: Finalist | None = None
+    export_path: Path | None = None
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def export(self, path: str | Path, record: TrialRecord | None = None, *, report: bool = True) -> Path:
+        """Write the frozen pipeline of `record` (default: the winner) to `path`."""
+        chosen = record or (self.best.record if self.best else None)
+        if chosen is None:
+            raise SearchError("nothing to export: no candidate met the budget (export a trial by number)")
+        final = next((f.final for f in self.finalists if f.record.number == chosen.number), None)
+        measured = {"trial": chosen.number, "proxy": chosen.measurement.to_dict(),
+                    "final": final.to_dict() if final else None}
+
+        def writer(folder: Path) -> None:
+            if report:
+                from autoeff.report import write_report
+
+                write_report(self, folder, chosen=chosen)
+
+        self.export_path = export_pipeline(self.handle, chosen.recipe, self.context, path, measured=measured,
+                                           baseline=self.baseline, device=self.settings.device,
+                                           extra_writer=writer)
+        return self.export_path
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "settings": settings_to_dict(self.settings),
+            "budget_s": self.budget_s,
+            "baseline": self.baseline,
+            "trials": len(self.records),
+            "failed": len(self.failed),
+            "pareto": [r.to_dict() for r in self.pareto],
+            "finalists": [f.to_dict() for f in self.finalists],
+            "best": self.best.to_dict() if self.best else None,
+            "best_recipe": self.best.record.recipe.to_dict() if self.best else None,
+            "export_path": str(self.export_path) if self.export_path else None,
+        }
+
+
+def resolve_model(model: str | Any, model_path: str | None = None, device: str = "cpu",
+                  dtype: str | None = None) -> ModelHandle:
+    """A spec string -> `load_model`; a ModelHandle as is; a loaded diffusers pipeline -> its handle."""
+    from autoeff.models.registry import handle_from_pipeline, load_model
+
+    if isinstance(model, ModelHandle):
+        return model
+    if isinstance(model, str | Path):
+        return load_model(str(model), model_path=model_path, device=device, dtype=dtype)
+    return handle_from_pipeline(model)
+
+
+def default_metric(handle: ModelHandle) -> str:
+    from autoeff.evaluation import default_metric as _dm
+
+    return _dm(handle)
+
+
+def optimize(
+    model: str | Any,
+    *,
+    budget: str | Budget,
+    device: str = "cpu",
+    out: str | Path = "autoeff-out",
+    space: str | Sequence[str] = ("solver", "schedule", "cache"),
+    metric: str | None = None,
+    trials: int = 30,
+    sampler: str = "nsga2",
+    seed: int = 0,
+    batch_size: int = 1,
+    proxy_samples: int | None = None,
+    final_samples: int | None = None,
+    top_k: int = 3,
+    size_objective: bool = False,
+    storage: str | None = None,
+    study_name: str = "autoeff",
+    min_steps: int = 2,
+    max_steps: int = 50,
+    warm_start: bool = True,
+    trial_timeout_s: float | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    model_path: str | None = None,
+    export: bool = True,
+    best_effort: bool = False,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    threads: int | None = None,
+) -> OptimizeResult:
+    """Search `model`'s knobs for the best quality within `budget` on `device`, and export the winner.
+
+    `model` is a spec (`digits`, `sdxl`, a folder), a ModelHandle, or an already-loaded diffusers pipeline.
+    Running the same call again with the same `out`/`storage` resumes the study. Raises
+    `NoFeasibleCandidateError` when nothing meets the budget (after exporting the fastest candidate if
+    `best_effort`).
+    """
+    from autoeff.evaluation import Evaluator
+
+    budget = parse_budget(budget) if isinstance(budget, str) else budget
+    handle = resolve_model(model, model_path=model_path, device=device)
+    metric = metric or default_metric(handle)
+    settings = SearchSettings(
+        model=handle.spec, budget=budget, device=device, space=list(space.split(",") if isinstance(space, str)
+                                                                    else space),
+        metric=metric, trials=trials, sampler=sampler, seed=seed, batch_size=batch_size,
+        proxy_samples=proxy_samples or (128 if handle.family.startswith("digits") else 16),
+        final_samples=final_samples or (1000 if handle.family.startswith("digits") else 64),
+        top_k=top_k, size_objective=size_objective, min_steps=min_steps, max_steps=max_steps,
+        warm_start=warm_start, trial_timeout_s=trial_timeout_s, options=options or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(out)
+    study = create_or_load_study(settings, storage, study_name, handle.identity)
+    context = context_for(handle, settings)
+    evaluator = Evaluator(handle, settings, threads=threads)
+
+    baseline = study.user_attrs.get("baseline")
+    if baseline is None:
+        baseline = evaluator.baseline()
+        study.set_user_attr("baseline", baseline)
+    budget_s = budget.resolve(baseline["latency_s"])
+    study.set_user_attr("budget_s", budget_s)
+    _recover_interrupted(study)
+    if settings.warm_start and not study.user_attrs.get("warm_started"):
+        for params in warm_start_params(settings.space, context):
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        study.set_user_attr("warm_started", True)
+
+    space_obj = SearchSpace(handle, settings.space, context)
+    objective = Objective(space_obj, evaluator, budget_s, settings)
+    done = _finished_count(study)
+    remaining = max(0, settings.trials - done)
+    started = time.monotonic()
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress is None:
+            return
+        recs = load_records(study)
+        feas = [r for r in recs if r.feasible(budget_s) and r.score is not None]
+        progress({"done": _finished_count(study), "total": settings.trials, "feasible": len(feas),
+                  "best_score": max((r.score for r in feas), default=None),
+                  "elapsed_s": time.monotonic() - started, "last_state": trial.state.name,
+                  "last_reason": trial.user_attrs.get("fail_reason")})
+
+    if remaining:
+        from autoeff.search import CandidateFailed
+
+        study.optimize(objective, n_trials=remaining, catch=(CandidateFailed,),
+                       callbacks=[report, *callbacks], gc_after_trial=True)
+
+    records = load_records(study)
+    failed = [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "")}
+              for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))]
+    result = OptimizeResult(handle=handle, settings=settings, context=context, study=study, records=records,
+                            pareto=pareto_front(records, budget_s), baseline=baseline, budget_s=budget_s,
+                            failed=failed)
+    _select(result, evaluator, space_obj)
+    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
+    if result.best is None:
+        fastest = min(records, key=lambda r: r.latency_s, default=None)
+        if best_effort and fastest is not None:
+            if export:
+                result.export(out / "optimized", record=fastest)
+        msg = "no candidate met the budget of " + f"{budget_s * 1000:.1f} ms"
+        if fastest is not None:
+            msg += (f"; the fastest found was trial {fastest.number} at {fastest.latency_s * 1000:.1f} ms "
+                    f"({fastest.recipe.describe()})")
+        raise NoFeasibleCandidateError(msg, fastest)
+    if export:
+        result.export(out / "optimized")
+    return result
+
+
+def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
+    """Re-measure the top-k feasible candidates on the final sample and re-time them; pick the winner.
+
+    Guards against the winner's curse: the proxy's best is often lucky. Finalists are stored in the study
+    so a rerun does not measure them again.
+    """
+    settings = result.settings
+    feasible = [r for r in result.records if r.score is not None and r.feasible(result.budget_s)]
+    feasible.sort(key=lambda r: r.score, reverse=True)
+    top = feasible[: settings.top_k]
+    cache = result.study.user_attrs.get("finalists", {})
+    for rec in top:
+        key = str(rec.number)
+        if key in cache and cache[key].get("final_samples") == settings.final_samples:
+            final = Measurement.from_dict(cache[key]["measurement"])
+        else:
+            from autoeff.search import recipe_is_simulated
+
+            final = evaluator.remeasure(space.build(rec.recipe), result.budget_s,
+                                        simulated=recipe_is_simulated(rec.recipe))
+            cache[key] = {"final_samples": settings.final_samples, "measurement": final.to_dict()}
+            result.study.set_user_attr("finalists", cache)
+        result.finalists.append(Finalist(rec, final))
+    ok = [f for f in result.finalists if f.final.latency_s <= result.budget_s * 1.0 and f.final.score is not None]
+    if not ok:  # re-timing pushed every finalist over budget; fall back to proxy-feasible with best final score
+        ok = [f for f in result.finalists if f.final.score is not None]
+    if ok:
+        result.best = max(ok, key=lambda f: f.final.score)
+
+
+def _finished_count(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _recover_interrupted(study: optuna.Study) -> None:
+    """Single-machine resume: a trial left RUNNING by a killed process is marked FAILED and re-enqueued, so
+    at most that one candidate is measured again. (Many-machine studies use heartbeats instead.)"""
+    storage = study._storage
+    if getattr(storage, "heartbeat_interval", None):
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (process stopped mid-trial)")
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), skip_if_exists=False)
+
+
+def load_result(out: str | Path, storage: str | None = None, study_name: str = "autoeff") -> dict[str, Any]:
+    """Read a study's records and baseline back from storage (for `autoeff show` / `export`)."""
+    out = Path(out)
+    storage = storage or default_storage(out)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return {"study": study, "records": load_records(study), "baseline": study.user_attrs.get("baseline"),
+            "budget_s": study.user_attrs.get("budget_s")}
+
+
+__all__ = ["optimize", "OptimizeResult", "NoFeasibleCandidateError", "Recipe", "load_result"]

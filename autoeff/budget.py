@@ -1,0 +1,61 @@
+"""Parsing user input for the latency budget: `200ms`, `0.2s`, `10%` (of the baseline's latency)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|%)\s*$")
+MAX_SECONDS = 24 * 3600.0
+
+
+class BudgetError(ValueError):
+    """A budget string that cannot be used; the message says how to write it."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Either an absolute latency (`seconds`) or a fraction of the baseline's latency (`fraction`)."""
+
+    text: str
+    seconds: float | None = None
+    fraction: float | None = None
+
+    def resolve(self, baseline_seconds: float) -> float:
+        """The budget in seconds, given the baseline's measured latency."""
+        if self.seconds is not None:
+            return self.seconds
+        assert self.fraction is not None
+        return self.fraction * baseline_seconds
+
+
+def parse_budget(text: str) -> Budget:
+    """`200ms` -> 0.2 s; `0.2s` -> 0.2 s; `10%` -> a tenth of the baseline. Anything else raises BudgetError."""
+    raw = str(text)
+    m = _PATTERN.match(raw)
+    if not m:
+        if re.match(r"^\s*-", raw):
+            raise BudgetError(f"--budget {raw!r} is negative; write a positive latency such as 200ms or 0.2s")
+        if re.match(r"^\s*[0-9.eE+-]+\s*$", raw):
+            raise BudgetError(f"--budget {raw!r} has no unit; write {raw.strip()}ms or {raw.strip()}s "
+                              "(or a percentage of the baseline such as 10%)")
+        raise BudgetError(f"--budget {raw!r} is not a latency; write e.g. 200ms, 0.2s or 10% (of the baseline)")
+    value, unit = float(m.group(1)), m.group(2)
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"--budget {raw!r} must be greater than zero; write e.g. 200ms")
+    if unit == "%":
+        if value > 1000:
+            raise BudgetError(f"--budget {raw!r} is more than 10x the baseline; write at most 1000%")
+        return Budget(text=raw.strip(), fraction=value / 100.0)
+    seconds = value / 1000.0 if unit == "ms" else value
+    if seconds > MAX_SECONDS:
+        raise BudgetError(f"--budget {raw!r} is more than a day per call; write a realistic latency such as 2s")
+    return Budget(text=raw.strip(), seconds=seconds)
+
+
+def format_seconds(seconds: float) -> str:
+    """`0.0123` -> `12.3 ms`; `2.5` -> `2.50 s`."""
+    if seconds < 1.0:
+        return f"{seconds * 1000:.3g} ms" if seconds * 1000 < 100 else f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"

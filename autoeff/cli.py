@@ -1,0 +1,347 @@
+"""`autoeff` command line: a thin layer over the Python API.
+
+User mistakes print one line (`error: ...`) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before torch is imported anywhere in this process: OpenMP spin-waiting made CPU forward passes ~35x
+# slower when another process was busy (FACTS.md). The value in effect is recorded with every latency.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake; printed as one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from autoeff.budget import BudgetError
+    from autoeff.devices import DeviceError
+    from autoeff.export import ExportError
+    from autoeff.search import SearchError
+    from autoeff.search_spaces.base import ConfigError
+
+    errs: list[type[BaseException]] = [UsageError, BudgetError, DeviceError, ExportError, SearchError,
+                                       ConfigError]
+    try:
+        from autoeff.models.registry import ModelNotAvailableError
+
+        errs.append(ModelNotAvailableError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_guarded(fn: Any) -> Any:
+    """Run `fn()`, turning user errors into one line and exit 2 (and Ctrl-C into exit 130)."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        click.echo("interrupted: every completed trial is saved; run the same command again to resume",
+                   err=True)
+        sys.exit(130)
+    except _user_errors() as e:
+        from autoeff.api import NoFeasibleCandidateError
+
+        code = 3 if isinstance(e, NoFeasibleCandidateError) else EXIT_USAGE
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="autoeff")
+def main() -> None:
+    """autoeff: find the fastest diffusion pipeline that keeps quality, measured on your device."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def env(as_json: bool) -> None:
+    """Print versions of torch, diffusers, optuna, ... and the devices visible."""
+    from autoeff.env import environment
+
+    info = environment()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"python {info['python']} on {info['platform']}")
+    click.echo(f"cpu: {info['cpu']} ({info['cpu_count']} cores, torch threads {info['torch_threads']}, "
+               f"OMP_WAIT_POLICY={info['omp_wait_policy']})")
+    if info["cuda_devices"]:
+        for d in info["cuda_devices"]:
+            click.echo(f"cuda:{d['index']}: {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})")
+    else:
+        click.echo(f"cuda: not available (torch built with CUDA {info['cuda_version']})")
+    for name, v in info["versions"].items():
+        click.echo(f"{name}: {v or 'not installed'}")
+
+
+def _space_option(f: Any) -> Any:
+    return click.option("--space", default="solver,schedule,cache", show_default=True,
+                        help="Knobs to search: any of prune,quantize,solver,schedule,cache.")(f)
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="digits, digits-dit, sd15, sd21, sdxl, pixart or a folder.")
+@click.option("--model-path", default=None, help="Local folder holding the weights of a named model.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--budget", required=True, help="Latency of one pipeline call: 200ms, 0.2s, or 10% of baseline.")
+@_space_option
+@click.option("--metric", default=None, help="fid, kid, fidelity, clip, class_acc (default per model).")
+@click.option("--trials", default=30, show_default=True, type=int)
+@click.option("--sampler", default="nsga2", show_default=True, type=click.Choice(["nsga2", "tpe", "random"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--batch", "batch_size", default=1, show_default=True, type=int, help="Images per call.")
+@click.option("--proxy-samples", default=None, type=int, help="Images scored per trial.")
+@click.option("--final-samples", default=None, type=int, help="Images scored per finalist.")
+@click.option("--top-k", default=3, show_default=True, type=int, help="Finalists re-measured.")
+@click.option("--min-steps", default=2, show_default=True, type=int)
+@click.option("--max-steps", default=50, show_default=True, type=int)
+@click.option("--size-objective", is_flag=True, help="Also minimize model size.")
+@click.option("--storage", default=None, help="Optuna storage URL (default: SQLite in --out).")
+@click.option("--study-name", default="autoeff", show_default=True)
+@click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--best-effort", is_flag=True, help="Export the fastest candidate when none meets the budget.")
+@click.option("--no-warm-start", is_flag=True, help="Do not enqueue hand-picked configurations first.")
+@click.option("--trial-timeout", default=None, type=float, help="Seconds; a slower candidate fails its trial.")
+@click.option("--threads", default=None, type=int, help="CPU threads used for timing (default: torch's).")
+def optimize(**kw: Any) -> None:
+    """Search for the best-quality pipeline within a latency budget and export it."""
+    run_guarded(lambda: _optimize(**kw))
+
+
+def _optimize(model: str, model_path: str | None, device: str, budget: str, space: str, metric: str | None,
+              trials: int, sampler: str, seed: int, batch_size: int, proxy_samples: int | None,
+              final_samples: int | None, top_k: int, min_steps: int, max_steps: int, size_objective: bool,
+              storage: str | None, study_name: str, out: str, best_effort: bool, no_warm_start: bool,
+              trial_timeout: float | None, threads: int | None) -> None:
+    from autoeff.budget import format_seconds, parse_budget
+    from autoeff.devices import validate_device
+    from autoeff.search_spaces.space import parse_space
+
+    parsed_budget = parse_budget(budget)  # validate everything before anything is loaded or written
+    device = validate_device(device)
+    try:
+        knobs = parse_space(space)
+    except ValueError as e:
+        raise UsageError(f"--space {space!r}: {e}") from None
+    if trials < 1:
+        raise UsageError(f"--trials {trials} must be at least 1")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k} must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1")
+    out_path = _safe_out(out)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    import autoeff
+
+    console = Console(stderr=True)
+    console.print(f"autoeff: optimizing [bold]{model}[/] on {device} within {budget} "
+                  f"(space {','.join(knobs)}, {trials} trials, sampler {sampler}, seed {seed})")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, transient=False) as prog:
+        task = prog.add_task("trials", total=trials, info="measuring baseline...")
+
+        def on_progress(p: dict[str, Any]) -> None:
+            best = "-" if p["best_score"] is None else f"{p['best_score']:.4g}"
+            prog.update(task, completed=p["done"], info=f"feasible {p['feasible']}, best score {best}")
+
+        result = None
+        try:
+            result = autoeff.optimize(
+                model, budget=parsed_budget, device=device, out=out_path, space=knobs, metric=metric,
+                trials=trials, sampler=sampler, seed=seed, batch_size=batch_size, proxy_samples=proxy_samples,
+                final_samples=final_samples, top_k=top_k, size_objective=size_objective, storage=storage,
+                study_name=study_name, min_steps=min_steps, max_steps=max_steps, warm_start=not no_warm_start,
+                trial_timeout_s=trial_timeout, model_path=model_path, best_effort=best_effort,
+                progress=on_progress, threads=threads)
+        finally:
+            prog.update(task, info="done" if result is not None else "stopped")
+    base = result.baseline
+    best = result.best
+    assert best is not None
+    q = best.final.quality or {}
+    bq = base.get("final_quality") or base.get("quality") or {}
+    click.echo(f"baseline: {format_seconds(base['latency_s'])} per call, {bq.get('metric')} "
+               f"{bq.get('value', float('nan')):.4g} (n={bq.get('n')})")
+    click.echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {q.get('metric')} "
+               f"{q.get('value', float('nan')):.4g} (n={q.get('n')}) "
+               f"-> {base['latency_s'] / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
+               f"{best.record.recipe.describe()}")
+    click.echo(f"exported: {result.export_path}  (report: {result.export_path / 'report.html'})")
+
+
+def _safe_out(out: str) -> Path:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out!r} is a file; give a folder")
+    return p
+
+
+@main.command()
+@click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--storage", default=None)
+@click.option("--study-name", default="autoeff", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Every trial, not only the Pareto front.")
+def show(out: str, storage: str | None, study_name: str, show_all: bool) -> None:
+    """Print the Pareto front (or every trial) of a study."""
+    run_guarded(lambda: _show(out, storage, study_name, show_all))
+
+
+def _open_study(out: str, storage: str | None, study_name: str) -> dict[str, Any]:
+    from autoeff.api import load_result
+    from autoeff.search import default_storage
+
+    if storage is None and not (Path(out) / "study.db").is_file():
+        raise UsageError(f"no study in {out!r} (no study.db); pass --out of an optimize run or --storage")
+    try:
+        return load_result(out, storage=storage or default_storage(Path(out)), study_name=study_name)
+    except KeyError:
+        raise UsageError(f"no study named {study_name!r} in that storage") from None
+
+
+def _show(out: str, storage: str | None, study_name: str, show_all: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from autoeff.search import pareto_front
+
+    res = _open_study(out, storage, study_name)
+    budget_s = res["budget_s"]
+    records = res["records"] if show_all else pareto_front(res["records"], budget_s)
+    table = Table(title=f"{'trials' if show_all else 'Pareto front'} (budget {budget_s * 1000:.1f} ms)")
+    for col in ("trial", "latency ms", "score", "metric", "size MB", "feasible", "recipe"):
+        table.add_column(col)
+    for r in sorted(records, key=lambda r: r.latency_s):
+        q = r.measurement.quality or {}
+        table.add_row(str(r.number), f"{r.latency_s * 1000:.2f}", "-" if r.score is None else f"{r.score:.4g}",
+                      str(q.get("metric", "-")), f"{r.measurement.size_mb or 0:.2f}",
+                      "yes" if r.feasible(budget_s) else "no", r.recipe.describe())
+    Console().print(table)
+
+
+@main.command("export")
+@click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--storage", default=None)
+@click.option("--study-name", default="autoeff", show_default=True)
+@click.option("--trial", "trial_number", required=True, type=int, help="Trial number (see `autoeff show`).")
+@click.option("--to", "dest", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--model-path", default=None)
+def export_cmd(out: str, storage: str | None, study_name: str, trial_number: int, dest: str,
+               model_path: str | None) -> None:
+    """Export any trial of a study as a frozen pipeline folder."""
+    run_guarded(lambda: _export(out, storage, study_name, trial_number, dest, model_path))
+
+
+def _export(out: str, storage: str | None, study_name: str, trial_number: int, dest: str,
+            model_path: str | None) -> None:
+    from autoeff.api import resolve_model
+    from autoeff.export import export_pipeline
+    from autoeff.search import SearchSettings, context_for
+
+    res = _open_study(out, storage, study_name)
+    rec = next((r for r in res["records"] if r.number == trial_number), None)
+    if rec is None:
+        raise UsageError(f"trial {trial_number} is not a completed trial of this study (see `autoeff show --all`)")
+    study = res["study"]
+    ident = study.user_attrs.get("settings_identity", {})
+    handle = resolve_model(rec.recipe.model, model_path=model_path, device=ident.get("device", "cpu"))
+    if ident.get("model_identity") and handle.identity != ident["model_identity"]:
+        raise UsageError(f"model {rec.recipe.model!r} loaded here differs from the one the study searched")
+    from autoeff.budget import Budget
+
+    settings = SearchSettings(model=handle.spec, budget=Budget(text="export", seconds=1.0),
+                              device=ident.get("device", "cpu"), space=ident.get("space", ["solver"]),
+                              min_steps=ident.get("min_steps", 2), max_steps=ident.get("max_steps", 50),
+                              options=ident.get("options", {}))
+    path = export_pipeline(handle, rec.recipe, context_for(handle, settings), dest,
+                           measured={"trial": rec.number, "proxy": rec.measurement.to_dict(), "final": None},
+                           baseline=res["baseline"], device=settings.device)
+    click.echo(f"exported trial {rec.number} to {path}")
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--device", default=None, help="Default: the device the export was measured on.")
+@click.option("--samples", default=None, type=int, help="Quality sample count (default: the export's).")
+@click.option("--threads", default=None, type=int)
+def bench(path: str, device: str | None, samples: int | None, threads: int | None) -> None:
+    """Re-measure an exported pipeline on this device: claimed vs measured latency and quality."""
+    run_guarded(lambda: _bench(path, device, samples, threads))
+
+
+def _bench(path: str, device: str | None, samples: int | None, threads: int | None) -> None:
+    from autoeff.bench import bench_export
+    from autoeff.devices import validate_device
+    from autoeff.export import verify_folder
+
+    info = verify_folder(path)
+    dev = validate_device(device or info.get("device") or "cpu")
+    rows = bench_export(path, device=dev, samples=samples, threads=threads)
+    for row in rows:
+        click.echo(f"{row['what']:<10} claimed {row['claimed']:<24} measured {row['measured']}")
+
+
+@main.command()
+@click.option("--model", "model", default="digits", show_default=True)
+@click.option("--model-path", default=None)
+@click.option("--n", default=64, show_default=True, type=int)
+@click.option("--steps", default=None, type=int, help="Default: the model's default step count.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "dest", default="samples.png", show_default=True, type=click.Path(dir_okay=False))
+def generate(model: str, model_path: str | None, n: int, steps: int | None, seed: int, device: str,
+             dest: str) -> None:
+    """Generate a sample grid from a model (or an exported folder) and save it as a PNG."""
+    run_guarded(lambda: _generate(model, model_path, n, steps, seed, device, dest))
+
+
+def _generate(model: str, model_path: str | None, n: int, steps: int | None, seed: int, device: str,
+              dest: str) -> None:
+    from autoeff.devices import validate_device
+    from autoeff.models.generate import default_spec, generate
+    from autoeff.report import save_grid
+
+    if n < 1:
+        raise UsageError(f"--n {n} must be at least 1")
+    device = validate_device(device)
+    if Path(model).is_dir() and (Path(model) / "autoeff.json").is_file():
+        import autoeff
+
+        pipe = autoeff.load(model, device=device)
+        handle = pipe.autoeff_handle
+    else:
+        from autoeff.api import resolve_model
+
+        handle = resolve_model(model, model_path=model_path, device=device)
+        pipe = handle.pipeline
+    if steps is not None:
+        handle.default_steps = steps
+    images = generate(handle, pipe, default_spec(handle, n, seed=seed, batch_size=min(n, 64)))
+    save_grid(images, dest)
+    click.echo(f"wrote {dest} ({n} images from {model})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,271 @@
+"""The frozen pipeline folder: write it atomically, load it back with every knob applied, never unpickle.
+
+Layout (a diffusers folder plus autoeff's own files):
+
+    optimized/
+      model_index.json, unet/ (or transformer/), scheduler/, ...   diffusers layout, safetensors weights
+      autoeff.json     recipe + schema version + measured figures + device + baseline + library versions
+      manifest.json    sha256 of every other file, checked on load
+      report.html, pareto.png, samples.png                          (written by autoeff.report)
+
+What is stored and what is re-applied on load: pruned weights are stored physically smaller (with the
+pruning plan that rebuilds their shapes from the unpruned config); quantization, solver, schedule and cache
+are deterministic functions of the stored weights and the recipe, so `load` re-applies them from the
+recipe. The scheduler folder holds the base scheduler's config; the recipe's solver/schedule replace it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autoeff.models.handle import FAMILIES, ModelHandle
+from autoeff.recipe import SCHEMA_VERSION, Recipe
+from autoeff.search_spaces import KNOB_ORDER, knob_module
+from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.space import copy_pipeline
+
+AUTOEFF_JSON = "autoeff.json"
+MANIFEST_JSON = "manifest.json"
+EXPORT_SCHEMA_VERSION = 1
+# Files that could execute code when loaded; an exported folder never contains them.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "prune_plan", "measured", "baseline",
+                   "device", "versions", "created"}
+
+
+class ExportError(ValueError):
+    """An exported folder cannot be written or loaded; the message names the folder and the problem."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_section(handle: ModelHandle) -> dict[str, Any]:
+    return {"spec": handle.spec, "family": handle.family, "resolution": handle.resolution,
+            "prompts": handle.prompts, "num_classes": handle.num_classes, "default_steps": handle.default_steps,
+            "identity": handle.identity, "guidance_scale": handle.guidance_scale,
+            "pipeline_class": type(handle.pipeline).__name__}
+
+
+def _context_section(context: SpaceContext) -> dict[str, Any]:
+    return {"family": context.family, "denoiser": context.denoiser,
+            "num_train_timesteps": context.num_train_timesteps, "default_steps": context.default_steps,
+            "min_steps": context.min_steps, "max_steps": context.max_steps,
+            "block_groups": list(context.block_groups), "options": context.options}
+
+
+def export_pipeline(
+    handle: ModelHandle,
+    recipe: Recipe,
+    context: SpaceContext,
+    path: str | Path,
+    *,
+    measured: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
+    device: str | None = None,
+    extra_writer: Callable[[Path], None] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write the frozen pipeline for `recipe` to `path` atomically (temp folder, then rename).
+
+    `extra_writer(tmp_folder)` may add report files before the manifest is computed. An interrupted export
+    leaves only a hidden temp folder, never a folder that loads as valid.
+    """
+    from autoeff.env import environment
+
+    path = Path(path).resolve()
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path} exists; choose another folder or allow overwriting")
+    if path.exists() and not (path / AUTOEFF_JSON).is_file() and any(path.iterdir()):
+        raise ExportError(f"{path} exists and is not an autoeff export; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        weights = copy_pipeline(handle.pipeline)
+        plan = None
+        if "prune" in recipe.knobs:
+            prune = knob_module("prune")
+            weights = prune.apply(weights, recipe.knobs["prune"], context)
+            plan = prune.prune_plan(getattr(weights, context.denoiser))
+        weights.save_pretrained(str(tmp), safe_serialization=True)
+        env = environment()
+        info = {
+            "export_schema_version": EXPORT_SCHEMA_VERSION,
+            "recipe": recipe.to_dict(),
+            "model": _model_section(handle),
+            "context": _context_section(context),
+            "prune_plan": plan,
+            "measured": measured or {},
+            "baseline": baseline or {},
+            "device": device or context.device,
+            "versions": env["versions"],
+            "created": __import__("time").strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
+        (tmp / AUTOEFF_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        if extra_writer is not None:
+            extra_writer(tmp)
+        for p in tmp.rglob("*"):
+            if p.is_file() and p.suffix in _PICKLE_SUFFIXES:
+                p.unlink()
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MANIFEST_JSON).write_text(json.dumps({"sha256": files}, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def verify_folder(path: str | Path) -> dict[str, Any]:
+    """Check the manifest (every file present, hashes equal, nothing unlisted that could be loaded) and
+    return the parsed, validated `autoeff.json`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"{path} is not a folder")
+    man = path / MANIFEST_JSON
+    if not man.is_file():
+        raise ExportError(f"{path} has no {MANIFEST_JSON}; it is not a complete autoeff export")
+    try:
+        listed = json.loads(man.read_text())["sha256"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{man} is not a valid manifest") from None
+    root = path.resolve()
+    for rel, digest in listed.items():
+        p = (root / rel).resolve()
+        if root not in p.parents:
+            raise ExportError(f"{man} lists {rel!r}, which escapes the folder {path}")
+        if not p.is_file():
+            raise ExportError(f"{path} is missing {rel} (listed in the manifest); re-export it")
+        if _sha256(p) != digest:
+            raise ExportError(f"{path}/{rel} does not match its sha256 in the manifest; the folder was "
+                              "modified or truncated: re-export it")
+    for p in root.rglob("*"):
+        if not p.is_file() or p.name == MANIFEST_JSON:
+            continue
+        rel = str(p.relative_to(root))
+        if p.suffix in _PICKLE_SUFFIXES:
+            raise ExportError(f"{path} contains {rel}, a pickle-capable file; autoeff never loads those")
+        if rel not in listed and p.suffix in (".json", ".safetensors"):
+            raise ExportError(f"{path}/{rel} is not in the manifest; the folder was modified: re-export it")
+    if AUTOEFF_JSON not in listed:
+        raise ExportError(f"{path} has no {AUTOEFF_JSON} in its manifest")
+    return parse_autoeff_json((path / AUTOEFF_JSON).read_text(), where=str(path / AUTOEFF_JSON))
+
+
+def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
+    """Strictly parse an `autoeff.json`: known fields only, a schema version this autoeff reads."""
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{where} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(info, dict):
+        raise ExportError(f"{where} must hold a JSON object")
+    unknown = set(info) - _AUTOEFF_FIELDS
+    if unknown:
+        raise ExportError(f"{where} has unknown field(s) {sorted(unknown)}; it was written by another tool "
+                          "or a newer autoeff")
+    version = info.get("export_schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ExportError(f"{where}: export_schema_version must be a positive integer")
+    if version > EXPORT_SCHEMA_VERSION:
+        raise ExportError(f"{where} has export_schema_version {version}, newer than this autoeff reads "
+                          f"({EXPORT_SCHEMA_VERSION}); upgrade autoeff")
+    try:
+        info["recipe"] = Recipe.from_dict(info.get("recipe"))
+    except ConfigError as e:
+        raise ExportError(f"{where}: {e}") from None
+    model = info.get("model")
+    if not isinstance(model, dict) or model.get("family") not in FAMILIES:
+        raise ExportError(f"{where}: model.family must be one of {sorted(FAMILIES)}")
+    ctx = info.get("context")
+    if not isinstance(ctx, dict):
+        raise ExportError(f"{where}: context must be an object")
+    try:
+        info["context"] = SpaceContext(**ctx)
+    except TypeError as e:
+        raise ExportError(f"{where}: context: {e}") from None
+    if info["recipe"].schema_version > SCHEMA_VERSION:
+        raise ExportError(f"{where}: recipe schema is newer than this autoeff reads")
+    return info
+
+
+def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any:
+    """Load an exported folder and return a ready pipeline with every knob of its recipe applied.
+
+    Refuses a folder whose files do not match the manifest or whose schema version is unknown; reads only
+    JSON and safetensors. The returned pipeline carries the export's figures in `pipe.autoeff_info`.
+    """
+    from autoeff.models.registry import load_pipeline_folder
+
+    path = Path(path)
+    info = verify_folder(path)
+    model = info["model"]
+    context: SpaceContext = info["context"]
+    context.device = device
+    recipe: Recipe = info["recipe"]
+    overrides: dict[str, Any] = {}
+    if info.get("prune_plan") is not None:
+        overrides[context.denoiser] = _load_pruned_denoiser(path / context.denoiser, info["prune_plan"],
+                                                            knob_module("prune"))
+    pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
+    handle = ModelHandle(spec=model["spec"], pipeline=pipe, family=model["family"],
+                         resolution=model["resolution"], prompts=model.get("prompts"),
+                         num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
+                         identity=model.get("identity", ""), guidance_scale=model.get("guidance_scale"))
+    for name in KNOB_ORDER:
+        if name in recipe.knobs and name != "prune":
+            pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)
+    pipe.set_progress_bar_config(disable=True)
+    handle.pipeline = pipe
+    pipe.autoeff_info = {k: v for k, v in info.items() if k not in ("recipe", "context")}
+    pipe.autoeff_info["recipe"] = recipe.to_dict()
+    pipe.autoeff_handle = handle
+    return pipe
+
+
+def _load_pruned_denoiser(folder: Path, plan: Any, prune: Any) -> Any:
+    """Rebuild the unpruned architecture from its config, shrink it by the plan, load the pruned weights."""
+    import diffusers
+    from safetensors.torch import load_file
+
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{folder} has no config.json")
+    cfg = json.loads(cfg_path.read_text())
+    cls_name = cfg.get("_class_name")
+    cls = getattr(diffusers, str(cls_name), None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
+        raise ExportError(f"{cfg_path}: unsupported denoiser class {cls_name!r}")
+    model = cls.from_config(cfg)
+    model = prune.apply_plan(model, plan)
+    weights = sorted(folder.glob("*.safetensors"))
+    if len(weights) != 1:
+        raise ExportError(f"{folder} must hold exactly one .safetensors file, found {len(weights)}")
+    state = load_file(str(weights[0]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ExportError(f"{folder}: pruned weights do not match the pruning plan: {str(e)[:300]}") from None
+    return model.eval()

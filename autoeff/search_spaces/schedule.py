@@ -1,0 +1,273 @@
+"""The `schedule` knob: which timesteps the sampler visits, pinned onto the pipeline's scheduler.
+
+Families (k = `steps`, N = training timesteps):
+
+* `uniform`: diffusers' `trailing` spacing, `round(arange(N, 0, -N/k)) - 1` (starts at N-1; Lin et al.,
+  2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2).
+* `leading`: `arange(k) * (N // k)` reversed, plus the scheduler's `steps_offset` (DDIM / DDPM / Euler /
+  PNDM `leading`; DPM-Solver and UniPC define their own `leading` and `linspace` on k+1 points).
+* `linspace`: `round(linspace(0, N-1, k))` reversed (DDIM / DDPM `linspace`).
+* `quadratic`: `(N-1) * ((k-i)/k)^2`, dense near the data end (Song et al., 2021, DDIM, Appendix D.2).
+* `karras`: the sigmas of Karras et al., 2022 (EDM), eq. 5, with exponent `rho`, between the model's own
+  sigma(0) and sigma(N-1), mapped back to timesteps through the model's `alphas_cumprod`.
+* `ays`: the published 10-step Align Your Steps schedules (Sabour et al., 2024; SDXL's for `sdxl`, SD1.5's
+  for every other family) resampled to k steps by log-linear interpolation of their sigmas, as in the AYS
+  paper; sigmas are the model's own, sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t).
+* `free`: the search picks the k timesteps themselves (AutoDiffusion, Li et al., 2023).
+
+Every family is rounded to integers and, where rounding made duplicates or left the range, repaired by
+`repair` into strictly decreasing integers in [0, N-1]; a repaired schedule always has exactly k entries.
+
+`apply` pins the timesteps with `_pinned.pin_timesteps`, so a plain `pipe(...)` call visits exactly them
+whatever `num_inference_steps` it passes. A scheduler without custom-timestep support is converted first
+(`_pinned.CONVERSIONS`): DDIM and UniPC keep their update rule, PNDM (SD1.5's default) and LMS become
+DPM-Solver++ 2M, EulerAncestral becomes Euler; DDPM (the digits models), Euler (SDXL) and DPM-Solver
+(PixArt) are pinned as they are. With the solver knob, the solver's scheduler is the one pinned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from autoeff.search_spaces._pinned import pin_timesteps
+from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.space import copy_pipeline
+
+NAME = "schedule"
+FAMILIES: tuple[str, ...] = ("uniform", "leading", "linspace", "quadratic", "karras", "ays", "free")
+#: Align Your Steps 10-step timestep schedules (Sabour et al., 2024), for 1000 training timesteps.
+AYS_TIMESTEPS: dict[str, tuple[int, ...]] = {
+    "sd15": (999, 850, 736, 645, 545, 455, 343, 233, 124, 24),
+    "sdxl": (999, 845, 730, 587, 443, 310, 193, 116, 53, 13),
+}
+DEFAULT_RHO = 7.0
+RHO_RANGE = (1.0, 10.0)
+
+
+@dataclass
+class Config:
+    """A timestep schedule.
+
+    Attributes:
+        family: one of `FAMILIES`.
+        steps: number of timesteps (denoiser evaluations for first-order and multistep solvers).
+        rho: Karras exponent; only for `karras` (filled with 7.0 when left out).
+        timesteps: only for `free`: the timesteps, strictly decreasing integers, `len == steps`.
+    """
+
+    family: str = "uniform"
+    steps: int = 20
+    rho: float | None = None
+    timesteps: list[int] | None = None
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"schedule.family {self.family!r} is not known; "
+                              f"use one of {', '.join(FAMILIES)}")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ConfigError(f"schedule.steps {self.steps!r} must be an integer >= 1")
+        if self.family == "karras":
+            if self.rho is None:
+                self.rho = DEFAULT_RHO
+            if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not (
+                    math.isfinite(self.rho) and self.rho > 0):
+                raise ConfigError(f"schedule.rho {self.rho!r} must be a positive number "
+                                  "(Karras et al. use 7)")
+            self.rho = float(self.rho)
+        elif self.rho is not None:
+            raise ConfigError(f"schedule.rho applies only to family 'karras', not {self.family!r}; "
+                              "leave it null")
+        if self.family == "free":
+            ts = self.timesteps
+            if not isinstance(ts, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ts):
+                raise ConfigError(f"schedule.timesteps {ts!r} must be a list of integers for family 'free'")
+            if len(ts) != self.steps:
+                raise ConfigError(f"schedule.timesteps has {len(ts)} entries but steps is {self.steps}; "
+                                  "make steps equal to the number of timesteps")
+            if any(a <= b for a, b in zip(ts, ts[1:], strict=False)) or ts[-1] < 0:
+                raise ConfigError(f"schedule.timesteps {ts} must be strictly decreasing "
+                                  "non-negative integers")
+        elif self.timesteps is not None:
+            raise ConfigError(f"schedule.timesteps applies only to family 'free', not {self.family!r}; "
+                              "leave it null")
+
+    def describe(self) -> str:
+        """E.g. `uniform k=20`, `karras rho=7 k=8`, `AYS-loglinear k=8`, `free k=3 [999, 500, 20]`."""
+        if self.family == "karras":
+            return f"karras rho={self.rho:g} k={self.steps}"
+        if self.family == "ays":
+            return f"AYS-loglinear k={self.steps}"
+        if self.family == "free":
+            return f"free k={self.steps} {self.timesteps}"
+        return f"{self.family} k={self.steps}"
+
+
+def repair(values: Sequence[float], steps: int, num_train_timesteps: int) -> list[int]:
+    """`values` as `steps` strictly decreasing integers in [0, N-1], deterministically and near the input.
+
+    Sorts descending and rounds; clamps entry i into [steps-1-i, N-1-i] (the only range that leaves room
+    for the others); then lowers each entry to at most its predecessor minus one. Duplicates from rounding
+    (`[3, 0, 0, 0]`) become neighbours (`[3, 2, 1, 0]`).
+    """
+    n = int(num_train_timesteps)
+    if len(values) != steps:
+        raise ValueError(f"got {len(values)} timesteps for {steps} steps")
+    if steps > n:
+        raise ConfigError(f"schedule.steps {steps} exceeds the {n} training timesteps; use at most {n}")
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"schedule produced non-finite timesteps {arr.tolist()}")
+    out: list[int] = []
+    for i, t in enumerate(np.sort(np.rint(arr))[::-1]):
+        t = int(min(max(t, steps - 1 - i), n - 1 - i))
+        if out:
+            t = min(t, out[-1] - 1)
+        out.append(t)
+    return out
+
+
+def train_sigmas(alphas_cumprod: Sequence[float] | torch.Tensor) -> np.ndarray:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for t = 0..N-1 (float64)."""
+    ac = np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu())
+    return np.sqrt((1.0 - ac) / ac)
+
+
+def sigma_to_t(sigmas: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Fractional timesteps of `sigmas`, interpolating linearly in log-sigma (as diffusers' `_sigma_to_t`)."""
+    log_train = np.log(train)
+    if not np.all(np.diff(log_train) > 0):
+        raise ValueError("the training sigmas are not increasing in t; cannot map sigmas to timesteps")
+    return np.interp(np.log(sigmas), log_train, np.arange(len(train), dtype=np.float64))
+
+
+def ays_table(family: str) -> tuple[int, ...]:
+    """The published AYS schedule used for a model family (SDXL's for `sdxl`, else SD1.5's)."""
+    return AYS_TIMESTEPS["sdxl" if family == "sdxl" else "sd15"]
+
+
+def _raw(config: Config, n: int, family: str, alphas_cumprod: Any, steps_offset: int) -> np.ndarray:
+    k = config.steps
+    if config.family == "uniform":
+        # diffusers' trailing expression; its float arange gives k+1 entries for some k (61, 103, ...),
+        # the extra one being -1 (diffusers 0.42.1), so keep the first k.
+        return (np.round(np.arange(n, 0, -n / k)).astype(np.int64) - 1)[:k].astype(np.float64)
+    if config.family == "leading":
+        return (np.arange(0, k) * (n // k)).round()[::-1] + steps_offset
+    if config.family == "linspace":
+        return np.linspace(0, n - 1, k).round()[::-1]
+    if config.family == "quadratic":
+        return (n - 1) * ((k - np.arange(k)) / k) ** 2
+    if config.family == "free":
+        return np.asarray(config.timesteps, dtype=np.float64)
+    if alphas_cumprod is None:
+        raise ValueError(f"schedule family {config.family!r} needs the model's alphas_cumprod")
+    train = train_sigmas(alphas_cumprod)
+    if len(train) != n:
+        raise ValueError(f"alphas_cumprod has {len(train)} entries, expected num_train_timesteps={n}")
+    if config.family == "karras":
+        rho = float(config.rho or DEFAULT_RHO)
+        lo, hi = train[0] ** (1 / rho), train[-1] ** (1 / rho)
+        sigmas = (hi + np.linspace(0, 1, k) * (lo - hi)) ** rho  # Karras et al. (2022), eq. 5
+        return sigma_to_t(sigmas, train)
+    # ays: log-linear interpolation of the published schedule's sigmas (Sabour et al., 2024).
+    table = np.asarray(ays_table(family), dtype=np.float64) * (n - 1) / 999
+    if k == 1:
+        return table[:1]
+    log_sig = np.log(np.interp(table, np.arange(n), train))[::-1]  # increasing
+    new = np.interp(np.linspace(0, 1, k), np.linspace(0, 1, len(table)), log_sig)
+    return sigma_to_t(np.exp(new)[::-1], train)
+
+
+def timesteps_for(
+    config: Config,
+    num_train_timesteps: int,
+    family: str,
+    *,
+    alphas_cumprod: Sequence[float] | torch.Tensor | None = None,
+    steps_offset: int = 0,
+) -> list[int]:
+    """The timesteps `config` visits: `config.steps` strictly decreasing ints in [0, N-1].
+
+    `family` is the model family (it picks the AYS table). `alphas_cumprod` (the scheduler's, length N) is
+    needed by `karras` and `ays`; `steps_offset` (the scheduler config's) by `leading`.
+    """
+    n = int(num_train_timesteps)
+    if config.steps > n:
+        raise ConfigError(f"schedule.steps {config.steps} exceeds the {n} training timesteps; "
+                          f"use at most {n}")
+    if config.family == "free" and config.timesteps[0] > n - 1:
+        raise ConfigError(f"schedule.timesteps {config.timesteps} must lie in [0, {n - 1}]")
+    return repair(_raw(config, n, family, alphas_cumprod, steps_offset), config.steps, n)
+
+
+def timesteps_for_scheduler(config: Config, scheduler: SchedulerMixin, family: str) -> list[int]:
+    """`timesteps_for` with N, `alphas_cumprod` and `steps_offset` taken from a diffusers scheduler."""
+    return timesteps_for(config, int(scheduler.config.num_train_timesteps), family,
+                         alphas_cumprod=getattr(scheduler, "alphas_cumprod", None),
+                         steps_offset=int(scheduler.config.get("steps_offset", 0) or 0))
+
+
+def _options(context: SpaceContext) -> tuple[list[str], tuple[float, float]]:
+    opts = dict(context.options.get(NAME, {}))
+    families = list(opts.pop("families", FAMILIES))
+    rho = tuple(opts.pop("rho", RHO_RANGE))
+    if opts:
+        raise ConfigError(f"unknown schedule option(s) {sorted(opts)}; known: families, rho")
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise ConfigError(f"schedule option families={families!r} must be a non-empty subset of "
+                          f"{', '.join(FAMILIES)}")
+    if len(rho) != 2 or not 0 < rho[0] <= rho[1]:
+        raise ConfigError(f"schedule option rho={list(rho)!r} must be [low, high] with 0 < low <= high")
+    n = context.num_train_timesteps
+    if not 1 <= context.min_steps <= context.max_steps <= n:
+        raise ConfigError(f"schedule steps range [{context.min_steps}, {context.max_steps}] must satisfy "
+                          f"1 <= min_steps <= max_steps <= {n}")
+    return families, (float(rho[0]), float(rho[1]))
+
+
+def suggest(trial: Any, context: SpaceContext) -> Config:
+    """Draw a schedule. Respects `context.min_steps` / `max_steps` and `context.options["schedule"]`:
+    `families` (subset of `FAMILIES`) and `rho` ([low, high] for Karras).
+
+    Parameters: `schedule.family`, `schedule.steps` (log-uniform integer), `schedule.karras.rho`, and for
+    `free` one integer `schedule.free.t{i}` in [0, N-1] per position i < steps (the same name and range for
+    every k, so samplers share what they learn across step counts). The free values are sorted descending
+    and repaired (`repair`), so any draw is a valid schedule and a valid schedule maps to itself.
+    """
+    families, (rho_lo, rho_hi) = _options(context)
+    family = trial.suggest_categorical(f"{NAME}.family", families)
+    steps = trial.suggest_int(f"{NAME}.steps", context.min_steps, context.max_steps, log=True)
+    if family == "karras":
+        return Config(family, steps, rho=trial.suggest_float(f"{NAME}.karras.rho", rho_lo, rho_hi))
+    if family == "free":
+        n = context.num_train_timesteps
+        raw = [trial.suggest_int(f"{NAME}.free.t{i}", 0, n - 1) for i in range(steps)]
+        return Config(family, steps, timesteps=repair(raw, steps, n))
+    return Config(family, steps)
+
+
+def to_params(config: Config) -> dict[str, Any]:
+    """The trial parameters `suggest` turns into `config` (for `study.enqueue_trial` and `FixedTrial`)."""
+    params: dict[str, Any] = {f"{NAME}.family": config.family, f"{NAME}.steps": config.steps}
+    if config.family == "karras":
+        params[f"{NAME}.karras.rho"] = config.rho
+    if config.family == "free":
+        params.update({f"{NAME}.free.t{i}": t for i, t in enumerate(config.timesteps)})
+    return params
+
+
+def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
+    """A copy of `pipe` whose scheduler is pinned to `config`'s timesteps; the base pipeline is untouched."""
+    new = copy_pipeline(pipe)
+    timesteps = timesteps_for_scheduler(config, pipe.scheduler, context.family)
+    new.scheduler = pin_timesteps(pipe.scheduler, timesteps)
+    return new
