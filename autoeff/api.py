@@ -245,6 +245,10 @@ def optimize(
         if best_effort and fastest is not None:
             if export:
                 result.export(out / "optimized", record=fastest)
+        feasible = [r for r in records if r.score is not None and r.feasible(budget_s)]
+        if feasible:
+            raise SearchError(f"{len(feasible)} candidate(s) met the budget in the search, but every finalist "
+                              "failed when re-measured on the final sample; see summary.json for the reasons")
         msg = "no candidate met the budget of " + f"{budget_s * 1000:.1f} ms"
         if fastest is not None:
             msg += (f"; the fastest found was trial {fastest.number} at {fastest.latency_s * 1000:.1f} ms "
@@ -269,17 +273,27 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
     for rec in top:
         key = str(rec.number)
         if key in cache and cache[key].get("final_samples") == settings.final_samples:
+            if cache[key].get("failed"):
+                continue
             final = Measurement.from_dict(cache[key]["measurement"])
         else:
             from autoeff.search import recipe_is_simulated
 
-            final = evaluator.remeasure(space.build(rec.recipe), result.budget_s,
-                                        simulated=recipe_is_simulated(rec.recipe))
+            try:
+                final = evaluator.remeasure(space.build(rec.recipe), result.budget_s,
+                                            simulated=recipe_is_simulated(rec.recipe))
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # a finalist that fails on the larger sample is dropped, not fatal
+                cache[key] = {"final_samples": settings.final_samples, "failed": f"{type(e).__name__}: {e}"[:500]}
+                result.study.set_user_attr("finalists", cache)
+                result.failed.append({"number": rec.number, "reason": f"finalist: {cache[key]['failed']}"})
+                continue
             cache[key] = {"final_samples": settings.final_samples, "measurement": final.to_dict()}
             result.study.set_user_attr("finalists", cache)
         result.finalists.append(Finalist(rec, final))
-    ok = [f for f in result.finalists if f.final.latency_s <= result.budget_s * 1.0 and f.final.score is not None]
-    if not ok:  # re-timing pushed every finalist over budget; fall back to proxy-feasible with best final score
+    ok = [f for f in result.finalists if f.final.latency_s <= result.budget_s and f.final.score is not None]
+    if not ok:  # re-timing pushed every finalist over budget: keep the proxy-feasible one with the best final score
         ok = [f for f in result.finalists if f.final.score is not None]
     if ok:
         result.best = max(ok, key=lambda f: f.final.score)

@@ -21,6 +21,18 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
+
+def _quiet_libraries() -> None:
+    """No per-component loading bars or library warnings in a CLI run (errors still show)."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
 EXIT_USAGE = 2
 
 
@@ -70,6 +82,7 @@ def run_guarded(fn: Any) -> Any:
 @click.version_option(package_name="autoeff")
 def main() -> None:
     """autoeff: find the fastest diffusion pipeline that keeps quality, measured on your device."""
+    _quiet_libraries()
 
 
 @main.command()

@@ -38,6 +38,7 @@ UNMEASURED_SCORE = -1.0e9
 OVER_BUDGET_MARGIN = 0.10
 
 SAMPLERS = ("nsga2", "tpe", "random")
+BUDGET_CONSTRAINT = "latency_minus_budget_s"
 
 
 class SearchError(RuntimeError):
@@ -127,21 +128,16 @@ class TrialRecord:
                 "params": self.params, "warm_start": self.warm_start}
 
 
-def make_sampler(name: str, seed: int, constrained: bool = True) -> optuna.samplers.BaseSampler:
-    """Optuna's own samplers, seeded; the budget constraint is read from the trial's user attribute."""
-    cf = _constraints if constrained else None
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own samplers, seeded. The budget constraint is set on each trial (`Trial.set_constraint`,
+    Optuna 5), which NSGA-II and TPE read: a value <= 0 is feasible."""
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cf, population_size=16)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=cf, multivariate=True, n_startup_trials=8)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SearchError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-    # Optuna convention: a value <= 0 is feasible. Failed trials carry no attribute.
-    return [float(trial.user_attrs.get("constraint", 1.0))]
 
 
 def directions(settings: SearchSettings) -> list[str]:
@@ -262,6 +258,7 @@ class Objective:
             self._fail(trial, f"{type(e).__name__}: {e}")
         trial.set_user_attr("measurement", m.to_dict())
         trial.set_user_attr("constraint", m.latency_s - self.budget_s)
+        trial.set_constraint(BUDGET_CONSTRAINT, m.latency_s - self.budget_s)
         values = [m.latency_s * 1000.0, m.score if m.score is not None else UNMEASURED_SCORE]
         if self.settings.size_objective:
             values.append(m.size_mb or 0.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -233,9 +232,6 @@ def test_missing_builtin_weights_are_reported(tmp_path, monkeypatch):
         load_model("digits")
 
 
-# TODO(lead): drop the skipif once the trained digits weights are committed.
-@pytest.mark.skipif(not (Path(__file__).parents[1] / "autoeff/models/digits/weights/digits-unet/"
-                         "model_index.json").is_file(), reason="trained digits weights not committed yet")
 def test_load_builtin_digits():
     handle = load_model("digits")
     assert handle.family == "digits" and handle.resolution == 16 and handle.num_classes == 10

@@ -1,0 +1,201 @@
+"""End-to-end: search, select, export, reload, resume, failures — on the trained digits model and tiny SDXL."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import optuna
+import pytest
+import torch
+
+import autoeff
+from autoeff.api import NoFeasibleCandidateError, optimize
+from autoeff.export import load
+from autoeff.models.generate import default_spec, generate
+from autoeff.search_spaces.space import SearchSpace
+
+FAST = dict(proxy_samples=16, final_samples=32, max_steps=10, min_steps=2, top_k=2, sampler="random")
+
+
+@pytest.fixture
+def digits10():
+    """The trained digits model with a 10-step baseline (fast enough for end-to-end tests)."""
+    h = autoeff.load_model("digits")
+    h.default_steps = 10
+    return h
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_optimize_export_reload_regenerates_the_same_images(digits10, tmp_path):
+    res = optimize(digits10, budget="80%", trials=5, out=tmp_path / "run", space="solver,schedule,cache", **FAST)
+    assert res.best is not None and res.export_path is not None
+    assert res.best.final.latency_s <= res.budget_s * 1.0 or res.best.record.feasible(res.budget_s)
+    assert res.best.final.quality["n"] == 32  # finalists re-scored on the larger sample
+    # every completed trial carries its recipe and measurement in storage
+    for t in res.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert "recipe" in t.user_attrs and "measurement" in t.user_attrs
+    pipe = load(res.export_path)
+    info = json.loads((res.export_path / "autoeff.json").read_text())
+    assert info["recipe"] == res.best.record.recipe.to_dict()
+    assert pipe.autoeff_info["recipe"] == res.best.record.recipe.to_dict()
+    spec = default_spec(digits10, 12, seed=5, batch_size=6)
+    built = SearchSpace(digits10, res.settings.space, res.context).build(res.best.record.recipe)
+    search_time = generate(digits10, built, spec)
+    reloaded = generate(pipe.autoeff_handle, pipe, spec)
+    assert torch.equal(search_time, reloaded)
+    for name in ("report.html", "pareto.png", "samples.png", "manifest.json"):
+        assert (res.export_path / name).is_file()
+    assert "Pareto front" in (res.export_path / "report.html").read_text()
+
+
+def test_all_five_knobs_round_trip_through_export(digits10, tmp_path):
+    """A recipe with prune + quantize + solver + schedule + cache exports and reloads to identical images."""
+    from autoeff.export import export_pipeline
+    from autoeff.recipe import Recipe
+    from autoeff.search_spaces import cache, prune, quantize, schedule, solver
+
+    ctx = autoeff.search.context_for(digits10, autoeff.search.SearchSettings(
+        model="digits", budget=autoeff.budget.parse_budget("1s"), space=["solver"]))
+    recipe = Recipe(model="digits", knobs={
+        "prune": prune.Config(ratios={"down.1": 0.25, "up.1": 0.25}, importance="l2", round_to=8),
+        "quantize": quantize.Config(mapping={"re:(?:mid_block)(?:\\..+)?": "int8", "_default": "skip"},
+                                    backend="cpu-int8"),
+        "solver": solver.Config(name="dpmpp", order=2),
+        "schedule": schedule.Config(family="ays", steps=6),
+        "cache": cache.Config(interval=2, branch=2),
+    })
+    recipe = Recipe.from_json(recipe.to_json())
+    built = SearchSpace(digits10, list(recipe.knobs), ctx).build(recipe)
+    out = export_pipeline(digits10, recipe, ctx, tmp_path / "five")
+    pipe = load(out)
+    spec = default_spec(digits10, 8, seed=1, batch_size=8)
+    a, b = generate(digits10, built, spec), generate(pipe.autoeff_handle, pipe, spec)
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    base_params = sum(p.numel() for p in digits10.pipeline.unet.parameters())
+    assert sum(p.numel() for p in pipe.unet.base.parameters()) < base_params  # physically smaller (cache wraps)
+
+
+def test_resume_continues_without_rerunning(digits10, tmp_path):
+    out = tmp_path / "resume"
+    first = optimize(digits10, budget="80%", trials=3, out=out, export=False, **FAST)
+    starts = {t.number: t.datetime_start for t in first.study.get_trials() if t.state.is_finished()}
+    assert len(starts) == 3
+    second = optimize(digits10, budget="80%", trials=5, out=out, export=False, **FAST)
+    trials = [t for t in second.study.get_trials() if t.state.is_finished()]
+    assert len(trials) == 5  # (warm-start configurations not yet run stay queued as WAITING)
+    for t in trials:
+        if t.number in starts:
+            assert t.datetime_start == starts[t.number]  # not re-evaluated
+    assert second.baseline == first.baseline  # measured once, stored in the study
+
+
+def test_interrupt_then_resume(digits10, tmp_path):
+    out = tmp_path / "intr"
+    calls = {"n": 0}
+
+    def stop_after_two(study, trial):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize(digits10, budget="80%", trials=6, out=out, export=False, callbacks=[stop_after_two], **FAST)
+    study = optuna.load_study(study_name="autoeff", storage=f"sqlite:///{out / 'study.db'}")
+    done_before = [t for t in study.get_trials() if t.state.is_finished()]
+    assert len(done_before) == 2
+    res = optimize(digits10, budget="80%", trials=6, out=out, export=False, **FAST)
+    assert len([t for t in res.study.get_trials() if t.state.is_finished()]) == 6
+
+
+def test_failing_candidates_fail_their_trial_not_the_search(digits10, tmp_path, monkeypatch):
+    """An exception, NaN images and an out-of-memory error each become a FAILED trial with its reason."""
+    original = SearchSpace.build
+    counter = {"n": 0}
+
+    def faulty_build(self, recipe):
+        pipe = original(self, recipe)
+        counter["n"] += 1
+        mode = counter["n"] % 4
+        if mode == 0 or counter["n"] > 8:  # the 8 trials; the finalists' rebuilds after them are healthy
+            return pipe
+        unet = copy.deepcopy(pipe.unet)
+
+        def hook(module, args, out):
+            if mode == 1:
+                raise RuntimeError("injected failure")
+            if mode == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            out.sample = out.sample * float("nan")
+            return out
+
+        unet.register_forward_hook(hook)
+        pipe.unet = unet
+        return pipe
+
+    monkeypatch.setattr(SearchSpace, "build", faulty_build)
+    res = optimize(digits10, budget="500%", trials=8, out=tmp_path / "faults", export=False, warm_start=False,
+                   **{**FAST, "top_k": 1})
+    reasons = [f["reason"] for f in res.failed]
+    assert any("injected failure" in r for r in reasons)
+    assert any("out of memory" in r for r in reasons)
+    assert any("finite" in r.lower() or "nan" in r.lower() for r in reasons)
+    states = _states(res.study)
+    assert states.get("FAIL", 0) == 6 and states.get("COMPLETE", 0) == 2
+    assert "RUNNING" not in states
+
+
+def test_no_feasible_candidate_exports_nothing_unless_best_effort(digits10, tmp_path):
+    with pytest.raises(NoFeasibleCandidateError) as e:
+        optimize(digits10, budget="0.001ms", trials=2, out=tmp_path / "nf", warm_start=False, **FAST)
+    assert "fastest" in str(e.value)
+    assert not (tmp_path / "nf" / "optimized").exists()
+    with pytest.raises(NoFeasibleCandidateError):
+        optimize(digits10, budget="0.001ms", trials=2, out=tmp_path / "nf", warm_start=False, best_effort=True,
+                 **FAST)
+    assert (tmp_path / "nf" / "optimized" / "autoeff.json").is_file()
+
+
+def test_incompatible_study_is_refused(digits10, tmp_path):
+    from autoeff.search import IncompatibleStudyError
+
+    optimize(digits10, budget="80%", trials=1, out=tmp_path / "s", export=False, warm_start=False, **FAST)
+    with pytest.raises(IncompatibleStudyError, match="budget"):
+        optimize(digits10, budget="50%", trials=1, out=tmp_path / "s", export=False, **FAST)
+    with pytest.raises(IncompatibleStudyError, match="metric"):
+        optimize(digits10, budget="80%", trials=1, out=tmp_path / "s", export=False, metric="class_acc", **FAST)
+
+
+def test_tiny_sdxl_saved_to_disk_optimizes_and_reloads(tmp_path):
+    """Mechanics on the SDXL family: a folder on disk, fidelity-to-baseline metric, export, reload."""
+    from autoeff.models.tiny import build_tiny_sdxl
+
+    tiny = build_tiny_sdxl()
+    folder = tmp_path / "sdxl"
+    tiny.pipeline.save_pretrained(folder)
+    handle = autoeff.load_model(str(folder))
+    assert handle.family == "sdxl"
+    handle.default_steps, handle.prompts, handle.resolution = 4, tiny.prompts, tiny.resolution
+    res = optimize(handle, budget="200%", trials=3, out=tmp_path / "run", proxy_samples=2, final_samples=4,
+                   max_steps=4, min_steps=2, top_k=1, sampler="random")
+    assert res.settings.metric == "fidelity"
+    pipe = load(res.export_path)
+    spec = default_spec(handle, 2, seed=3, batch_size=2)
+    a = generate(handle, SearchSpace(handle, res.settings.space, res.context).build(res.best.record.recipe), spec)
+    b = generate(pipe.autoeff_handle, pipe, spec)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_optimize_accepts_an_already_loaded_pipeline(tmp_path):
+    """MLOps use: a diffusers pipeline object rather than a spec."""
+    h = autoeff.load_model("digits")
+    res = optimize(h.pipeline, budget="80%", trials=2, out=tmp_path / "obj", export=False, warm_start=False,
+                   **FAST)
+    assert res.handle.family == "digits"
+    assert len(res.records) + len(res.failed) == 2
