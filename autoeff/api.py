@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,15 +170,23 @@ def optimize(
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
     progress: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
+    join: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> OptimizeResult:
     """Search `model`'s knobs for the best quality within `budget` on `device`, and export the winner.
 
     `model` is a spec (`digits`, `sdxl`, a folder), a ModelHandle, or an already-loaded diffusers pipeline.
-    Running the same call again with the same `out`/`storage` resumes the study. Raises
-    `NoFeasibleCandidateError` when nothing meets the budget (after exporting the fastest candidate if
-    `best_effort`).
+    Running the same call again with the same `out`/`storage` resumes the study: a trial left running by a
+    killed process is failed and retried at once (at most that one candidate is measured again). With a
+    shared `storage` (`postgresql://...`) this process coordinates: `autoeff worker` processes on other
+    machines (`join`) run trials of the same study, and this one waits for every running trial before it
+    selects and exports. `join` refuses to create the study (it must exist). Every RDB storage has Optuna
+    heartbeats (`heartbeat_interval` seconds, default 20; `grace_period`, default 3 intervals): a worker
+    that stops heartbeating has its trial failed and retried. Raises `NoFeasibleCandidateError` when
+    nothing meets the budget (after exporting the fastest candidate if `best_effort`).
     """
-    from autoeff.evaluation import Evaluator
+    from autoeff.distributed import HEARTBEAT_ATTR, SETTINGS_ATTR, TARGET_ATTR, WorkerRegistry, open_storage
 
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     handle = resolve_model(model, model_path=model_path, device=device)
@@ -194,7 +202,24 @@ def optimize(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(out)
-    study = create_or_load_study(settings, storage, study_name, handle.identity)
+    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = create_or_load_study(settings, rdb, study_name, handle.identity, create=not join)
+    study.set_user_attr(SETTINGS_ATTR, settings_to_dict(settings))
+    study.set_user_attr(TARGET_ATTR, settings.trials)
+    study.set_user_attr(HEARTBEAT_ATTR, {"interval": rdb.heartbeat_interval, "grace": rdb.grace_period})
+    with WorkerRegistry.for_storage(storage, study_name) as registry:
+        return _optimize_in_study(study, registry, handle, settings, out, threads=threads, export=export,
+                                  best_effort=best_effort, callbacks=callbacks, progress=progress)
+
+
+def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, settings: SearchSettings, out: Path,
+                       *, threads: int | None, export: bool, best_effort: bool,
+                       callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
+                       progress: Callable[[dict[str, Any]], None] | None) -> OptimizeResult:
+    from autoeff.distributed import run_trials
+    from autoeff.evaluation import Evaluator
+
+    budget = settings.budget
     context = context_for(handle, settings)
     evaluator = Evaluator(handle, settings, threads=threads)
 
@@ -204,7 +229,7 @@ def optimize(
         study.set_user_attr("baseline", baseline)
     budget_s = budget.resolve(baseline["latency_s"])
     study.set_user_attr("budget_s", budget_s)
-    _recover_interrupted(study)
+    _recover_interrupted(study, registry)
     if settings.warm_start and not study.user_attrs.get("warm_started"):
         for params in warm_start_params(settings.space, context):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
@@ -212,25 +237,26 @@ def optimize(
 
     space_obj = SearchSpace(handle, settings.space, context)
     objective = Objective(space_obj, evaluator, budget_s, settings)
-    done = _finished_count(study)
-    remaining = max(0, settings.trials - done)
     started = time.monotonic()
 
+    def info(state: str, reason: str | None) -> dict[str, Any]:
+        feas = [r for r in load_records(study) if r.feasible(budget_s) and r.score is not None]
+        return {"done": _finished_count(study), "total": settings.trials, "feasible": len(feas),
+                "best_score": max((r.score for r in feas), default=None),
+                "elapsed_s": time.monotonic() - started, "last_state": state, "last_reason": reason}
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if progress is None:
-            return
-        recs = load_records(study)
-        feas = [r for r in recs if r.feasible(budget_s) and r.score is not None]
-        progress({"done": _finished_count(study), "total": settings.trials, "feasible": len(feas),
-                  "best_score": max((r.score for r in feas), default=None),
-                  "elapsed_s": time.monotonic() - started, "last_state": trial.state.name,
-                  "last_reason": trial.user_attrs.get("fail_reason")})
+        if progress is not None:
+            progress(info(trial.state.name, trial.user_attrs.get("fail_reason")))
 
-    if remaining:
-        from autoeff.search import CandidateFailed
+    def waiting(counts: Any, target: int) -> None:
+        if progress is not None:
+            progress(info("WAITING", f"waiting for {counts.running} trial(s) running on other workers"))
 
-        study.optimize(objective, n_trials=remaining, catch=(CandidateFailed,),
-                       callbacks=[report, *callbacks], gc_after_trial=True)
+    from autoeff.search import CandidateFailed
+
+    run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
+               callbacks=[report, *callbacks], on_wait=waiting)
 
     records = load_records(study)
     failed = [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "")}
@@ -300,21 +326,20 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
 
 
 def _finished_count(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    """Finished candidates, each once: a failed trial superseded by its retry is not counted."""
+    from autoeff.distributed import trial_counts
+
+    return trial_counts(study).done
 
 
-def _recover_interrupted(study: optuna.Study) -> None:
-    """Single-machine resume: a trial left RUNNING by a killed process is marked FAILED and re-enqueued, so
-    at most that one candidate is measured again. (Many-machine studies use heartbeats instead.)"""
-    storage = study._storage
-    if getattr(storage, "heartbeat_interval", None):
-        return
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (process stopped mid-trial)")
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(dict(t.params), skip_if_exists=False)
+def _recover_interrupted(study: optuna.Study, registry: Any) -> list[int]:
+    """Resume: a trial left RUNNING by a process that is gone (killed, crashed) is marked FAIL with its
+    reason and retried with the same params, so at most that one candidate is measured again. Trials of
+    live processes (other workers) are never touched; those of other machines are left to the heartbeats
+    (`autoeff.distributed`)."""
+    from autoeff.distributed import recover_orphans
+
+    return recover_orphans(study, registry)
 
 
 def load_result(out: str | Path, storage: str | None = None, study_name: str = "autoeff") -> dict[str, Any]:
@@ -326,4 +351,73 @@ def load_result(out: str | Path, storage: str | None = None, study_name: str = "
             "budget_s": study.user_attrs.get("budget_s")}
 
 
-__all__ = ["optimize", "OptimizeResult", "NoFeasibleCandidateError", "Recipe", "load_result"]
+def join(
+    storage: str,
+    study_name: str = "autoeff",
+    *,
+    model_path: str | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> dict[str, Any]:
+    """Run trials of an existing study until it reaches its target trial count (`autoeff worker`).
+
+    The study must have been created by `optimize` (on any machine) and hold its settings, budget and
+    target; this process resolves the same model itself (refusing one whose identity differs), measures
+    trials on the study's device, and stops once the study's finished count reaches the target. The
+    heartbeat settings default to the ones the coordinator stored. Returns `{"ran": n, "done": d,
+    "target": t}`.
+    """
+    from autoeff.distributed import (
+        HEARTBEAT_ATTR,
+        WorkerRegistry,
+        open_storage,
+        run_trials,
+        study_settings,
+        trial_counts,
+        worker_id,
+        worker_seed,
+    )
+    from autoeff.evaluation import Evaluator
+    from autoeff.search import CandidateFailed
+
+    plain = _load_existing(storage, study_name)
+    settings, budget_s = study_settings(plain)
+    stored_identity = plain.user_attrs["settings_identity"]
+    beat = plain.user_attrs.get(HEARTBEAT_ATTR) or {}
+    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval or beat.get("interval"),
+                       grace_period=grace_period or (None if heartbeat_interval else beat.get("grace")))
+    handle = resolve_model(settings.model, model_path=model_path, device=settings.device)
+    if handle.identity != stored_identity.get("model_identity"):
+        raise SearchError(f"model {settings.model!r} loaded here (identity {handle.identity}) differs from the one "
+                          f"study {study_name!r} searches ({stored_identity.get('model_identity')}); pass "
+                          "--model-path to the same weights")
+    with WorkerRegistry.for_storage(storage, study_name) as registry:
+        settings = replace(settings, seed=worker_seed(settings.seed, worker_id()))
+        study = create_or_load_study(settings, rdb, study_name, handle.identity, create=False)
+        context = context_for(handle, settings)
+        evaluator = Evaluator(handle, settings, threads=threads)
+        objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
+        ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
+                         callbacks=list(callbacks))
+        counts = trial_counts(study)
+    return {"ran": ran, "done": counts.done, "target": settings.trials, "worker": registry.token}
+
+
+def _load_existing(storage: str, study_name: str) -> optuna.Study:
+    """The study as stored (no sampler, no heartbeats), refusing a missing one with a one-line error."""
+    from autoeff.distributed import mask_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise SearchError(f"no study named {study_name!r} in {mask_url(storage)}; create it first with "
+                          f"`autoeff optimize --storage ... --study-name {study_name}`") from None
+    except Exception as e:  # sqlalchemy errors: unreachable server, bad URL, missing driver
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SearchError(f"cannot open storage {mask_url(storage)!r}: {type(e).__name__}: {first}") from None
+
+
+__all__ = ["optimize", "join", "OptimizeResult", "NoFeasibleCandidateError", "Recipe", "load_result"]

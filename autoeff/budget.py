@@ -42,7 +42,9 @@ def parse_budget(text: str) -> Budget:
                               "(or a percentage of the baseline such as 10%)")
         raise BudgetError(f"--budget {raw!r} is not a latency; write e.g. 200ms, 0.2s or 10% (of the baseline)")
     value, unit = float(m.group(1)), m.group(2)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise BudgetError(f"--budget {raw!r} is not a finite number; write e.g. 200ms, 0.2s or 10%")
+    if value <= 0:
         raise BudgetError(f"--budget {raw!r} must be greater than zero; write e.g. 200ms")
     if unit == "%":
         if value > 1000:

@@ -26,8 +26,11 @@ def _quiet_libraries() -> None:
     """No per-component loading bars or library warnings in a CLI run (errors still show)."""
     import warnings
 
+    import optuna
     from diffusers.utils import logging as dlog
 
+    # failed candidates are reported in the progress line and in summary.json, not as Optuna tracebacks
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -78,7 +81,20 @@ def run_guarded(fn: Any) -> Any:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageErrors(click.Group):
+    """Click's usage errors (a bad option value, a missing option, an unknown command) print one line too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            _fail(" ".join(e.format_message().split()) + where, e.exit_code)
+
+
+@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autoeff")
 def main() -> None:
     """autoeff: find the fastest diffusion pipeline that keeps quality, measured on your device."""
@@ -136,6 +152,11 @@ def _space_option(f: Any) -> Any:
 @click.option("--no-warm-start", is_flag=True, help="Do not enqueue hand-picked configurations first.")
 @click.option("--trial-timeout", default=None, type=float, help="Seconds; a slower candidate fails its trial.")
 @click.option("--threads", default=None, type=int, help="CPU threads used for timing (default: torch's).")
+@click.option("--join", is_flag=True, help="Join an existing --storage/--study-name study; never create one.")
+@click.option("--heartbeat-interval", default=None, type=int,
+              help="Seconds between a running trial's heartbeats (default 20).")
+@click.option("--grace-period", default=None, type=int,
+              help="Seconds without a heartbeat before a trial is failed and retried (default 3 intervals).")
 def optimize(**kw: Any) -> None:
     """Search for the best-quality pipeline within a latency budget and export it."""
     run_guarded(lambda: _optimize(**kw))
@@ -145,7 +166,8 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
               trials: int, sampler: str, seed: int, batch_size: int, proxy_samples: int | None,
               final_samples: int | None, top_k: int, min_steps: int, max_steps: int, size_objective: bool,
               storage: str | None, study_name: str, out: str, best_effort: bool, no_warm_start: bool,
-              trial_timeout: float | None, threads: int | None) -> None:
+              trial_timeout: float | None, threads: int | None, join: bool = False,
+              heartbeat_interval: int | None = None, grace_period: int | None = None) -> None:
     from autoeff.budget import format_seconds, parse_budget
     from autoeff.devices import validate_device
     from autoeff.search_spaces.space import parse_space
@@ -156,13 +178,25 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
         knobs = parse_space(space)
     except ValueError as e:
         raise UsageError(f"--space {space!r}: {e}") from None
-    if trials < 1:
-        raise UsageError(f"--trials {trials} must be at least 1")
-    if top_k < 1:
-        raise UsageError(f"--top-k {top_k} must be at least 1")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads {threads} must be at least 1")
+    _check_numbers(trials=trials, top_k=top_k, threads=threads, batch=batch_size, proxy_samples=proxy_samples,
+                   final_samples=final_samples, min_steps=min_steps, max_steps=max_steps, seed=seed,
+                   trial_timeout=trial_timeout, metric=metric)
     out_path = _safe_out(out)
+    from autoeff.api import resolve_model
+    from autoeff.search import default_storage
+
+    storage_url = storage or default_storage(out_path)
+    has_studies = _check_storage(storage_url, "--storage" if storage else "the study in --out",
+                                 new_parent_must_exist=storage is not None)
+    handle = resolve_model(model, model_path=model_path, device=device)  # model errors before any output
+    metric = _check_metric_fits(metric, handle, device)
+    if has_studies:
+        _check_existing_study(storage_url, study_name, handle, parsed_budget.text, {
+            "device": device, "space": knobs, "metric": metric, "batch_size": batch_size,
+            "size_objective": size_objective, "min_steps": min_steps, "max_steps": max_steps, "options": {},
+            **({"proxy_samples": proxy_samples} if proxy_samples is not None else {})})
+    # what this run creates, removed again if it fails before its first trial (never what existed before)
+    created = [p for p in (out_path, _sqlite_file(storage_url)) if p is not None and not p.exists()]
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -176,19 +210,27 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
                   console=console, transient=False) as prog:
         task = prog.add_task("trials", total=trials, info="measuring baseline...")
 
+        finished = {"trials": 0}
+
         def on_progress(p: dict[str, Any]) -> None:
+            finished["trials"] += 1
             best = "-" if p["best_score"] is None else f"{p['best_score']:.4g}"
             prog.update(task, completed=p["done"], info=f"feasible {p['feasible']}, best score {best}")
 
         result = None
         try:
             result = autoeff.optimize(
-                model, budget=parsed_budget, device=device, out=out_path, space=knobs, metric=metric,
+                handle, budget=parsed_budget, device=device, out=out_path, space=knobs, metric=metric,
                 trials=trials, sampler=sampler, seed=seed, batch_size=batch_size, proxy_samples=proxy_samples,
                 final_samples=final_samples, top_k=top_k, size_objective=size_objective, storage=storage,
                 study_name=study_name, min_steps=min_steps, max_steps=max_steps, warm_start=not no_warm_start,
                 trial_timeout_s=trial_timeout, model_path=model_path, best_effort=best_effort,
-                progress=on_progress, threads=threads)
+                progress=on_progress, threads=threads, join=join, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period)
+        except Exception:
+            if not finished["trials"] and not (out_path / "summary.json").exists():
+                _remove_created(created)
+            raise
         finally:
             prog.update(task, info="done" if result is not None else "stopped")
     base = result.baseline
@@ -212,6 +254,158 @@ def _safe_out(out: str) -> Path:
     return p
 
 
+def _check_numbers(*, trials: int, top_k: int, threads: int | None, batch: int, proxy_samples: int | None,
+                   final_samples: int | None, min_steps: int, max_steps: int, seed: int,
+                   trial_timeout: float | None, metric: str | None) -> None:
+    """Refuse out-of-range counts and an unknown metric name before anything is loaded or written."""
+    from autoeff.evaluators.quality import METRICS
+
+    for flag, value, least in (("--trials", trials, 1), ("--top-k", top_k, 1), ("--threads", threads, 1),
+                               ("--batch", batch, 1), ("--proxy-samples", proxy_samples, 2),
+                               ("--final-samples", final_samples, 2), ("--min-steps", min_steps, 1),
+                               ("--seed", seed, 0)):
+        if value is not None and value < least:
+            raise UsageError(f"{flag} {value} must be at least {least}")
+    if proxy_samples is not None and final_samples is not None and final_samples < proxy_samples:
+        raise UsageError(f"--final-samples {final_samples} is below --proxy-samples {proxy_samples}; the "
+                         "finalists need at least as many images as the search")
+    if max_steps < min_steps:
+        raise UsageError(f"--max-steps {max_steps} is below --min-steps {min_steps}; give --max-steps >= "
+                         "--min-steps")
+    if trial_timeout is not None and not 0 < trial_timeout < float("inf"):
+        raise UsageError(f"--trial-timeout {trial_timeout} must be a positive number of seconds")
+    if metric is not None and metric not in METRICS:
+        raise UsageError(f"--metric {metric!r} is not known; use one of {', '.join(METRICS)}")
+
+
+def _check_metric_fits(metric: str | None, handle: Any, device: str) -> str:
+    """The metric for this model (the default one always fits); a chosen one is built once to check it fits
+    the model and its weights are here, before any output is written."""
+    from autoeff.api import default_metric
+
+    if metric is None:
+        return default_metric(handle)
+    from autoeff.evaluators.quality import make_quality
+
+    try:
+        make_quality(metric, handle, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--metric {metric}: {' '.join(str(e).split())}") from None
+    return metric
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///path` URL (None for other databases and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def _check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bool:
+    """Refuse a storage URL that cannot hold a study, reading only (nothing is created or written).
+
+    Returns whether it already holds Optuna's tables (so a study of that name may exist).
+    """
+    import sqlite3
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception as e:  # sqlalchemy ArgumentError (and ValueError for a bad port)
+        raise UsageError(f"{what} {url!r} is not a database URL ({' '.join(str(e).split())}); write "
+                         "sqlite:///path/study.db or postgresql://user@host/db") from None
+    if u.get_backend_name() == "sqlite":
+        path = _sqlite_file(url)
+        if path is None:
+            raise UsageError(f"{what} {url!r} keeps the study in memory, where it is lost at exit; write "
+                             "sqlite:///path/study.db")
+        if not path.exists():
+            if new_parent_must_exist and not path.parent.is_dir():
+                raise UsageError(f"{what} {url!r}: folder {path.parent} does not exist; create it or choose "
+                                 "another path")
+            return False
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head:
+            return False  # an empty file is an empty SQLite database
+        if head != b"SQLite format 3\x00":
+            raise UsageError(f"{what} {url!r}: {path} is not an SQLite database; give a new file or an "
+                             "Optuna study database")
+        try:
+            with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as con:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as e:
+            raise UsageError(f"{what} {url!r}: {path} cannot be read as SQLite ({e})") from None
+        if tables and "studies" not in tables:
+            raise UsageError(f"{what} {url!r}: {path} is another program's SQLite database (no Optuna "
+                             "tables); give a new file")
+        return "studies" in tables
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except ImportError as e:
+        raise UsageError(f"{what} {url!r} needs the database driver {e.name!r}, which is not installed; pip "
+                         "install it, or name an installed driver in the URL (e.g. postgresql+psycopg2://)"
+                         ) from None
+    except Exception as e:  # unknown dialect (NoSuchModuleError), bad URL
+        raise UsageError(f"{what} {url!r} cannot be used: {type(e).__name__}: {' '.join(str(e).split())}; "
+                         "write sqlite:///path/study.db or postgresql://user@host/db") from None
+    try:
+        with engine.connect() as con:
+            return bool(sqlalchemy.inspect(con).has_table("studies"))
+    except Exception as e:  # unreachable server, refused login, ...
+        raise UsageError(f"{what} {url!r}: cannot connect ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]})") from None
+    finally:
+        engine.dispose()
+
+
+def _check_existing_study(url: str, study_name: str, handle: Any, budget_text: str,
+                          settings: dict[str, Any]) -> None:
+    """Refuse to resume a study made for another model, budget or search settings, before any output (the API
+    checks again when it opens the study; this only reads)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=url)
+    except KeyError:
+        return
+    except Exception as e:
+        raise UsageError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    stored = study.user_attrs.get("settings_identity") or {}
+    mine = json.loads(json.dumps({"model": handle.spec, "model_identity": handle.identity, **settings},
+                                 default=str))
+    diff = sorted(k for k in mine if k in stored and stored[k] != mine[k])
+    if diff:
+        raise UsageError(f"study {study_name!r} in {url} was made with different {', '.join(diff)} ("
+                         + ", ".join(f"{k}={stored[k]!r}, not {mine[k]!r}" for k in diff)
+                         + "); use another --study-name or --out")
+    old = study.user_attrs.get("budget")
+    if old is not None and old != budget_text:
+        raise UsageError(f"study {study_name!r} in {url} was made for --budget {old}, not {budget_text}; "
+                         "resume with --budget " + old + ", or use another --study-name or --out")
+
+
+def _remove_created(paths: list[Path]) -> None:
+    """Remove what this run created (a new --out folder, a new SQLite file) after it failed during setup."""
+    import shutil
+
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
 @main.command()
 @click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--storage", default=None)
@@ -228,10 +422,17 @@ def _open_study(out: str, storage: str | None, study_name: str) -> dict[str, Any
 
     if storage is None and not (Path(out) / "study.db").is_file():
         raise UsageError(f"no study in {out!r} (no study.db); pass --out of an optimize run or --storage")
+    url = storage or default_storage(Path(out))
+    if not _check_storage(url, "--storage" if storage else "the study in --out"):  # reads only
+        raise UsageError(f"no study in {url}; pass the --out or --storage an optimize run used")
     try:
-        return load_result(out, storage=storage or default_storage(Path(out)), study_name=study_name)
+        return load_result(out, storage=url, study_name=study_name)
     except KeyError:
-        raise UsageError(f"no study named {study_name!r} in that storage") from None
+        import optuna
+
+        names = ", ".join(optuna.get_all_study_names(url)) or "none"
+        raise UsageError(f"no study named {study_name!r} in {url}; pass --study-name (studies there: "
+                         f"{names})") from None
 
 
 def _show(out: str, storage: str | None, study_name: str, show_all: bool) -> None:
@@ -309,6 +510,12 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
     from autoeff.devices import validate_device
     from autoeff.export import verify_folder
 
+    if samples is not None and samples < 2:
+        raise UsageError(f"--samples {samples} must be at least 2")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1")
+    if device is not None:
+        device = validate_device(device)
     info = verify_folder(path)
     dev = validate_device(device or info.get("device") or "cpu")
     rows = bench_export(path, device=dev, samples=samples, threads=threads)
@@ -338,6 +545,8 @@ def _generate(model: str, model_path: str | None, n: int, steps: int | None, see
 
     if n < 1:
         raise UsageError(f"--n {n} must be at least 1")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps {steps} must be at least 1")
     device = validate_device(device)
     if Path(model).is_dir() and (Path(model) / "autoeff.json").is_file():
         import autoeff
@@ -354,6 +563,46 @@ def _generate(model: str, model_path: str | None, n: int, steps: int | None, see
     images = generate(handle, pipe, default_spec(handle, n, seed=seed, batch_size=min(n, 64)))
     save_grid(images, dest)
     click.echo(f"wrote {dest} ({n} images from {model})")
+
+
+@main.command()
+@click.option("--storage", default=None, help="The study's Optuna storage URL (postgresql://... or sqlite:///...).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Instead of --storage: the --out folder of an optimize run on this machine (its SQLite).")
+@click.option("--study-name", default="autoeff", show_default=True)
+@click.option("--model-path", default=None, help="Local folder holding the weights of the study's model.")
+@click.option("--threads", default=None, type=int, help="CPU threads used for timing (default: torch's).")
+@click.option("--heartbeat-interval", default=None, type=int, help="Default: the coordinator's.")
+@click.option("--grace-period", default=None, type=int, help="Default: the coordinator's.")
+def worker(storage: str | None, out: str | None, study_name: str, model_path: str | None, threads: int | None,
+           heartbeat_interval: int | None, grace_period: int | None) -> None:
+    """Run trials of a study that `autoeff optimize --storage ...` created, until it has its trial count."""
+    run_guarded(lambda: _worker(storage, out, study_name, model_path, threads, heartbeat_interval, grace_period))
+
+
+def _worker(storage: str | None, out: str | None, study_name: str, model_path: str | None, threads: int | None,
+            heartbeat_interval: int | None, grace_period: int | None) -> None:
+    from autoeff.api import join
+    from autoeff.search import default_storage
+
+    if (storage is None) == (out is None):
+        raise UsageError("give the study's --storage URL (or the --out folder of an optimize run on this machine)")
+    if out is not None and not (Path(out) / "study.db").is_file():
+        raise UsageError(f"no study in {out!r} (no study.db); pass --out of an optimize run or --storage")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1")
+    url = storage or default_storage(Path(out or "."))
+
+    def on_trial(study: Any, trial: Any) -> None:
+        m = trial.user_attrs.get("measurement") or {}
+        what = (f"{m['latency_s'] * 1000:.2f} ms, score {m.get('score')}" if trial.state.name == "COMPLETE" and m
+                else trial.user_attrs.get("fail_reason", ""))
+        click.echo(f"trial {trial.number} {trial.state.name}: {what}", err=True)
+
+    res = join(url, study_name, model_path=model_path, threads=threads, heartbeat_interval=heartbeat_interval,
+               grace_period=grace_period, callbacks=[on_trial])
+    click.echo(f"worker {res['worker']}: ran {res['ran']} trial(s); the study has {res['done']}/{res['target']} "
+               "finished")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,16 @@ _AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "prune
                    "device", "versions", "created"}
 
 
+_CONTEXT_TYPES: dict[str, type] = {"family": str, "denoiser": str, "num_train_timesteps": int, "default_steps": int,
+                                   "min_steps": int, "max_steps": int, "block_groups": list, "device": str,
+                                   "options": dict}
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ExportError(ValueError):
     """An exported folder cannot be written or loaded; the message names the folder and the problem."""
 
@@ -85,10 +95,13 @@ def export_pipeline(
     from autoeff.env import environment
 
     path = Path(path).resolve()
+    if path.exists() and not path.is_dir():
+        raise ExportError(f"{path} is a file; give a folder to export to")
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; choose another folder or allow overwriting")
     if path.exists() and not (path / AUTOEFF_JSON).is_file() and any(path.iterdir()):
-        raise ExportError(f"{path} exists and is not an autoeff export; refusing to overwrite it")
+        raise ExportError(f"{path} exists, holds files and is not an autoeff export; refusing to overwrite "
+                          "it: choose a new or empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -171,7 +184,11 @@ def verify_folder(path: str | Path) -> dict[str, Any]:
             raise ExportError(f"{path}/{rel} is not in the manifest; the folder was modified: re-export it")
     if AUTOEFF_JSON not in listed:
         raise ExportError(f"{path} has no {AUTOEFF_JSON} in its manifest")
-    return parse_autoeff_json((path / AUTOEFF_JSON).read_text(), where=str(path / AUTOEFF_JSON))
+    try:
+        text = (path / AUTOEFF_JSON).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ExportError(f"{path / AUTOEFF_JSON} is not UTF-8 text") from None
+    return parse_autoeff_json(text, where=str(path / AUTOEFF_JSON))
 
 
 def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
@@ -180,6 +197,8 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         info = json.loads(text)
     except json.JSONDecodeError as e:
         raise ExportError(f"{where} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, nesting too deep
+        raise ExportError(f"{where} is not valid JSON ({type(e).__name__})") from None
     if not isinstance(info, dict):
         raise ExportError(f"{where} must hold a JSON object")
     unknown = set(info) - _AUTOEFF_FIELDS
@@ -197,15 +216,29 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
     except ConfigError as e:
         raise ExportError(f"{where}: {e}") from None
     model = info.get("model")
-    if not isinstance(model, dict) or model.get("family") not in FAMILIES:
+    if not isinstance(model, dict) or not isinstance(model.get("family"), str) or model["family"] not in FAMILIES:
         raise ExportError(f"{where}: model.family must be one of {sorted(FAMILIES)}")
+    if not isinstance(model.get("spec"), str) or not _is_int(model.get("resolution")):
+        raise ExportError(f"{where}: model.spec must be a string and model.resolution an integer")
     ctx = info.get("context")
     if not isinstance(ctx, dict):
         raise ExportError(f"{where}: context must be an object")
+    for key, value in ctx.items():
+        kind = _CONTEXT_TYPES.get(key)
+        if kind is not None and not (_is_int(value) if kind is int else isinstance(value, kind)):
+            raise ExportError(f"{where}: context.{key} must be {_TYPE_NAMES[kind]}, not {value!r}"[:300])
     try:
         info["context"] = SpaceContext(**ctx)
     except TypeError as e:
         raise ExportError(f"{where}: context: {e}") from None
+    if info["context"].denoiser != FAMILIES[model["family"]]["denoiser"]:
+        raise ExportError(f"{where}: context.denoiser {info['context'].denoiser!r} is not the "
+                          f"{model['family']} denoiser ({FAMILIES[model['family']]['denoiser']!r})")
+    for key in ("measured", "baseline", "versions"):
+        if not isinstance(info.get(key, {}), dict):
+            raise ExportError(f"{where}: {key} must be an object")
+    if not isinstance(info.get("device", ""), str):
+        raise ExportError(f"{where}: device must be a string")
     if info["recipe"].schema_version > SCHEMA_VERSION:
         raise ExportError(f"{where}: recipe schema is newer than this autoeff reads")
     return info
@@ -259,7 +292,11 @@ def _load_pruned_denoiser(folder: Path, plan: Any, prune: Any) -> Any:
     if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
         raise ExportError(f"{cfg_path}: unsupported denoiser class {cls_name!r}")
     model = cls.from_config(cfg)
-    model = prune.apply_plan(model, plan)
+    try:
+        model = prune.apply_plan(model, plan)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise ExportError(f"{folder}: its prune_plan cannot be applied ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}); re-export it") from None
     weights = sorted(folder.glob("*.safetensors"))
     if len(weights) != 1:
         raise ExportError(f"{folder} must hold exactly one .safetensors file, found {len(weights)}")

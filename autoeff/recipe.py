@@ -75,6 +75,8 @@ class Recipe:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"recipe is not valid JSON: {e.msg} at line {e.lineno}") from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer too long to convert, nesting too deep
+            raise ConfigError(f"recipe is not valid JSON ({type(e).__name__})") from None
         return cls.from_dict(data)
 
     def describe(self) -> str:

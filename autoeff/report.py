@@ -86,7 +86,18 @@ def plot_pareto(records: list[Any], budget_s: float, baseline: dict[str, Any], c
     if chosen is not None and chosen.score is not None:
         ax.scatter([chosen.latency_s * 1000], [chosen.score], marker="*", s=160, c="tab:green",
                    label=f"chosen (trial {chosen.number})")
+    unscored = [r for r in records if r.score is None]
+    if unscored:  # over budget: latency measured, quality deliberately not spent on them
+        lo = min([r.score for r in pts] + ([baseline["score"]] if baseline.get("score") is not None else []),
+                 default=0.0)
+        ax.scatter([r.latency_s * 1000 for r in unscored], [lo] * len(unscored), marker="x", s=18,
+                   c="tab:red", alpha=0.6, label="over budget (quality not measured)")
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency per call (ms, log scale)")
     ax.set_ylabel(f"quality score ({metric}; higher is better)")
     ax.grid(alpha=0.3)
@@ -136,9 +147,12 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
         pipe = build_pipeline(handle, chosen.recipe, result.context)
         grids.append((f"chosen (trial {chosen.number})", generate(handle, pipe, spec)))
     both = torch.cat([g for _, g in grids])
-    samples_png = save_grid(both, folder / "samples.png", nrow=n if n <= 16 else n // 2)
+    save_grid(both, folder / "samples.png", nrow=n if n <= 16 else n // 2)
+    grid_html = ""
     for name, g in grids:
-        save_grid(g, folder / f"samples_{name.split()[0]}.png")
+        png = save_grid(g, folder / f"samples_{name.split()[0]}.png")
+        grid_html += (f"<h3>{html.escape(name)}</h3><img src=\"data:image/png;base64,{_b64(png)}\" "
+                      f"alt=\"{html.escape(name)}\">\n")
 
     final = None
     if result.best is not None and chosen is not None and result.best.record.number == chosen.number:
@@ -183,8 +197,8 @@ finalists on {result.settings.final_samples}.</p>
 <h2>Measured figures</h2><table><tr><th></th><th>latency</th><th>quality</th></tr>{fig_rows}</table>
 <h2>Chosen recipe</h2><table><tr><th>knob</th><th>setting</th><th>config</th></tr>{''.join(rows)}</table>
 <h2>Pareto front</h2><img src="data:image/png;base64,{_b64(pareto_png)}" alt="Pareto front">
-<h2>Samples (same seeds): {' / '.join(html.escape(n) for n, _ in grids)}</h2>
-<img src="data:image/png;base64,{_b64(samples_png)}" alt="samples">
+<h2>Samples (same seeds, same labels or prompts)</h2>
+{grid_html}
 </body></html>
 """
     out = folder / "report.html"

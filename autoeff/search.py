@@ -302,28 +302,44 @@ def recipe_is_simulated(recipe: Recipe) -> bool:
     return bool(knob_module("quantize").is_simulated(recipe.knobs["quantize"]))
 
 
-def create_or_load_study(settings: SearchSettings, storage: str, study_name: str, model_identity: str,
-                         ) -> optuna.Study:
-    """Open the study (creating it if new) and refuse one made for another model, metric or space."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def create_or_load_study(settings: SearchSettings, storage: str | optuna.storages.BaseStorage, study_name: str,
+                         model_identity: str, *, create: bool = True) -> optuna.Study:
+    """Open the study (creating it if new, unless `create` is False) and refuse one made for another model,
+    metric or space. `storage` is a URL or an opened storage (`autoeff.distributed.open_storage`)."""
+    from autoeff.distributed import SETTINGS_ATTR, mask_url
+
+    label = mask_url(storage if isinstance(storage, str) else str(getattr(storage, "url", storage)))
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # Optuna's default INFO logs every trial
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(settings.sampler, settings.seed)
     try:
-        study = optuna.create_study(storage=storage, study_name=study_name, directions=directions(settings),
-                                    sampler=make_sampler(settings.sampler, settings.seed), load_if_exists=True)
+        if create:
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions(settings),
+                                        sampler=sampler, load_if_exists=True)
+        else:
+            study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler)
+    except KeyError:
+        raise SearchError(f"no study named {study_name!r} in {label}; create it first with `autoeff optimize "
+                          f"--storage ... --study-name {study_name}`") from None
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as e:
-        raise SearchError(f"cannot open storage {storage!r}: {str(e).splitlines()[0]}") from None
+        raise SearchError(f"cannot open storage {label!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # sqlalchemy errors: unreachable server, bad URL, foreign database
-        raise SearchError(f"cannot open storage {storage!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise SearchError(f"cannot open storage {label!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     ident = settings.identity(model_identity)
     stored = study.user_attrs.get("settings_identity")
     if stored is None:
+        if not create:
+            raise SearchError(f"study {study_name!r} in {label} was not created by `autoeff optimize` (it has no "
+                              "settings_identity); use another --study-name")
         study.set_user_attr("settings_identity", ident)
         study.set_user_attr("budget", settings.budget.text)
+        study.set_user_attr(SETTINGS_ATTR, settings_to_dict(settings))
         study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
     else:
         diff = sorted(k for k in set(stored) | set(ident) if stored.get(k) != ident.get(k))
         if diff:
             raise IncompatibleStudyError(
-                f"study {study_name!r} in {storage} was made with different {', '.join(diff)} "
+                f"study {study_name!r} in {label} was made with different {', '.join(diff)} "
                 f"({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}); use another --study-name or --out")
         if study.user_attrs.get("budget") != settings.budget.text:
             raise IncompatibleStudyError(

@@ -1,0 +1,433 @@
+"""Many processes, one study: Optuna's RDB storage is the only coordination (no queue of our own).
+
+`autoeff optimize --storage postgresql://... --study-name NAME` on one machine and `autoeff worker --storage
+... --study-name NAME` on others run trials of one Optuna study. The study's user attributes hold what a
+worker needs to rebuild the search (settings, budget, baseline, target trial count); each process asks
+Optuna for the next trial, measures it on its own device and tells the result through the storage.
+
+Crashes. Every RDB storage (SQLite as well as PostgreSQL) is opened with Optuna's heartbeats
+(`RDBStorage(heartbeat_interval=..., grace_period=..., heartbeat_stale_trial_callback=...)`, see Optuna's
+"Heartbeat monitoring" tutorial): a process records a heartbeat for its running trial every interval, and a
+trial whose heartbeat is older than the grace period is failed by `optuna.storages.fail_stale_trials` (which
+every process calls before each trial) and re-enqueued with the same parameters by
+`RetryHeartbeatStaleTrialCallback`. A dead process on the same machine is noticed at once, without waiting
+for the grace period: with SQLite through a registry of per-process lock files next to the database, with
+any storage through the owner's process id recorded on the trial. So a rerun right after `kill -9` resumes
+at once, and a live worker's trial is never failed.
+
+Counting. A failed trial that was retried is the same candidate as its retry; the finished count (the
+target `--trials`) counts COMPLETE, PRUNED and FAIL trials, minus the FAIL trials some retry supersedes
+(Optuna's `retry_history`), so no candidate is counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+from filelock import FileLock, Timeout
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from autoeff.budget import parse_budget
+from autoeff.search import SearchError, SearchSettings
+
+__all__ = [
+    "GRACE_FACTOR", "HEARTBEAT_INTERVAL_S", "MAX_RETRY", "STALE_REASON", "HeartbeatStorage", "RetryStaleTrial",
+    "TrialCounts", "WorkerRegistry", "fail_stale_trials", "mask_url", "open_storage", "recover_orphans",
+    "run_trials", "study_settings", "trial_counts", "worker_id",
+]
+
+HEARTBEAT_INTERVAL_S = 20
+GRACE_FACTOR = 3  # default grace period: this many heartbeat intervals
+MAX_RETRY = 3
+STALE_REASON = "stale: worker stopped heartbeating"
+INTERRUPTED_REASON = "interrupted: process {owner} stopped mid-trial"
+WORKER_ATTR = "worker"
+TARGET_ATTR = "target_trials"
+SETTINGS_ATTR = "settings"
+HEARTBEAT_ATTR = "heartbeat"
+# User attributes that describe one attempt, not the candidate: a retry starts without them.
+_ATTEMPT_ATTRS = frozenset({"fail_reason", WORKER_ATTR, "recipe", "measurement", "constraint"})
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def mask_url(url: str) -> str:
+    """The storage URL with its password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: show it as given
+        return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///...` URL (None for other back ends and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database
+    if not db or db == ":memory:":
+        return None
+    return Path(db).resolve()
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial (a new WAITING trial with the same params and `retry_history`), except
+    that the retry does not inherit the failed attempt's own attributes (its reason, owner, measurement)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        retry_trial(study, trial, self._max_retry)
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRY) -> bool:
+    """Enqueue a retry of the failed `trial`, in the layout of `RetryHeartbeatStaleTrialCallback`
+    (`failed_trial`, `retry_history` system attributes). False when `max_retry` retries were already made."""
+    system_attrs: dict[str, Any] = {"failed_trial": trial.number, **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
+        return False
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
+                                        distributions=trial.distributions, user_attrs=user_attrs,
+                                        system_attrs=system_attrs))
+    return True
+
+
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDBStorage, with two additions to its stale-trial detection:
+
+    - a stale trial gets the user attribute `fail_reason` ("stale: worker stopped heartbeating") before
+      `fail_stale_trials` marks it FAIL (a finished trial's attributes cannot be set any more);
+    - a RUNNING trial that never recorded a heartbeat (its process died between taking the trial and
+      starting the heartbeat thread), started longer than the grace period ago, is stale too; Optuna skips
+      those and they would stay RUNNING forever. Its start time is the asking machine's clock.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = list(super()._get_stale_trial_ids(study_id))
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        cutoff = datetime.now() - timedelta(seconds=grace)
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if (t._trial_id not in stale and t.datetime_start is not None and t.datetime_start < cutoff
+                    and not self._has_heartbeat(t._trial_id)):
+                stale.append(t._trial_id)
+        for trial_id in stale:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
+        return stale
+
+    def _has_heartbeat(self, trial_id: int) -> bool:
+        # Optuna offers no public read of the heartbeat table; this is the query its own check uses.
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int | None = MAX_RETRY) -> HeartbeatStorage:
+    """An RDB storage for `url` (sqlite:///..., postgresql://...) with heartbeats and stale-trial retries.
+
+    `heartbeat_interval` defaults to 20 s and `grace_period` to 3 intervals. Raises SearchError naming the
+    URL (password hidden) when the storage cannot be opened.
+    """
+    interval = HEARTBEAT_INTERVAL_S if heartbeat_interval is None else int(heartbeat_interval)
+    if interval < 1:
+        raise SearchError(f"--heartbeat-interval {heartbeat_interval} must be at least 1 (seconds)")
+    grace = GRACE_FACTOR * interval if grace_period is None else int(grace_period)
+    if grace <= interval:
+        raise SearchError(f"--grace-period {grace_period} must be longer than the heartbeat interval ({interval} s); "
+                          f"e.g. {GRACE_FACTOR * interval}")
+    # SQLite: the heartbeat thread and the trial write from two threads; wait for the file lock, do not fail.
+    engine_kwargs: dict[str, Any] = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                                     else {"pool_pre_ping": True})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return HeartbeatStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                                    grace_period=grace, heartbeat_stale_trial_callback=RetryStaleTrial(max_retry))
+    except Exception as e:  # sqlalchemy errors: unreachable server, bad URL, missing driver, foreign database
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise SearchError(f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {first}") from None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's `fail_stale_trials` (it is also run before every trial by `Study.optimize`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Trials of a study, each candidate counted once.
+
+    done: finished candidates (COMPLETE, PRUNED, and FAIL not superseded by a retry); running: RUNNING
+    trials; waiting: WAITING trials (enqueued configurations and pending retries); retried: FAIL trials
+    superseded by a retry (not in `done`).
+    """
+
+    done: int
+    running: int
+    waiting: int
+    retried: int
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    trials = study.get_trials(deepcopy=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    done = sum(1 for t in trials if t.state in _FINISHED and t.number not in retried)
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return TrialCounts(done=done, running=running, waiting=waiting,
+                       retried=sum(1 for t in trials if t.number in retried))
+
+
+# -- who is alive -----------------------------------------------------------------------------------------
+def _pid_namespace() -> str:
+    try:
+        return re.sub(r"\D", "", os.readlink("/proc/self/ns/pid")) or "0"
+    except OSError:
+        return "0"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname() or "localhost")
+
+
+def worker_id() -> str:
+    """This process's name on the trials it runs: `host/pid-namespace/pid`, or `$AUTOEFF_WORKER_ID`.
+
+    With the default name, a trial whose process is gone from this machine is failed (and retried) at once;
+    a custom name (unique per process) leaves that to the heartbeats, as for a trial of another machine.
+    """
+    return os.environ.get("AUTOEFF_WORKER_ID") or f"{_host()}/{_pid_namespace()}/{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _dead_here(owner: str) -> bool:
+    """True when `owner` names a process of this machine (same host and pid namespace) that is gone."""
+    parts = owner.split("/")
+    if len(parts) != 3 or parts[0] != _host() or parts[1] != _pid_namespace() or not parts[2].isdigit():
+        return False
+    return not _pid_alive(int(parts[2]))
+
+
+def _safe(token: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", token)
+
+
+class WorkerRegistry:
+    """The processes of this machine that use a SQLite study: one `filelock.FileLock` file each, held for the
+    process's lifetime in `<database>.workers/<study>/`. The OS drops a dead process's lock (even after
+    SIGKILL), so whether another process is alive is known at once. For other storages the registry has no
+    folder and only `token` is used.
+
+        with WorkerRegistry.for_storage(url, study_name) as reg: ...
+    """
+
+    def __init__(self, folder: Path | None, token: str | None = None) -> None:
+        self.folder = folder
+        self.token = token or worker_id()
+        self._lock: FileLock | None = None
+
+    @classmethod
+    def for_storage(cls, url: str, study_name: str) -> WorkerRegistry:
+        db = _sqlite_path(url)
+        folder = None if db is None else db.with_name(db.name + ".workers") / _safe(study_name)
+        return cls(folder)
+
+    def __enter__(self) -> WorkerRegistry:
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.folder / f"{_safe(self.token)}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise SearchError(f"another process already runs as worker {self.token!r} on this study; give "
+                                  "each process its own AUTOEFF_WORKER_ID") from None
+            self._lock = lock
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            with contextlib.suppress(OSError):
+                Path(self._lock.lock_file).unlink()
+            self._lock = None
+
+    def others_alive(self) -> set[str] | None:
+        """Safe names of the other live registered processes (dead ones' files are removed); None without
+        a registry folder."""
+        if self.folder is None:
+            return None
+        live: set[str] = set()
+        for path in self.folder.glob("*.lock"):
+            if path.stem == _safe(self.token):
+                continue
+            probe = FileLock(str(path))
+            try:
+                probe.acquire(timeout=0)
+            except Timeout:
+                live.add(path.stem)
+                continue
+            probe.release()
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return live
+
+
+def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:  # its owner (or another process) finished it first
+        return False
+    retry_trial(study, storage.get_trial(trial._trial_id), max_retry)
+    return True
+
+
+def recover_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: int | None = MAX_RETRY) -> list[int]:
+    """Fail, and retry with the same params, trials left RUNNING by processes that are gone, without waiting
+    for the heartbeat grace period. Returns their numbers.
+
+    With SQLite (a registry folder): a trial whose owner holds no lock in the registry, or one with no owner
+    yet when no other process is registered. With any storage: a trial owned by a process of this machine
+    that no longer exists. A trial of a live process, or of another machine, is left to the heartbeats.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    others = registry.others_alive()
+    failed = []
+    for t in running:
+        owner = t.user_attrs.get(WORKER_ATTR)
+        if owner == registry.token:
+            continue
+        if others is not None:
+            dead = (not others) if owner is None else _safe(owner) not in others
+        else:
+            dead = owner is not None and _dead_here(owner)
+        if dead and _fail_and_retry(study, t, INTERRUPTED_REASON.format(owner=owner or "unknown"), max_retry):
+            failed.append(t.number)
+    return failed
+
+
+# -- the loop every process runs --------------------------------------------------------------------------
+def target_trials(study: optuna.Study) -> int:
+    target = study.user_attrs.get(TARGET_ATTR)
+    if not isinstance(target, int) or target < 1:
+        raise SearchError(f"study {study.study_name!r} has no target trial count; it was not created by "
+                          "`autoeff optimize`")
+    return target
+
+
+@contextlib.contextmanager
+def _quiet_heartbeat_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    *,
+    registry: WorkerRegistry,
+    wait_for_running: bool,
+    catch: tuple[type[Exception], ...] = (),
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_wait: Callable[[TrialCounts, int], None] | None = None,
+    max_retry: int | None = MAX_RETRY,
+    poll_s: float | None = None,
+) -> int:
+    """Run trials of `study` until its finished count reaches the target stored in the study; return how
+    many this process ran.
+
+    Before each trial: fail orphaned and heartbeat-stale trials (they are retried), then take a trial only
+    while finished + running < target, so a few processes overshoot the target by at most one trial each
+    when they ask at the same moment. A worker stops once the target is reached; the coordinator
+    (`wait_for_running`) also waits for the trials still running elsewhere, which finish, or go stale and
+    are retried (possibly by this process), so that selection sees every trial.
+    """
+    token = registry.token
+
+    def owned(trial: optuna.Trial) -> Any:
+        trial.set_user_attr(WORKER_ATTR, token)
+        return objective(trial)
+
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL_S
+    poll = poll_s if poll_s is not None else min(5.0, float(interval))
+    ran = 0
+    while True:
+        recover_orphans(study, registry, max_retry)
+        fail_stale_trials(study)
+        counts = trial_counts(study)
+        target = target_trials(study)
+        if counts.done + counts.running < target:
+            with _quiet_heartbeat_warning():
+                study.optimize(owned, n_trials=1, catch=catch, callbacks=list(callbacks), gc_after_trial=True)
+            ran += 1
+            continue
+        if counts.done >= target and (counts.running == 0 or not wait_for_running):
+            return ran
+        if on_wait is not None:
+            on_wait(counts, target)
+        time.sleep(poll)
+
+
+def study_settings(study: optuna.Study) -> tuple[SearchSettings, float]:
+    """Rebuild the SearchSettings and the budget in seconds stored by `autoeff optimize` in the study."""
+    attrs = study.user_attrs
+    missing = [k for k in ("settings_identity", SETTINGS_ATTR, "budget", TARGET_ATTR) if k not in attrs]
+    if missing:
+        raise SearchError(f"study {study.study_name!r} lacks {', '.join(missing)}: it was not created by "
+                          "`autoeff optimize` (or by an older autoeff); start it with `autoeff optimize "
+                          "--storage ... --study-name ...`")
+    if "budget_s" not in attrs:
+        raise SearchError(f"study {study.study_name!r} has no budget yet: `autoeff optimize` is still measuring "
+                          "the baseline; start workers once it shows trials running")
+    stored = dict(attrs[SETTINGS_ATTR])
+    known = {f.name for f in fields(SearchSettings)}
+    kwargs = {k: v for k, v in stored.items() if k in known}
+    kwargs["budget"] = parse_budget(attrs["budget"])
+    kwargs["trials"] = int(attrs[TARGET_ATTR])
+    return SearchSettings(**kwargs), float(attrs["budget_s"])
+
+
+def worker_seed(seed: int, token: str) -> int:
+    """A sampler seed per worker: the study's seed shifted by a hash of the worker's name, so that workers
+    sampling at the same moment do not propose the same candidates."""
+    return (seed + 1 + int(hashlib.sha256(token.encode()).hexdigest()[:8], 16)) % (2**31)

@@ -1,0 +1,283 @@
+"""Each knob alone, on the built-in digits models on this machine: latency effect and quality effect.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py            # ~2 h on 2 quiet CPU cores
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py --quick    # plumbing check, small counts
+    python benchmarks/knobs.py --quick --out /tmp/K.md            # ... without touching BENCHMARKS.md
+
+Reference: DPM-Solver++ 2M (Lu et al., 2022), 50 uniform (trailing) steps, nothing else. Each row changes one
+knob on top of it: DeepCache N=2/3/5 (Ma et al., 2024) with the shallowest and the deepest branch; int8
+(torch.ao kernels, `cpu-int8`) and fake int8 (simulated: quality only) on every block group; structured
+pruning (DepGraph, Fang et al., 2023) of every block group by 1/4 and 1/2, without and with a short
+distillation (`prune.recover`); and, on the U-Net, schedule families and solvers at a fixed step count.
+
+Latency: one pipeline call at `--batch` images, `autoeff.evaluators.latency.measure_latency`, all rows of a
+model interleaved round-robin (`--rounds` rounds of `--repeats` calls each), median of all timed calls. The
+denoiser's share (the U-Net / transformer calls alone) is timed in the same calls by forward hooks.
+Quality: FID of `--samples` images against the 1797 real digits on two seed sets, class accuracy.
+Only the `<!-- knobs:start -->` ... `<!-- knobs:end -->` section of `--out` is replaced; the raw numbers go to
+`knobs.json` (in benchmarks/results/ for the real BENCHMARKS.md). Run it alone on the machine: latency
+numbers are only meaningful without other load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see latency.py)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (  # noqa: E402
+    DEFAULT_OUT,
+    DenoiserTimer,
+    all_groups_prune,
+    all_groups_quantize,
+    build,
+    command_line,
+    fid_pm,
+    interleaved_latency,
+    latency_call,
+    machine,
+    machine_line,
+    make_context,
+    ms,
+    quiet,
+    recipe_key,
+    results_dir,
+    two_seed_quality,
+    write_section,
+)
+
+START, END = "<!-- knobs:start -->", "<!-- knobs:end -->"
+QUALITY_SEEDS = (101, 102)  # apart from the search's seeds (0-2 per search seed) and compare.py's
+LATENCY_SEED = 2
+# A knob whose end-to-end speedup stays below this is listed as "no real speedup".
+REAL_SPEEDUP = 1.05
+DEEPCACHE_EXPECTED = 1.5  # N=3 on the U-Net part (Ma et al., 2024)
+
+
+@dataclass
+class Row:
+    model: str
+    knob: str  # reference, cache, quantize, prune, schedule, solver
+    name: str
+    recipe: Any
+    recover_steps: int = 0
+    simulated: bool = False
+
+    @property
+    def key(self) -> str:
+        return recipe_key(self.recipe, f"recover={self.recover_steps}" if self.recover_steps else "")
+
+
+def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) -> list[Row]:
+    from autoeff.recipe import Recipe
+    from autoeff.search_spaces import cache, schedule, solver
+
+    def recipe(**knobs: Any) -> Recipe:
+        base = {"solver": solver.Config(name="dpmpp", order=2),
+                "schedule": schedule.Config(family="uniform", steps=args.steps)}
+        return Recipe(model=model, knobs={**base, **knobs})
+
+    ref = f"DPM-Solver++ 2M, uniform k={args.steps}"
+    rows = [Row(model, "reference", ref, recipe())]
+    deepest = cache.branch_range(handle.denoiser)[1]
+    for n in (2, 3, 5):
+        for b in sorted({1, deepest}):
+            tag = " (deepest)" if b == deepest else ""
+            rows.append(Row(model, "cache", f"DeepCache N={n} branch {b}{tag}",
+                            recipe(cache=cache.Config(interval=n, branch=b))))
+    rows.append(Row(model, "quantize", "int8 all block groups (cpu-int8: torch.ao kernels)",
+                    recipe(quantize=all_groups_quantize(context, "int8", "cpu-int8"))))
+    rows.append(Row(model, "quantize", "fake int8 all block groups (simulated)",
+                    recipe(quantize=all_groups_quantize(context, "int8", "fake")), simulated=True))
+    for ratio, label in ((0.25, "1/4"), (0.5, "1/2")):
+        cfg = all_groups_prune(context, ratio)
+        rows.append(Row(model, "prune", f"prune {label} of every block group", recipe(prune=cfg)))
+        if args.recover_steps > 0:
+            rows.append(Row(model, "prune", f"prune {label} + recover ({args.recover_steps} steps)",
+                            recipe(prune=cfg), recover_steps=args.recover_steps))
+    if model == "digits":
+        k = args.fixed_steps
+        for fam in ("uniform", "karras", "ays", "quadratic"):
+            r = recipe(schedule=schedule.Config(family=fam, steps=k))
+            rows.append(Row(model, "schedule", f"DPM-Solver++ 2M, {r.knobs['schedule'].describe()}", r))
+        solvers = [solver.Config(name="ddim", order=1), solver.Config(name="dpmpp", order=1),
+                   solver.Config(name="dpmpp", order=2), solver.Config(name="dpmpp", order=3),
+                   solver.Config(name="dpmpp_single", order=2), solver.Config(name="unipc", order=1),
+                   solver.Config(name="unipc", order=2), solver.Config(name="unipc", order=3),
+                   solver.Config(name="euler", order=1)]
+        for s in solvers:
+            rows.append(Row(model, "solver", f"{s.describe()}, uniform k={k}",
+                            recipe(solver=s, schedule=schedule.Config(family="uniform", steps=k))))
+    return rows
+
+
+def run_model(model: str, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    import autoeff
+    from autoeff.search_spaces import prune
+    from autoeff.search_spaces.quantize import model_size_mb
+
+    handle = autoeff.load_model(model, device=args.device)
+    context = make_context(handle, args.device)
+    rows = rows_for(model, handle, context, args)
+    unique: dict[str, Row] = {}
+    for r in rows:
+        unique.setdefault(r.key, r)
+    pipes: dict[str, Any] = {}
+    built: dict[str, dict[str, Any]] = {}
+    for key, r in unique.items():
+        t0 = time.perf_counter()
+        pipe = build(handle, r.recipe, context)
+        if r.recover_steps:
+            pipe = prune.recover(pipe, handle.pipeline, context, steps=r.recover_steps, batch_size=args.batch,
+                                 seed=0)
+        pipes[key] = pipe
+        den = getattr(pipe, handle.denoiser_name)
+        built[key] = {"build_s": time.perf_counter() - t0, "size_mb": model_size_mb(den),
+                      "params": sum(p.numel() for p in den.parameters())}
+        log(f"  built {r.name} ({built[key]['build_s']:.1f}s)")
+    timers = {k: DenoiserTimer(getattr(p, handle.denoiser_name)) for k, p in pipes.items()}
+    fns = {k: timers[k].wrap(latency_call(handle, p, args.batch, LATENCY_SEED)) for k, p in pipes.items()}
+    log(f"{model}: latency of {len(fns)} configurations, {args.rounds} interleaved rounds")
+    lat = interleaved_latency(fns, args.device, rounds=args.rounds, repeats=args.repeats,
+                              threads=args.threads, log=log)
+    den_s = {k: t.median_s() for k, t in timers.items()}
+    for t in timers.values():
+        t.remove()
+    quality: dict[str, dict[str, Any]] = {}
+    for i, (key, r) in enumerate(unique.items()):
+        t0 = time.perf_counter()
+        quality[key] = two_seed_quality(handle, pipes[key], f"knobs|{key}", args.samples, QUALITY_SEEDS,
+                                        cache=not args.no_cache)
+        log(f"  quality {i + 1}/{len(unique)} {r.name}: FID {fid_pm(quality[key])} "
+            f"({time.perf_counter() - t0:.0f}s)")
+    ref_key = rows[0].key
+    out_rows = []
+    for r in rows:
+        L, Lref = lat[r.key], lat[ref_key]
+        d, dref = den_s[r.key], den_s[ref_key]
+        out_rows.append({
+            "model": model, "knob": r.knob, "name": r.name, "recipe": r.recipe.to_dict(),
+            "recover_steps": r.recover_steps, "simulated": r.simulated, "latency": L,
+            "speedup": Lref["median_s"] / L["median_s"], "denoiser_s": d,
+            "denoiser_speedup": (dref / d) if d and dref else None, "quality": quality[r.key],
+            **built[r.key]})
+    return {"model": model, "identity": handle.identity, "rows": out_rows}
+
+
+def notes(models: list[dict[str, Any]]) -> list[str]:
+    """Plain statements the numbers support: the DeepCache expectation, knobs without a real speedup."""
+    lines = []
+    for m in models:
+        rows = m["rows"]
+        for r in rows:
+            n3 = r["knob"] == "cache" and r["name"].startswith("DeepCache N=3 branch 1")
+            if n3 and r["denoiser_speedup"]:
+                met = "met" if r["denoiser_speedup"] >= DEEPCACHE_EXPECTED else "NOT met"
+                lines.append(f"- {m['model']}: DeepCache N=3, branch 1 speeds the denoiser part up "
+                             f"{r['denoiser_speedup']:.2f}x and the whole call {r['speedup']:.2f}x (the "
+                             f"literature leads to expect >= {DEEPCACHE_EXPECTED}x on the U-Net part: "
+                             f"{met}).")
+        slow = [r for r in rows if r["knob"] in ("cache", "quantize", "prune") and not r["simulated"]
+                and r["speedup"] < REAL_SPEEDUP]
+        for r in slow:
+            lines.append(f"- {m['model']}: **{r['name']}** gives no real speedup on this CPU "
+                         f"({r['speedup']:.2f}x end to end).")
+        for r in rows:
+            if r["simulated"]:
+                lines.append(f"- {m['model']}: {r['name']} runs no int8 kernel: its latency "
+                             f"({ms(r['latency']['median_s'])} ms) is not a speedup; the row scores quality "
+                             "only.")
+    return lines
+
+
+def render(res: dict[str, Any]) -> str:
+    cfg = res["config"]
+    lines = [START, "## Knobs one at a time", "",
+             f"`{cfg['command']}` — {machine_line(cfg['machine'])}; {cfg['wall_min']:.0f} min.", "",
+             f"Latency: one pipeline call of {cfg['batch']} images, every configuration of a model "
+             f"interleaved round-robin ({cfg['rounds']} rounds x {cfg['repeats']} timed calls after 1 "
+             "warm-up), median of all timed calls (p10-p90 in brackets). *Denoiser*: the time spent in "
+             "the U-Net / transformer calls of the same pipeline calls (forward hooks). Quality: FID of "
+             f"{cfg['samples']} samples against the 1797 real digits (digits-classifier features) on two "
+             "seed sets (mean ± half the difference), and the classifier's accuracy on the requested labels. "
+             "Size: the denoiser's weights in MB (fake-quant rows: at the simulated width).", ""]
+    for m in res["models"]:
+        lines += [f"### {m['model']}", "",
+                  "| knob | configuration | latency ms | speedup | denoiser ms | denoiser speedup | FID | "
+                  "class acc | size MB |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in m["rows"]:
+            L = r["latency"]
+            sim = r["simulated"]
+            speed = "simulated" if sim else f"{r['speedup']:.2f}x"
+            ds = r["denoiser_speedup"]
+            dspeed = "simulated" if sim else (f"{ds:.2f}x" if ds else "—")
+            lat = f"{ms(L['median_s'])} ({ms(L['p10_s'])}-{ms(L['p90_s'])})"
+            lines.append(f"| {r['knob']} | {r['name']} | {lat} | "
+                         f"{speed} | {ms(r['denoiser_s'])} | {dspeed} | {fid_pm(r['quality'])} | "
+                         f"{r['quality']['class_acc_mean']:.3f} | {r['size_mb']:.2f} |")
+        lines.append("")
+    lines += ["What the numbers say:", "", *notes(res["models"]), "", END]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small counts: a plumbing check, not results")
+    p.add_argument("--models", default="digits,digits-dit")
+    p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=16, help="images per timed pipeline call")
+    p.add_argument("--steps", type=int, default=None, help="reference steps (default 50; --quick 20)")
+    p.add_argument("--fixed-steps", type=int, default=None,
+                   help="k of the schedule/solver rows (10; quick 5)")
+    p.add_argument("--samples", type=int, default=None, help="FID samples per seed set (1000; quick 128)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (5; quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per round (3; quick 2)")
+    p.add_argument("--recover-steps", type=int, default=None, help="distillation steps after pruning "
+                   "(400; quick 20; 0 = no recovered rows)")
+    p.add_argument("--no-cache", action="store_true", help="recompute quality even if cached")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--json", type=Path, default=None, help="default: knobs.json in the results folder")
+    args = p.parse_args()
+    q = args.quick
+    defaults = (("steps", 50, 20), ("fixed_steps", 10, 5), ("samples", 1000, 128), ("rounds", 5, 2),
+                ("repeats", 3, 2), ("recover_steps", 400, 20))
+    for name, full, quick in defaults:
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    quiet()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    models = [run_model(m.strip(), args, log) for m in args.models.split(",") if m.strip()]
+    res = {"config": {"command": command_line("knobs.py", sys.argv[1:]), "machine": machine(args.threads,
+                                                                                            args.device),
+                      "batch": args.batch, "rounds": args.rounds, "repeats": args.repeats,
+                      "samples": args.samples, "quality_seeds": list(QUALITY_SEEDS), "steps": args.steps,
+                      "fixed_steps": args.fixed_steps, "recover_steps": args.recover_steps, "quick": q,
+                      "wall_min": (time.perf_counter() - t_start) / 60},
+           "models": models}
+    write_section(args.out, START, END, render(res))
+    out_json = args.json or results_dir(args.out) / "knobs.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    log(f"wrote {args.out} and {out_json}")
+
+
+if __name__ == "__main__":
+    main()
