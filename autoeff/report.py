@@ -150,7 +150,7 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
     save_grid(both, folder / "samples.png", nrow=n if n <= 16 else n // 2)
     grid_html = ""
     for name, g in grids:
-        png = save_grid(g, folder / f"samples_{name.split()[0]}.png")
+        png = save_grid(g, folder / f"samples_{name.split()[0]}.png", nrow=min(len(g), 16))
         grid_html += (f"<h3>{html.escape(name)}</h3><img src=\"data:image/png;base64,{_b64(png)}\" "
                       f"alt=\"{html.escape(name)}\">\n")
 
@@ -185,7 +185,7 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoeff report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
-code{{font-size:11px}}img{{max-width:100%;image-rendering:pixelated}}</style></head><body>
+code{{font-size:11px}}img{{max-width:100%;image-rendering:pixelated}}h3+img{{min-width:60%}}</style></head><body>
 <h1>autoeff report: {html.escape(handle.spec)}</h1>
 <p>Device: {html.escape(str(lat_info.get('device', result.settings.device)))};
 threads {threads}, OMP_WAIT_POLICY={wait_policy};
