@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,7 @@ class OptimizeResult:
     best: Finalist | None = None
     export_path: Path | None = None
     failed: list[dict[str, Any]] = field(default_factory=list)
+    proxy_final_tau: float | None = None
 
     def export(self, path: str | Path, record: TrialRecord | None = None, *, report: bool = True) -> Path:
         """Write the frozen pipeline of `record` (default: the winner) to `path`."""
@@ -117,6 +119,7 @@ class OptimizeResult:
             "failed": len(self.failed),
             "pareto": [r.to_dict() for r in self.pareto],
             "finalists": [f.to_dict() for f in self.finalists],
+            "proxy_final_kendall_tau": self.proxy_final_tau,
             "best": self.best.to_dict() if self.best else None,
             "best_recipe": self.best.record.recipe.to_dict() if self.best else None,
             "export_path": str(self.export_path) if self.export_path else None,
@@ -323,6 +326,11 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
         ok = [f for f in result.finalists if f.final.score is not None]
     if ok:
         result.best = max(ok, key=lambda f: f.final.score)
+    if len(result.finalists) >= 2:  # does the proxy rank the finalists like the larger final sample does?
+        from autoeff.evaluators.agreement import kendall_tau
+
+        tau = kendall_tau([f.record.score for f in result.finalists], [f.final.score for f in result.finalists])
+        result.proxy_final_tau = None if math.isnan(tau) else tau
 
 
 def _finished_count(study: optuna.Study) -> int:

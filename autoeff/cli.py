@@ -213,9 +213,12 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
         finished = {"trials": 0}
 
         def on_progress(p: dict[str, Any]) -> None:
-            finished["trials"] += 1
+            finished["trials"] = max(finished["trials"], p["done"])  # trials in the study (any worker's)
             best = "-" if p["best_score"] is None else f"{p['best_score']:.4g}"
-            prog.update(task, completed=p["done"], info=f"feasible {p['feasible']}, best score {best}")
+            info = f"feasible {p['feasible']}, best score {best}"
+            if p.get("last_state") == "WAITING":  # the target is reached here; other workers still measure
+                info += f"; {p['last_reason']}"
+            prog.update(task, completed=p["done"], info=info)
 
         result = None
         try:

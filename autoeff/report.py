@@ -174,6 +174,9 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
         figures.append(("chosen, re-measured", _fmt_lat(final.latency, final.latency_s), _fmt_q(final.quality)))
     fig_rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                        for a, b, c in figures)
+    tau = getattr(result, "proxy_final_tau", None)
+    tau_html = ("" if tau is None else f"<p>Rank agreement of the search proxy with the final sample on the "
+                f"{len(result.finalists)} finalists: Kendall &tau; = {tau:.2f}.</p>")
     speed = ""
     if chosen is not None:
         lat = final.latency_s if final is not None else chosen.latency_s
@@ -193,7 +196,7 @@ batch {result.settings.batch_size}; budget {result.budget_s * 1000:.2f} ms ({bud
 {len(result.records)} completed trials, {len(result.failed)} failed; sampler {result.settings.sampler},
 seed {result.settings.seed}; quality proxy {html.escape(metric)} on {result.settings.proxy_samples} samples,
 finalists on {result.settings.final_samples}.</p>
-{speed}
+{speed}{tau_html}
 <h2>Measured figures</h2><table><tr><th></th><th>latency</th><th>quality</th></tr>{fig_rows}</table>
 <h2>Chosen recipe</h2><table><tr><th>knob</th><th>setting</th><th>config</th></tr>{''.join(rows)}</table>
 <h2>Pareto front</h2><img src="data:image/png;base64,{_b64(pareto_png)}" alt="Pareto front">

@@ -48,7 +48,7 @@ start() {
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off" \
         start >/dev/null || { cat "$dir/server.log" >&2 || true; die "the server did not start (log above)"; }
     echo "$port" >"$dir/port"
-    echo "postgresql://postgres@127.0.0.1:$port/postgres"
+    echo "postgresql+psycopg2://postgres@127.0.0.1:$port/postgres"
 }
 
 stop() {

@@ -106,8 +106,8 @@ def test_every_rdb_storage_has_heartbeats_and_validates_them(tmp_path):
     assert rdb.get_heartbeat_stale_trial_callback() is not None
     with pytest.raises(SearchError, match="grace-period"):
         open_storage(f"sqlite:///{tmp_path / 'b.db'}", heartbeat_interval=5, grace_period=5)
-    with pytest.raises(SearchError, match="cannot open storage 'postgresql://u:\\*\\*\\*@127.0.0.1:1/x'"):
-        open_storage("postgresql://u:secret@127.0.0.1:1/x")  # nothing listens on port 1; password hidden
+    with pytest.raises(SearchError, match=r"cannot open storage 'postgresql\+psycopg2://u:\*\*\*@127.0.0.1:1/x'"):
+        open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/x")  # nothing listens on port 1; password hidden
 
 
 def test_stale_trials_are_failed_with_reason_and_retried_once(storage_url):
@@ -208,6 +208,7 @@ def test_worker_refuses_missing_unfinished_foreign_or_other_model_study(tmp_path
         join(url, "other")
 
 
+@pytest.mark.slow
 def test_worker_cli_refuses_a_missing_study_in_one_line(pg_url):
     r = subprocess.run([AUTOEFF, "worker", "--storage", pg_url, "--study-name", "no-such-study"],
                        capture_output=True, text=True, timeout=120)

@@ -199,3 +199,29 @@ def test_optimize_accepts_an_already_loaded_pipeline(tmp_path):
                    **FAST)
     assert res.handle.family == "digits"
     assert len(res.records) + len(res.failed) == 2
+
+
+def test_all_five_knobs_on_tiny_sdxl_export_and_reload(tmp_path):
+    from autoeff.budget import parse_budget
+    from autoeff.export import export_pipeline
+    from autoeff.models.tiny import build_tiny_sdxl
+    from autoeff.recipe import Recipe
+    from autoeff.search import SearchSettings, context_for
+    from autoeff.search_spaces import cache, prune, quantize, schedule, solver
+
+    h = build_tiny_sdxl()
+    ctx = context_for(h, SearchSettings(model=h.spec, budget=parse_budget("1s"), space=["solver"]))
+    recipe = Recipe(model=h.spec, knobs={
+        "prune": prune.Config(ratios={"down.0": 0.25, "up.1": 0.25}, importance="l2", round_to=8),
+        "quantize": quantize.Config(mapping={"re:(?:up_blocks\\.1)(?:\\..+)?": "int8", "_default": "skip"},
+                                    backend="cpu-int8"),
+        "solver": solver.Config(name="unipc", order=2),
+        "schedule": schedule.Config(family="karras", steps=3),
+        "cache": cache.Config(interval=2, branch=1),
+    })
+    built = SearchSpace(h, list(recipe.knobs), ctx).build(recipe)
+    spec = default_spec(h, 2, batch_size=2)
+    a = generate(h, built, spec)
+    pipe = load(export_pipeline(h, recipe, ctx, tmp_path / "sdxl5"))
+    b = generate(pipe.autoeff_handle, pipe, spec)
+    assert a.shape == (2, 3, 32, 32) and torch.isfinite(a).all() and torch.equal(a, b)

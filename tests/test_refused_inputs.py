@@ -119,7 +119,7 @@ ROWS: list[Row] = [
         ("optimize", "--model", "{tmp}/notes", "--budget", "10%", "--out", "{out}"),
         setup=_write("notes/readme.txt", "hello")),
     Row("model-not-cached", "a hub model not in the local Hugging Face cache (HF_HOME={tmp}/hf, empty)",
-        ("optimize", "--model", "sdxl", "--budget", "10%", "--out", "{out}"), via="subprocess"),
+        ("optimize", "--model", "sdxl", "--budget", "10%", "--out", "{out}")),
     Row("model-path-missing", "--model-path that does not exist",
         ("optimize", "--model", "sd15", "--model-path", "{tmp}/nowhere", "--budget", "10%", "--out", "{out}")),
     # -- the device
@@ -335,7 +335,9 @@ def _run(row: Row, args: list[str], tmp: Path) -> tuple[int, str, str, str | Non
     return res.exit_code, res.stdout, res.stderr, tb
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+# rows that meet the study share a module fixture that runs a one-trial search (~10 s on 2 busy cores)
+@pytest.mark.parametrize("row", [pytest.param(r, marks=[pytest.mark.slow] if "study" in r.needs else [])
+                                 for r in ROWS], ids=[r.id for r in ROWS])
 def test_refused(row: Row, tmp_path: Path, request, monkeypatch):
     tmp = tmp_path / "t"
     tmp.mkdir()
@@ -374,6 +376,7 @@ def test_refused(row: Row, tmp_path: Path, request, monkeypatch):
         "--write-doc")
 
 
+@pytest.mark.slow
 def test_refused_study_is_unchanged_in_storage(study_source, tmp_path):
     """Beyond identical bytes: the study reads back with the same trials and attributes after a refusal."""
     import optuna
