@@ -97,6 +97,8 @@ class OptimizeResult:
             raise SearchError("nothing to export: no candidate met the budget (export a trial by number)")
         final = next((f.final for f in self.finalists if f.record.number == chosen.number), None)
         measured = {"trial": chosen.number, "proxy": chosen.measurement.to_dict(),
+                    "batch_size": self.settings.batch_size, "seed": self.settings.seed,
+                    "metric": self.settings.metric,
                     "final": final.to_dict() if final else None}
 
         def writer(folder: Path) -> None:

@@ -493,7 +493,8 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int, d
                               min_steps=ident.get("min_steps", 2), max_steps=ident.get("max_steps", 50),
                               options=ident.get("options", {}))
     path = export_pipeline(handle, rec.recipe, context_for(handle, settings), dest,
-                           measured={"trial": rec.number, "proxy": rec.measurement.to_dict(), "final": None},
+                           measured={"trial": rec.number, "proxy": rec.measurement.to_dict(), "final": None,
+                                     "batch_size": ident.get("batch_size", 1), "metric": ident.get("metric")},
                            baseline=res["baseline"], device=settings.device)
     click.echo(f"exported trial {rec.number} to {path}")
 

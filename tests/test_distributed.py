@@ -206,6 +206,9 @@ def test_worker_refuses_missing_unfinished_foreign_or_other_model_study(tmp_path
     _make_study(url, "other", "weights-of-another-model")
     with pytest.raises(SearchError, match="differs from the one study 'other' searches"):
         join(url, "other")
+    with pytest.raises(SearchError, match="no study named 'missing'"):  # optimize --join never creates one
+        autoeff.optimize("digits", budget="80%", storage=url, study_name="missing", out=tmp_path / "o", join=True)
+    assert "missing" not in optuna.get_all_study_names(url)
 
 
 @pytest.mark.slow
