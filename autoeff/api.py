@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 
 from autoeff.budget import Budget, parse_budget
+from autoeff.distributed import normalize_storage_url
 from autoeff.export import export_pipeline
 from autoeff.measurement import Measurement
 from autoeff.models.handle import ModelHandle
@@ -206,7 +207,7 @@ def optimize(
         warm_start=warm_start, trial_timeout_s=trial_timeout_s, options=options or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    storage = storage or default_storage(out)
+    storage = normalize_storage_url(storage) if storage else default_storage(out)
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study = create_or_load_study(settings, rdb, study_name, handle.identity, create=not join)
     study.set_user_attr(SETTINGS_ATTR, settings_to_dict(settings))
@@ -355,7 +356,7 @@ def _recover_interrupted(study: optuna.Study, registry: Any) -> list[int]:
 def load_result(out: str | Path, storage: str | None = None, study_name: str = "autoeff") -> dict[str, Any]:
     """Read a study's records and baseline back from storage (for `autoeff show` / `export`)."""
     out = Path(out)
-    storage = storage or default_storage(out)
+    storage = normalize_storage_url(storage) if storage else default_storage(out)
     study = optuna.load_study(study_name=study_name, storage=storage)
     return {"study": study, "records": load_records(study), "baseline": study.user_attrs.get("baseline"),
             "budget_s": study.user_attrs.get("budget_s")}

@@ -183,9 +183,10 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
                    trial_timeout=trial_timeout, metric=metric)
     out_path = _safe_out(out)
     from autoeff.api import resolve_model
+    from autoeff.distributed import normalize_storage_url
     from autoeff.search import default_storage
 
-    storage_url = storage or default_storage(out_path)
+    storage_url = normalize_storage_url(storage) if storage else default_storage(out_path)
     has_studies = _check_storage(storage_url, "--storage" if storage else "the study in --out",
                                  new_parent_must_exist=storage is not None)
     handle = resolve_model(model, model_path=model_path, device=device)  # model errors before any output
@@ -311,6 +312,12 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
+def _masked(url: str) -> str:
+    from autoeff.distributed import mask_url
+
+    return mask_url(url)
+
+
 def _check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bool:
     """Refuse a storage URL that cannot hold a study, reading only (nothing is created or written).
 
@@ -324,16 +331,16 @@ def _check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> b
     try:
         u = make_url(url)
     except Exception as e:  # sqlalchemy ArgumentError (and ValueError for a bad port)
-        raise UsageError(f"{what} {url!r} is not a database URL ({' '.join(str(e).split())}); write "
+        raise UsageError(f"{what} {_masked(url)!r} is not a database URL ({' '.join(str(e).split())}); write "
                          "sqlite:///path/study.db or postgresql://user@host/db") from None
     if u.get_backend_name() == "sqlite":
         path = _sqlite_file(url)
         if path is None:
-            raise UsageError(f"{what} {url!r} keeps the study in memory, where it is lost at exit; write "
+            raise UsageError(f"{what} {_masked(url)!r} keeps the study in memory, where it is lost at exit; write "
                              "sqlite:///path/study.db")
         if not path.exists():
             if new_parent_must_exist and not path.parent.is_dir():
-                raise UsageError(f"{what} {url!r}: folder {path.parent} does not exist; create it or choose "
+                raise UsageError(f"{what} {_masked(url)!r}: folder {path.parent} does not exist; create it or choose "
                                  "another path")
             return False
         with open(path, "rb") as f:
@@ -341,31 +348,31 @@ def _check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> b
         if not head:
             return False  # an empty file is an empty SQLite database
         if head != b"SQLite format 3\x00":
-            raise UsageError(f"{what} {url!r}: {path} is not an SQLite database; give a new file or an "
+            raise UsageError(f"{what} {_masked(url)!r}: {path} is not an SQLite database; give a new file or an "
                              "Optuna study database")
         try:
             with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as con:
                 tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.Error as e:
-            raise UsageError(f"{what} {url!r}: {path} cannot be read as SQLite ({e})") from None
+            raise UsageError(f"{what} {_masked(url)!r}: {path} cannot be read as SQLite ({e})") from None
         if tables and "studies" not in tables:
-            raise UsageError(f"{what} {url!r}: {path} is another program's SQLite database (no Optuna "
+            raise UsageError(f"{what} {_masked(url)!r}: {path} is another program's SQLite database (no Optuna "
                              "tables); give a new file")
         return "studies" in tables
     try:
         engine = sqlalchemy.create_engine(url)
     except ImportError as e:
-        raise UsageError(f"{what} {url!r} needs the database driver {e.name!r}, which is not installed; pip "
+        raise UsageError(f"{what} {_masked(url)!r} needs the database driver {e.name!r}, which is not installed; pip "
                          "install it, or name an installed driver in the URL (e.g. postgresql+psycopg2://)"
                          ) from None
     except Exception as e:  # unknown dialect (NoSuchModuleError), bad URL
-        raise UsageError(f"{what} {url!r} cannot be used: {type(e).__name__}: {' '.join(str(e).split())}; "
+        raise UsageError(f"{what} {_masked(url)!r} cannot be used: {type(e).__name__}: {' '.join(str(e).split())}; "
                          "write sqlite:///path/study.db or postgresql://user@host/db") from None
     try:
         with engine.connect() as con:
             return bool(sqlalchemy.inspect(con).has_table("studies"))
     except Exception as e:  # unreachable server, refused login, ...
-        raise UsageError(f"{what} {url!r}: cannot connect ({type(e).__name__}: "
+        raise UsageError(f"{what} {_masked(url)!r}: cannot connect ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:300]})") from None
     finally:
         engine.dispose()
@@ -383,18 +390,19 @@ def _check_existing_study(url: str, study_name: str, handle: Any, budget_text: s
     except KeyError:
         return
     except Exception as e:
-        raise UsageError(f"cannot open storage {url!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"cannot open storage {_masked(url)!r}: {type(e).__name__}: {first}") from None
     stored = study.user_attrs.get("settings_identity") or {}
     mine = json.loads(json.dumps({"model": handle.spec, "model_identity": handle.identity, **settings},
                                  default=str))
     diff = sorted(k for k in mine if k in stored and stored[k] != mine[k])
     if diff:
-        raise UsageError(f"study {study_name!r} in {url} was made with different {', '.join(diff)} ("
+        raise UsageError(f"study {study_name!r} in {_masked(url)} was made with different {', '.join(diff)} ("
                          + ", ".join(f"{k}={stored[k]!r}, not {mine[k]!r}" for k in diff)
                          + "); use another --study-name or --out")
     old = study.user_attrs.get("budget")
     if old is not None and old != budget_text:
-        raise UsageError(f"study {study_name!r} in {url} was made for --budget {old}, not {budget_text}; "
+        raise UsageError(f"study {study_name!r} in {_masked(url)} was made for --budget {old}, not {budget_text}; "
                          "resume with --budget " + old + ", or use another --study-name or --out")
 
 
@@ -425,7 +433,9 @@ def _open_study(out: str, storage: str | None, study_name: str) -> dict[str, Any
 
     if storage is None and not (Path(out) / "study.db").is_file():
         raise UsageError(f"no study in {out!r} (no study.db); pass --out of an optimize run or --storage")
-    url = storage or default_storage(Path(out))
+    from autoeff.distributed import normalize_storage_url
+
+    url = normalize_storage_url(storage) if storage else default_storage(Path(out))
     if not _check_storage(url, "--storage" if storage else "the study in --out"):  # reads only
         raise UsageError(f"no study in {url}; pass the --out or --storage an optimize run used")
     try:
@@ -595,7 +605,9 @@ def _worker(storage: str | None, out: str | None, study_name: str, model_path: s
         raise UsageError(f"no study in {out!r} (no study.db); pass --out of an optimize run or --storage")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads} must be at least 1")
-    url = storage or default_storage(Path(out or "."))
+    from autoeff.distributed import normalize_storage_url
+
+    url = normalize_storage_url(storage) if storage else default_storage(Path(out or "."))
 
     def on_trial(study: Any, trial: Any) -> None:
         m = trial.user_attrs.get("measurement") or {}

@@ -54,6 +54,7 @@ GRACE_FACTOR = 3  # default grace period: this many heartbeat intervals
 MAX_RETRY = 3
 STALE_REASON = "stale: worker stopped heartbeating"
 INTERRUPTED_REASON = "interrupted: process {owner} stopped mid-trial"
+CTRL_C_REASON = "interrupted: stopped by the user (Ctrl-C) mid-trial"
 WORKER_ATTR = "worker"
 TARGET_ATTR = "target_trials"
 SETTINGS_ATTR = "settings"
@@ -140,6 +141,17 @@ class HeartbeatStorage(RDBStorage):
             return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
 
 
+def normalize_storage_url(url: str) -> str:
+    """`postgresql://...` -> `postgresql+psycopg2://...` when psycopg 3 (SQLAlchemy 2.1's default driver) is
+    missing but psycopg2 (the `postgres` extra) is installed; any other URL is returned unchanged."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int | None = MAX_RETRY) -> HeartbeatStorage:
     """An RDB storage for `url` (sqlite:///..., postgresql://...) with heartbeats and stale-trial retries.
@@ -147,6 +159,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     `heartbeat_interval` defaults to 20 s and `grace_period` to 3 intervals. Raises SearchError naming the
     URL (password hidden) when the storage cannot be opened.
     """
+    url = normalize_storage_url(url)
     interval = HEARTBEAT_INTERVAL_S if heartbeat_interval is None else int(heartbeat_interval)
     if interval < 1:
         raise SearchError(f"--heartbeat-interval {heartbeat_interval} must be at least 1 (seconds)")
@@ -383,10 +396,16 @@ def run_trials(
     are retried (possibly by this process), so that selection sees every trial.
     """
     token = registry.token
+    interrupted: list[int] = []
 
     def owned(trial: optuna.Trial) -> Any:
         trial.set_user_attr(WORKER_ATTR, token)
-        return objective(trial)
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", CTRL_C_REASON)
+            interrupted.append(trial._trial_id)
+            raise
 
     interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL_S
     poll = poll_s if poll_s is not None else min(5.0, float(interval))
@@ -397,8 +416,15 @@ def run_trials(
         counts = trial_counts(study)
         target = target_trials(study)
         if counts.done + counts.running < target:
-            with _quiet_heartbeat_warning():
-                study.optimize(owned, n_trials=1, catch=catch, callbacks=list(callbacks), gc_after_trial=True)
+            try:
+                with _quiet_heartbeat_warning():
+                    study.optimize(owned, n_trials=1, catch=catch, callbacks=list(callbacks), gc_after_trial=True)
+            except KeyboardInterrupt:  # Ctrl-C mid-trial: Optuna failed the trial; the rerun measures it again
+                for trial_id in interrupted:
+                    frozen = study._storage.get_trial(trial_id)
+                    if frozen.state == TrialState.FAIL:
+                        retry_trial(study, frozen, max_retry)
+                raise
             ran += 1
             continue
         if counts.done >= target and (counts.running == 0 or not wait_for_running):

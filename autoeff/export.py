@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,9 @@ def verify_folder(path: str | Path) -> dict[str, Any]:
     """Check the manifest (every file present, hashes equal, nothing unlisted that could be loaded) and
     return the parsed, validated `autoeff.json`."""
     path = Path(path)
+    if re.fullmatch(r"\..+\.(?:tmp|old)-\d+", path.resolve().name):
+        raise ExportError(f"{path} is the temporary folder of an interrupted export, not an export; delete it "
+                          "and export again")
     if not path.is_dir():
         raise ExportError(f"{path} is not a folder")
     man = path / MANIFEST_JSON

@@ -244,10 +244,15 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str, seed: 
     except SearchError as e:
         error = f"{type(e).__name__}: {e}"
     wall = time.perf_counter() - t0
-    stored = load_result(out)
-    study, records = stored["study"], stored["records"]
+    try:
+        stored = load_result(out)
+        study, records = stored["study"], stored["records"]
+        all_trials = study.get_trials(deepcopy=False)
+    except Exception as e:  # the search failed before its study existed: report, do not crash the benchmark
+        error = error or f"{type(e).__name__}: {e}"
+        records, all_trials = [], []
     trials_info = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(all_trials, key=lambda t: t.number):
         m = t.user_attrs.get("measurement")
         trials_info.append({"number": t.number, "state": t.state.name,
                             "latency_s": m["latency_s"] if m else None,
