@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from autoeff.records import JsonRecord
 
 
 @dataclass
-class Measurement:
+class Measurement(JsonRecord):
     """What one candidate measured.
 
     Attributes:
@@ -31,14 +33,3 @@ class Measurement:
     over_budget: bool = False
     budget_s: float | None = None
     version: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        names = set(cls.__dataclass_fields__)
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"measurement has unknown field(s) {sorted(unknown)}")
-        return cls(**data)

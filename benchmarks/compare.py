@@ -382,7 +382,7 @@ def render(res: dict[str, Any]) -> str:
              f"latency fits. autoeff: `autoeff.optimize(space={cfg['space']!r}, trials={cfg['trials']}, "
              f"sampler={cfg['sampler']!r})`.",
              "", "| budget | best peer | peer ms | peer FID | autoeff pick | autoeff ms | autoeff FID | "
-             "FID autoeff/peer | DDPM-1000 ms / autoeff ms | search min | target met? |",
+             f"FID autoeff/peer | {ddpm_label} ms / autoeff ms | search min | target met? |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in res["rows"]:
         b = row["budget_s"]
@@ -413,7 +413,8 @@ def render(res: dict[str, Any]) -> str:
             qcells = f"{per_seed} | {fid_pm(q)} | {q['fid_pooled']:.2f} | {q['class_acc_mean']:.3f}"
         else:
             qcells = f"failed: {m['error']} | — | — | —"
-        lines.append(f"| {label} | {m['label']} | {ms(L['median_s'])} ({ms(L['p10_s'])}-{ms(L['p90_s'])}) | "
+        roles = ", ".join(m.get("roles", [label]))
+        lines.append(f"| {roles} | {m['label']} | {ms(L['median_s'])} ({ms(L['p10_s'])}-{ms(L['p90_s'])}) | "
                      f"{qcells} | {m['size_mb']:.2f} |")
     pe = res["peers"]
     lines += ["", "### Peer sweep: best step count per solver and schedule (screening FID, "
@@ -462,7 +463,11 @@ def render(res: dict[str, Any]) -> str:
             empty = statistics.fmean(sum(1 for v in r["curve"] if not math.isfinite(v)) for r in runs)
             wall = statistics.fmean(r["wall_s"] for r in runs) / 60
             lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {empty:.1f} | {wall:.1f} |")
-        lines += ["", "Plot: `sampler_efficiency.png`."]
+        lines += ["", "Each sampler starts from random draws (TPE: 8 trials, NSGA-II: a first generation of "
+                  "16), so small trial counts say little about them. Plot: `sampler_efficiency.png`."]
+    if res.get("screen_failures"):
+        lines += ["", f"{len(res['screen_failures'])} screened configuration(s) failed to generate valid "
+                  "images (reasons in compare.json, `screen_failures`)."]
     lines += ["", "Plot: `compare.png` (left: screening FID of every peer that fits and of each search's "
               "Pareto front; right: the re-measured configurations).", END]
     return "\n".join(lines) + "\n"
@@ -501,8 +506,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
                       (ax2, f"re-measured ({res['config']['final_samples']} samples x "
                             f"{res['config']['seeds']} seeds)")):
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel(f"latency per call of {res['config']['batch']} images (ms, log)")
-        ax.set_ylabel("FID vs real digits (lower is better)")
+        ax.set_ylabel("FID vs real digits (lower is better, log)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
@@ -532,7 +538,8 @@ def plot_efficiency(eff: dict[str, Any], path: Path) -> None:
         line, = ax.plot(xs, mean, label=sampler)
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
     ax.set_xlabel("trial")
-    ax.set_ylabel("best feasible proxy FID so far")
+    ax.set_ylabel("best feasible proxy FID so far (log)")
+    ax.set_yscale("log")
     ax.set_title(f"search efficiency at {eff['budget_s'] * 1e3:.1f} ms "
                  f"({eff['seeds']} seed(s); band: min-max)")
     ax.grid(alpha=0.3)
@@ -584,7 +591,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per round (3; quick 2)")
     p.add_argument("--ddpm-rounds", type=int, default=None, help="rounds for the DDPM baseline (2; quick 1)")
     p.add_argument("--scan-repeats", type=int, default=None,
-                   help="timed calls per scanned step count (3; quick 2)")
+                   help="timed calls per scanned step count (3; quick 1)")
     p.add_argument("--efficiency-trials", type=int, default=None,
                    help="trials per sampler run (default --trials)")
     p.add_argument("--efficiency-seeds", type=int, default=None, help="seeds per sampler (2; quick 1)")
@@ -597,7 +604,7 @@ def main() -> None:
     q = args.quick
     defaults = {"trials": (40, 6), "proxy_samples": (128, 32), "search_final_samples": (1000, 64),
                 "screen_samples": (500, 128), "final_samples": (2000, 128), "ddpm_steps": (1000, 100),
-                "rounds": (5, 2), "repeats": (3, 2), "ddpm_rounds": (2, 1), "scan_repeats": (3, 2),
+                "rounds": (5, 2), "repeats": (3, 2), "ddpm_rounds": (2, 1), "scan_repeats": (3, 1),
                 "efficiency_seeds": (2, 1)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -659,6 +666,7 @@ def main() -> None:
     # 4. final re-measurement of everything chosen
     finals: dict[str, Any] = dict(baselines)
     seen = {r.to_json(): k for k, r in finals.items()}
+    roles: dict[str, list[str]] = {k: [k] for k in finals}
     rows = []
     for label, b in budgets.items():
         pb = peer_res["budgets"][label]
@@ -670,15 +678,19 @@ def main() -> None:
                 continue
             name = seen.setdefault(e["recipe"].to_json(), f"peer {kind} @{label}")
             finals.setdefault(name, e["recipe"])
+            roles.setdefault(name, []).append(f"peer {kind} @{label}")
             if pb["best"] is e:
                 row["peer"] = name
         w = searches[label]["winner"]
         if w is not None:
             name = seen.setdefault(w["recipe"].to_json(), f"autoeff @{label}")
             finals.setdefault(name, w["recipe"])
+            roles.setdefault(name, []).append(f"autoeff @{label}")
             row["autoeff"] = name
         rows.append(row)
     final = final_measurements(bench, finals)
+    for name, rs in roles.items():
+        final[name]["roles"] = sorted(set(rs), key=rs.index)
     for row in rows:
         row["targets"] = targets(row, final, ddpm_label)
 

@@ -14,36 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_digits_export
 
 import autoeff
 from autoeff.export import ExportError, export_pipeline, verify_folder
-from autoeff.measurement import Measurement
 from autoeff.models.generate import default_spec, generate
 from autoeff.recipe import Recipe
-from autoeff.search_spaces import schedule, solver
-
-
-def make_export(folder: Path) -> Path:
-    """The trained digits model, 10-step baseline, exported with DPM-Solver++ 2M on 4 uniform steps."""
-    from autoeff.budget import parse_budget
-    from autoeff.search import SearchSettings, context_for
-
-    handle = autoeff.load_model("digits")
-    handle.default_steps = 10
-    ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget("1s"), space=["solver"],
-                                             max_steps=10))
-    recipe = Recipe(model="digits", knobs={"solver": solver.Config(name="dpmpp", order=2),
-                                           "schedule": schedule.Config(family="uniform", steps=4)})
-    claimed = Measurement(latency_s=0.004, quality={"metric": "fid", "value": 30.0, "n": 16,
-                                                    "higher_is_better": False}, score=-30.0)
-    return export_pipeline(handle, recipe, ctx, folder, device="cpu",
-                           measured={"trial": 0, "proxy": claimed.to_dict(), "final": None},
-                           baseline={"latency_s": 0.01})
+from autoeff.search_spaces import schedule, solver  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    return make_export(tmp_path_factory.mktemp("export") / "optimized")
+    return make_digits_export(tmp_path_factory.mktemp("export") / "optimized")
 
 
 @pytest.fixture

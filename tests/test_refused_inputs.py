@@ -229,20 +229,9 @@ def study_source(tmp_path_factory) -> tuple[Path, int]:
 @pytest.fixture(scope="module")
 def export_source(tmp_path_factory) -> Path:
     """A folder exported from a hand-made recipe (no search): the trained digits model, DPM-Solver++ 2M."""
-    import autoeff
-    from autoeff.budget import parse_budget
-    from autoeff.export import export_pipeline
-    from autoeff.recipe import Recipe
-    from autoeff.search import SearchSettings, context_for
-    from autoeff.search_spaces import schedule, solver
+    from conftest import make_digits_export
 
-    handle = autoeff.load_model("digits")
-    handle.default_steps = 10
-    ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget("1s"), space=["solver"],
-                                             max_steps=10))
-    recipe = Recipe(model="digits", knobs={"solver": solver.Config(name="dpmpp", order=2),
-                                           "schedule": schedule.Config(family="uniform", steps=4)})
-    return export_pipeline(handle, recipe, ctx, tmp_path_factory.mktemp("export") / "optimized", device="cpu")
+    return make_digits_export(tmp_path_factory.mktemp("export") / "optimized")
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -15,8 +15,6 @@ whether it was set early enough, so set it in the shell or first thing in `main`
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import platform
@@ -31,6 +29,7 @@ import torch
 from scipy.stats import binom
 
 from autoeff.evaluators.lock import device_lock
+from autoeff.records import JsonRecord
 
 __all__ = [
     "LatencyResult",
@@ -44,7 +43,7 @@ __all__ = [
 
 
 @dataclass
-class LatencyResult:
+class LatencyResult(JsonRecord):
     """One latency measurement: seconds per call of the measured function.
 
     Attributes:
@@ -73,26 +72,6 @@ class LatencyResult:
     samples_s: list[float] = field(default_factory=list)
     simulated: bool = False
     version: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencyResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"LatencyResult has no field(s) {sorted(unknown)}; known: {sorted(names)}")
-        if data.get("version", 1) != 1:
-            raise ValueError(f"LatencyResult version {data['version']!r} is not 1; upgrade autoeff")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> LatencyResult:
-        return cls.from_dict(json.loads(text))
 
 
 def device_description(device: str) -> str:

@@ -15,8 +15,6 @@ A metric is called on already generated images and the `SampleSpec` that made th
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from autoeff.evaluators.reference import baseline_features, real_features, refer
 from autoeff.evaluators.validity import check_images
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
+from autoeff.records import JsonRecord
 
 __all__ = ["METRICS", "QualityMetric", "QualityResult", "evaluate_pipeline", "make_quality", "score"]
 
@@ -41,7 +40,7 @@ DIGITS_FID_NORMALIZE = "none"
 
 
 @dataclass
-class QualityResult:
+class QualityResult(JsonRecord):
     """One quality measurement: `value` of `metric` on `n` images (`spread`: its standard deviation over
     images or subsets, when the estimator has one); `details` holds metric-specific extras."""
 
@@ -52,26 +51,6 @@ class QualityResult:
     spread: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     version: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QualityResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"QualityResult has no field(s) {sorted(unknown)}; known: {sorted(names)}")
-        if data.get("version", 1) != 1:
-            raise ValueError(f"QualityResult version {data['version']!r} is not 1; upgrade autoeff")
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> QualityResult:
-        return cls.from_dict(json.loads(text))
 
 
 def score(result: QualityResult) -> float:
