@@ -1,6 +1,7 @@
 """autoeff against what a user would do by hand, at equal measured latency, on the built-in digits U-Net.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py            # hours on 2 quiet CPU cores (see below)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py            # ~3.5 h on 2 quiet CPU cores, ~1.5 h
+                                                                    # of it DDPM-1000's FID (--ddpm-samples)
     OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py --quick    # every step, tiny counts: plumbing only
     python benchmarks/compare.py --quick --out /tmp/cmp.md          # ... without touching BENCHMARKS.md
 

@@ -1,6 +1,6 @@
 """Each knob alone, on the built-in digits models on this machine: latency effect and quality effect.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py            # ~2 h on 2 quiet CPU cores
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py            # about 2 h on 2 quiet CPU cores
     OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py --quick    # plumbing check, small counts
     python benchmarks/knobs.py --quick --out /tmp/K.md            # ... without touching BENCHMARKS.md
 
@@ -71,10 +71,12 @@ class Row:
     recipe: Any
     recover_steps: int = 0
     simulated: bool = False
+    recover_batch: int = 16
 
     @property
     def key(self) -> str:
-        return recipe_key(self.recipe, f"recover={self.recover_steps}" if self.recover_steps else "")
+        extra = f"recover={self.recover_steps},batch={self.recover_batch}" if self.recover_steps else ""
+        return recipe_key(self.recipe, extra)
 
 
 def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) -> list[Row]:
@@ -104,7 +106,7 @@ def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) ->
         rows.append(Row(model, "prune", f"prune {label} of every block group", recipe(prune=cfg)))
         if args.recover_steps > 0:
             rows.append(Row(model, "prune", f"prune {label} + recover ({args.recover_steps} steps)",
-                            recipe(prune=cfg), recover_steps=args.recover_steps))
+                            recipe(prune=cfg), recover_steps=args.recover_steps, recover_batch=args.batch))
     if model == "digits":
         k = args.fixed_steps
         for fam in ("uniform", "karras", "ays", "quadratic"):
