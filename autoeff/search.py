@@ -173,10 +173,20 @@ def warm_start_params(space: Sequence[str], context: SpaceContext) -> list[dict[
     """Trial params of the configurations a user would try by hand (enqueued before the search samples).
 
     DPM-Solver++ 2M and UniPC-2 at a few step counts with uniform and AYS-style schedules, and DeepCache
-    N=3 over a 20-step DPM-Solver++ (Ma et al., 2024). Only the knobs in `space` are set; the others keep
-    their defaults, which the sampler fills.
+    N=3 over a 20-step DPM-Solver++ (Ma et al., 2024). Knobs in `space` that a pick does not name are set
+    to "off" (no cache, no pruning, no quantization), so the hand-picked configurations are exactly what a
+    user would run, not random mixtures.
     """
     from autoeff.search_spaces import cache, schedule, solver
+    from autoeff.search_spaces.groups import searched_groups
+
+    off: dict[str, Any] = {}
+    if "cache" in space:
+        off.update(cache.to_params(cache.Config()))
+    if "prune" in space:
+        off["prune.mode"] = "off"
+    if "quantize" in space:
+        off.update({"quantize.mode": "off"} if searched_groups(context.block_groups) else {"quantize._default": "skip"})
 
     steps = sorted({s for s in (5, 10, 20) if context.min_steps <= s <= context.max_steps} or {context.max_steps})
     picks: list[dict[str, Any]] = []
@@ -191,7 +201,7 @@ def warm_start_params(space: Sequence[str], context: SpaceContext) -> list[dict[
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for pick in picks:
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = dict(off)
         for name, cfg in pick.items():
             if name in space:
                 params.update(knob_module(name).to_params(cfg))

@@ -274,3 +274,16 @@ def test_recover_distils_towards_the_teacher(random_digits_handle):
     assert err_after < 0.8 * err_before
     with pytest.raises(ConfigError, match="steps"):
         prune.recover(pruned, handle.pipeline, ctx, steps=0)
+
+
+def test_modes_keep_unpruned_and_uniform_draws_likely(random_digits_handle):
+    ctx = _ctx(random_digits_handle)
+    off = prune.suggest(optuna.trial.FixedTrial({"prune.mode": "off"}), ctx)
+    assert set(off.ratios.values()) == {0.0}
+    uni = prune.suggest(optuna.trial.FixedTrial({"prune.mode": "uniform", "prune.uniform.ratio": 0.25}), ctx)
+    assert set(uni.ratios.values()) == {0.25} and set(uni.ratios) == set(off.ratios)
+    assert prune.to_params(uni) == {"prune.mode": "uniform", "prune.uniform.ratio": 0.25, "prune.importance": "l2"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = [prune.suggest(study.ask(), ctx) for _ in range(60)]
+    unpruned = sum(set(c.ratios.values()) == {0.0} for c in draws)
+    assert unpruned >= 10  # about a third of random draws; per-group ratios alone gave almost none

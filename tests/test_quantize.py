@@ -156,7 +156,20 @@ def test_suggest_to_params_round_trip(random_digits_handle, random_digits_dit_ha
             assert cfg.backend == options.get("backend", "cpu-int8")
             assert quantize.suggest(optuna.trial.FixedTrial(quantize.to_params(cfg)), ctx) == cfg
         names = [g for g in block_groups(handle.denoiser) if g not in ("embed", "out")]
-        assert set(quantize.to_params(cfg)) == {f"quantize.{g}" for g in names}
+        per_group = quantize.Config(mapping={**{group_regex(group_prefixes(g)): ("int8" if i % 2 else "skip")
+                                                for i, g in enumerate(names)}, "_default": "skip"},
+                                    backend=cfg.backend)
+        assert set(quantize.to_params(per_group)) == {"quantize.mode"} | {f"quantize.{g}" for g in names}
+
+
+def test_modes_off_and_uniform(random_digits_handle):
+    ctx = _ctx(random_digits_handle)
+    off = quantize.suggest(optuna.trial.FixedTrial({"quantize.mode": "off"}), ctx)
+    assert set(off.mapping.values()) == {"skip"} and not quantize.quantized_layers(random_digits_handle.denoiser, off)
+    uni = quantize.suggest(optuna.trial.FixedTrial({"quantize.mode": "uniform", "quantize.uniform.level": "int8"}),
+                           ctx)
+    assert [v for k, v in uni.mapping.items() if k != "_default"] == ["int8"] * (len(uni.mapping) - 1)
+    assert quantize.to_params(uni) == {"quantize.mode": "uniform", "quantize.uniform.level": "int8"}
 
 
 def test_suggest_without_groups_draws_one_default(random_digits_handle):
@@ -324,7 +337,7 @@ def test_tiny_sdxl_int8_per_group_runs_end_to_end():
     ctx = _ctx(handle)
     params = {f"quantize.{g}": ("int8" if g in ("down.1", "up.0") else "skip")
               for g in searched_groups(ctx.block_groups)}
-    cfg = quantize.suggest(optuna.trial.FixedTrial(params), ctx)
+    cfg = quantize.suggest(optuna.trial.FixedTrial({"quantize.mode": "per_group", **params}), ctx)
     targets = quantize.quantized_layers(handle.denoiser, cfg)
     assert any(".attentions." in f and "attn2" in f for f in targets)  # cross-attention: dynamic int8
     assert all(f.startswith(("down_blocks.1.", "up_blocks.0.")) for f in targets)

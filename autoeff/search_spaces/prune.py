@@ -124,14 +124,26 @@ def _options(context: SpaceContext) -> dict[str, Any]:
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
-    """One ratio per block group (`prune.<group>`, from `RATIO_CHOICES`), `embed`/`out` kept.
+    """`prune.mode` first: `off` (no pruning), `uniform` (one ratio, `prune.uniform.ratio`, for every block
+    group) or `per_group` (one ratio per block group, `prune.<group>`, from `RATIO_CHOICES`); `embed`/`out`
+    are kept. The mode keeps unpruned and uniformly pruned models a likely draw: with independent per-group
+    ratios alone, almost every random draw prunes something.
 
     Options (`context.options["prune"]`): `ratios` (choices), `importance` (`l1`, `l2` or a list of both to
     search it as `prune.importance`), `round_to` (default 8).
     """
     opts = _options(context)
-    ratios = {g: float(trial.suggest_categorical(f"{NAME}.{g}", opts["ratios"]))
-              for g in searched_groups(context.block_groups)}
+    groups = searched_groups(context.block_groups)
+    nonzero = [r for r in opts["ratios"] if r > 0]
+    modes = ["off"] + (["uniform", "per_group"] if nonzero else [])
+    mode = trial.suggest_categorical(f"{NAME}.mode", modes)
+    if mode == "off":
+        ratios = {g: 0.0 for g in groups}
+    elif mode == "uniform":
+        r = float(trial.suggest_categorical(f"{NAME}.uniform.ratio", nonzero))
+        ratios = {g: r for g in groups}
+    else:
+        ratios = {g: float(trial.suggest_categorical(f"{NAME}.{g}", opts["ratios"])) for g in groups}
     importance = opts["importance"][0]
     if len(opts["importance"]) > 1:
         importance = trial.suggest_categorical(f"{NAME}.importance", opts["importance"])
@@ -140,7 +152,13 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
 
 def to_params(config: Config) -> dict[str, Any]:
     """The trial parameters `suggest` turns into `config` (`round_to` comes from the context's options)."""
-    params: dict[str, Any] = {f"{NAME}.{g}": r for g, r in config.ratios.items()}
+    values = set(config.ratios.values())
+    if not config.ratios or values == {0.0}:
+        params: dict[str, Any] = {f"{NAME}.mode": "off"}
+    elif len(values) == 1:
+        params = {f"{NAME}.mode": "uniform", f"{NAME}.uniform.ratio": values.pop()}
+    else:
+        params = {f"{NAME}.mode": "per_group", **{f"{NAME}.{g}": r for g, r in config.ratios.items()}}
     params[f"{NAME}.importance"] = config.importance
     return params
 

@@ -97,6 +97,8 @@ class Config:
 
     def describe(self) -> str:
         """E.g. `cpu-int8: down.0=int8 mid=int8 up.0=skip` or `fake: 3 rules, _default=int4`."""
+        if set(self.mapping.values()) == {"skip"}:
+            return "off"
         parts = []
         for key, level in self.mapping.items():
             group = group_name_of_key(key)
@@ -134,8 +136,9 @@ def _options(context: SpaceContext) -> tuple[str, list[str]]:
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
-    """One level per block group (`quantize.<group>`), `embed`/`out` kept; a single `quantize._default`
-    choice when the context has no block groups.
+    """`quantize.mode` first: `off`, `uniform` (one level, `quantize.uniform.level`, for every block group)
+    or `per_group` (one level per block group, `quantize.<group>`); `embed`/`out` are kept. A single
+    `quantize._default` choice when the context has no block groups.
 
     Options (`context.options["quantize"]`): `backend` (default: `default_backend(context.device)`), `levels`
     (the quantized levels to try, default int8, plus int4 for `fake`).
@@ -145,8 +148,15 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     if not groups:
         return Config(mapping={DEFAULT_KEY: trial.suggest_categorical(f"{NAME}.{DEFAULT_KEY}", choices)},
                       backend=backend)
-    mapping = {group_regex(group_prefixes(g)): trial.suggest_categorical(f"{NAME}.{g}", choices)
-               for g in groups}
+    mode = trial.suggest_categorical(f"{NAME}.mode", ["off", "uniform", "per_group"])
+    if mode == "off":
+        levels = {g: "skip" for g in groups}
+    elif mode == "uniform":
+        level = trial.suggest_categorical(f"{NAME}.uniform.level", [c for c in choices if c != "skip"])
+        levels = {g: level for g in groups}
+    else:
+        levels = {g: trial.suggest_categorical(f"{NAME}.{g}", choices) for g in groups}
+    mapping = {group_regex(group_prefixes(g)): levels[g] for g in groups}
     mapping[DEFAULT_KEY] = "skip"
     return Config(mapping=mapping, backend=backend)
 
@@ -155,7 +165,7 @@ def to_params(config: Config) -> dict[str, Any]:
     """The trial parameters `suggest` turns into `config` (the backend comes from the context's options)."""
     if list(config.mapping) == [DEFAULT_KEY]:
         return {f"{NAME}.{DEFAULT_KEY}": config.mapping[DEFAULT_KEY]}
-    params: dict[str, Any] = {}
+    levels: dict[str, str] = {}
     for key, level in config.mapping.items():
         if key == DEFAULT_KEY and level == "skip":
             continue
@@ -163,8 +173,13 @@ def to_params(config: Config) -> dict[str, Any]:
         if group is None:
             raise ConfigError(f"quantize.mapping key {key!r} is not in the per-group form suggest() draws; "
                               "only per-group maps have trial parameters")
-        params[f"{NAME}.{group}"] = level
-    return params
+        levels[group] = level
+    values = set(levels.values())
+    if not levels or values == {"skip"}:
+        return {f"{NAME}.mode": "off"}
+    if len(values) == 1:
+        return {f"{NAME}.mode": "uniform", f"{NAME}.uniform.level": values.pop()}
+    return {f"{NAME}.mode": "per_group", **{f"{NAME}.{g}": lv for g, lv in levels.items()}}
 
 
 # --- which layers a backend quantizes --------------------------------------------------------------------

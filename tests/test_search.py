@@ -1,0 +1,55 @@
+"""The study's building blocks: warm starts, the Pareto front, settings identity."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoeff.budget import parse_budget
+from autoeff.measurement import Measurement
+from autoeff.recipe import Recipe
+from autoeff.search import SearchError, SearchSettings, TrialRecord, context_for, pareto_front, warm_start_params
+from autoeff.search_spaces.space import SearchSpace
+
+ALL = ["prune", "quantize", "solver", "schedule", "cache"]
+
+
+def test_warm_starts_are_the_hand_picked_configurations_exactly(random_digits_handle):
+    settings = SearchSettings(model="digits", budget=parse_budget("1s"), space=ALL, max_steps=20)
+    ctx = context_for(random_digits_handle, settings)
+    space = SearchSpace(random_digits_handle, ALL, ctx)
+    recipes = [space.suggest(optuna.trial.FixedTrial(p)) for p in warm_start_params(ALL, ctx)]
+    assert len(recipes) == 13
+    for r in recipes:
+        assert set(r.knobs["prune"].ratios.values()) == {0.0}  # no pruning
+        assert set(r.knobs["quantize"].mapping.values()) == {"skip"}  # no quantization
+        assert r.knobs["solver"].name in ("dpmpp", "unipc") and r.knobs["solver"].order == 2
+    cached = [r for r in recipes if r.knobs["cache"].interval > 1]
+    assert len(cached) == 1 and cached[0].knobs["schedule"].steps == 20  # DeepCache N=3 over 20 steps
+    assert {r.knobs["schedule"].family for r in recipes} == {"uniform", "ays"}
+    # a space without the weight knobs gets params only for its own knobs
+    only = warm_start_params(["solver", "schedule"], ctx)
+    assert all(not any(k.startswith(("prune", "quantize", "cache")) for k in p) for p in only)
+
+
+def _rec(n: int, latency: float, score: float | None) -> TrialRecord:
+    return TrialRecord(number=n, recipe=Recipe(model="digits"), params={},
+                       measurement=Measurement(latency_s=latency, score=score))
+
+
+def test_pareto_front_keeps_only_non_dominated_feasible_points():
+    recs = [_rec(0, 0.01, -50), _rec(1, 0.02, -20), _rec(2, 0.03, -25), _rec(3, 0.05, -5), _rec(4, 0.5, None),
+            _rec(5, 0.02, -30)]
+    assert [r.number for r in pareto_front(recs)] == [0, 1, 3]
+    assert [r.number for r in pareto_front(recs, budget_s=0.025)] == [0, 1]
+
+
+def test_settings_refuse_bad_values_and_identity_ignores_budget():
+    with pytest.raises(SearchError):
+        SearchSettings(model="digits", budget=parse_budget("1s"), trials=0)
+    with pytest.raises(SearchError):
+        SearchSettings(model="digits", budget=parse_budget("1s"), sampler="bogus")
+    a = SearchSettings(model="digits", budget=parse_budget("1s"))
+    b = SearchSettings(model="digits", budget=parse_budget("20%"))
+    c = SearchSettings(model="digits", budget=parse_budget("1s"), metric="kid")
+    assert a.identity_hash("x") == b.identity_hash("x") != c.identity_hash("x")
