@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +134,20 @@ def resolve_model(model: str | Any, model_path: str | None = None, device: str =
     """A spec string -> `load_model`; a ModelHandle as is; a loaded diffusers pipeline -> its handle."""
     from autoeff.models.registry import handle_from_pipeline, load_model
 
-    if isinstance(model, ModelHandle):
-        return model
     if isinstance(model, str | Path):
         return load_model(str(model), model_path=model_path, device=device, dtype=dtype)
-    return handle_from_pipeline(model)
+    handle = model if isinstance(model, ModelHandle) else handle_from_pipeline(model)
+    param = next(handle.denoiser.parameters(), None)
+    if param is not None:
+        import torch
+
+        if param.device.type != torch.device(device).type:
+            from autoeff.devices import DeviceError
+
+            raise DeviceError(f"the pipeline is on {param.device.type} but device={device!r}: latency would be "
+                              f"measured on the wrong device; move it first (pipe.to({device!r})) or pass "
+                              f"device={param.device.type!r}")
+    return handle
 
 
 def default_metric(handle: ModelHandle) -> str:
@@ -209,10 +218,14 @@ def optimize(
     out.mkdir(parents=True, exist_ok=True)
     storage = normalize_storage_url(storage) if storage else default_storage(out)
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    study = create_or_load_study(settings, rdb, study_name, handle.identity, create=not join)
-    study.set_user_attr(SETTINGS_ATTR, settings_to_dict(settings))
-    study.set_user_attr(TARGET_ATTR, settings.trials)
-    study.set_user_attr(HEARTBEAT_ATTR, {"interval": rdb.heartbeat_interval, "grace": rdb.grace_period})
+    from autoeff.distributed import worker_id, worker_seed
+
+    study = create_or_load_study(settings, rdb, study_name, handle.identity, create=not join,
+                                 sampler_seed=worker_seed(settings.seed, worker_id()) if join else None)
+    if not join:  # a joiner runs the coordinator's study as stored; it never rewrites its settings or target
+        study.set_user_attr(SETTINGS_ATTR, settings_to_dict(settings))
+        study.set_user_attr(TARGET_ATTR, settings.trials)
+        study.set_user_attr(HEARTBEAT_ATTR, {"interval": rdb.heartbeat_interval, "grace": rdb.grace_period})
     with WorkerRegistry.for_storage(storage, study_name) as registry:
         return _optimize_in_study(study, registry, handle, settings, out, threads=threads, export=export,
                                   best_effort=best_effort, callbacks=callbacks, progress=progress)
@@ -233,6 +246,7 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
     if baseline is None:
         baseline = evaluator.baseline()
         study.set_user_attr("baseline", baseline)
+    evaluator.noise_floor = (baseline.get("latency") or {}).get("rel_spread")
     budget_s = budget.resolve(baseline["latency_s"])
     study.set_user_attr("budget_s", budget_s)
     _recover_interrupted(study, registry)
@@ -274,6 +288,16 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
     (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
     if result.best is None:
         fastest = min(records, key=lambda r: r.latency_s, default=None)
+        retimed = [f for f in result.finalists if f.final.score is not None]
+        if retimed:  # every finalist met the budget in the search but not when re-timed
+            quickest = min(retimed, key=lambda f: f.final.latency_s)
+            if best_effort and export:
+                result.best = max(retimed, key=lambda f: f.final.score)
+                result.export(out / "optimized")
+            raise NoFeasibleCandidateError(
+                f"{len(retimed)} finalist(s) met the budget of {budget_s * 1000:.1f} ms in the search but not when "
+                f"re-timed (the quickest, trial {quickest.record.number}, took {quickest.final.latency_s * 1000:.1f} "
+                "ms); measure on a quiet machine, raise the budget, or pass --best-effort", quickest.record)
         if best_effort and fastest is not None:
             if export:
                 result.export(out / "optimized", record=fastest)
@@ -325,8 +349,6 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
             result.study.set_user_attr("finalists", cache)
         result.finalists.append(Finalist(rec, final))
     ok = [f for f in result.finalists if f.final.latency_s <= result.budget_s and f.final.score is not None]
-    if not ok:  # re-timing pushed every finalist over budget: keep the proxy-feasible one with the best final score
-        ok = [f for f in result.finalists if f.final.score is not None]
     if ok:
         result.best = max(ok, key=lambda f: f.final.score)
     if len(result.finalists) >= 2:  # does the proxy rank the finalists like the larger final sample does?
@@ -399,16 +421,20 @@ def join(
     beat = plain.user_attrs.get(HEARTBEAT_ATTR) or {}
     rdb = open_storage(storage, heartbeat_interval=heartbeat_interval or beat.get("interval"),
                        grace_period=grace_period or (None if heartbeat_interval else beat.get("grace")))
+    from autoeff.devices import validate_device
+
+    validate_device(settings.device)  # a one-line error on a machine without the study's device
     handle = resolve_model(settings.model, model_path=model_path, device=settings.device)
     if handle.identity != stored_identity.get("model_identity"):
         raise SearchError(f"model {settings.model!r} loaded here (identity {handle.identity}) differs from the one "
                           f"study {study_name!r} searches ({stored_identity.get('model_identity')}); pass "
                           "--model-path to the same weights")
     with WorkerRegistry.for_storage(storage, study_name) as registry:
-        settings = replace(settings, seed=worker_seed(settings.seed, worker_id()))
-        study = create_or_load_study(settings, rdb, study_name, handle.identity, create=False)
+        study = create_or_load_study(settings, rdb, study_name, handle.identity, create=False,
+                                     sampler_seed=worker_seed(settings.seed, worker_id()))
         context = context_for(handle, settings)
         evaluator = Evaluator(handle, settings, threads=threads)
+        evaluator.noise_floor = ((study.user_attrs.get("baseline") or {}).get("latency") or {}).get("rel_spread")
         objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
         ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
                          callbacks=list(callbacks))

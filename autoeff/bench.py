@@ -26,8 +26,26 @@ def _claim(info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "none", {}
 
 
+def _base_handle(info: dict[str, Any], exported: Any, model_path: str | None, device: str) -> tuple[Any, str]:
+    """The *base* model, called like the export, for metrics that compare to the base model's images
+    (fidelity; FID/KID to the baseline). Never the optimized pipeline: its images are not the reference."""
+    from autoeff.api import resolve_model
+    from autoeff.models.registry import ModelNotAvailableError
+
+    model = info["model"]
+    try:
+        base = resolve_model(model["spec"], model_path=model_path, device=device)
+    except ModelNotAvailableError as e:
+        return None, str(e).splitlines()[0]
+    if model.get("identity") and base.identity != model["identity"]:
+        return None, f"the base model loaded here (identity {base.identity}) is not the one searched"
+    for f in ("default_steps", "resolution", "prompts", "num_classes", "guidance_scale", "extra"):
+        setattr(base, f, getattr(exported, f))
+    return base, ""
+
+
 def bench_export(path: str | Path, device: str = "cpu", samples: int | None = None,
-                 threads: int | None = None) -> list[dict[str, Any]]:
+                 threads: int | None = None, model_path: str | None = None) -> list[dict[str, Any]]:
     """Claimed vs measured latency and quality of the exported pipeline at `path`, measured on `device`.
 
     `samples`: images scored for quality (default: as many as the claimed figure used, else 256).
@@ -56,12 +74,16 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     settings = SearchSettings(model=handle.spec, budget=Budget(text="bench", seconds=1.0), device=device,
                               space=["solver"], metric=metric, batch_size=batch, proxy_samples=2,
                               final_samples=max(n, 2), seed=seed)
-    evaluator = Evaluator(handle, settings, threads=threads)
+    from autoeff.evaluators.quality import DIGITS_FAMILIES
+
+    needs_base = metric == "fidelity" or (metric in ("fid", "kid") and handle.family not in DIGITS_FAMILIES)
+    eval_handle, why = (_base_handle(info, handle, model_path, device) if needs_base else (handle, ""))
+    evaluator = Evaluator(eval_handle or handle, settings, threads=threads)
 
     lat = evaluator.latency(pipe)
     offset = PROXY_SEED if which == "proxy" else FINAL_SEED
     spec = default_spec(handle, n, seed=seed * 10 + offset, batch_size=min(QUALITY_BATCH, n))
-    q = evaluator.quality_on(pipe, spec)
+    q = evaluator.quality_on(pipe, spec) if eval_handle is not None else None
 
     claimed_dev = (claim.get("latency") or {}).get("device") or info.get("device") or "-"
     rows: list[dict[str, Any]] = [{
@@ -85,10 +107,12 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     rows.append({
         "what": "quality",
         "claimed": "-" if claimed_v is None else f"{metric} {float(claimed_v):.4g} (n={claim_q.get('n')})",
-        "measured": f"{q['metric']} {float(q['value']):.4g} (n={q['n']})",
+        "measured": "not measured" if q is None else f"{q['metric']} {float(q['value']):.4g} (n={q['n']})",
         "claimed_value": None if claimed_v is None else float(claimed_v),
-        "measured_value": float(q["value"]),
-        "note": f"{which} sample set" if which != "none" else "nothing claimed in autoeff.json",
+        "measured_value": None if q is None else float(q["value"]),
+        "note": (f"{metric} compares to the base model's images, which are not available here ({why}); pass "
+                 "--model-path to the base model" if q is None else
+                 f"{which} sample set" if which != "none" else "nothing claimed in autoeff.json"),
     })
     return rows
 

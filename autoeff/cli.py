@@ -195,6 +195,7 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
         _check_existing_study(storage_url, study_name, handle, parsed_budget.text, {
             "device": device, "space": knobs, "metric": metric, "batch_size": batch_size,
             "size_objective": size_objective, "min_steps": min_steps, "max_steps": max_steps, "options": {},
+            "seed": seed,
             **({"proxy_samples": proxy_samples} if proxy_samples is not None else {})})
     # what this run creates, removed again if it fails before its first trial (never what existed before)
     created = [p for p in (out_path, _sqlite_file(storage_url)) if p is not None and not p.exists()]
@@ -295,6 +296,9 @@ def _check_metric_fits(metric: str | None, handle: Any, device: str) -> str:
         make_quality(metric, handle, device=device)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"--metric {metric}: {' '.join(str(e).split())}") from None
+    except ImportError as e:
+        raise UsageError(f"--metric {metric} needs {e.name or 'an optional package'}, which is not installed; "
+                         "pip install 'autoeff[clip]'") from None
     return metric
 
 
@@ -456,6 +460,9 @@ def _show(out: str, storage: str | None, study_name: str, show_all: bool) -> Non
 
     res = _open_study(out, storage, study_name)
     budget_s = res["budget_s"]
+    if budget_s is None:
+        raise UsageError(f"study {study_name!r} has no baseline yet (the run stopped while measuring it); run "
+                         "`autoeff optimize` again with the same options to measure it and start the search")
     records = res["records"] if show_all else pareto_front(res["records"], budget_s)
     table = Table(title=f"{'trials' if show_all else 'Pareto front'} (budget {budget_s * 1000:.1f} ms)")
     for col in ("trial", "latency ms", "score", "metric", "size MB", "feasible", "recipe"):
@@ -493,7 +500,8 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int, d
         raise UsageError(f"trial {trial_number} is not a completed trial of this study (see `autoeff show --all`)")
     study = res["study"]
     ident = study.user_attrs.get("settings_identity", {})
-    handle = resolve_model(rec.recipe.model, model_path=model_path, device=ident.get("device", "cpu"))
+    # exporting only prunes and saves weights: the CPU does it on any machine, whatever device was searched
+    handle = resolve_model(rec.recipe.model, model_path=model_path, device="cpu")
     if ident.get("model_identity") and handle.identity != ident["model_identity"]:
         raise UsageError(f"model {rec.recipe.model!r} loaded here differs from the one the study searched")
     from autoeff.budget import Budget
@@ -504,7 +512,8 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int, d
                               options=ident.get("options", {}))
     path = export_pipeline(handle, rec.recipe, context_for(handle, settings), dest,
                            measured={"trial": rec.number, "proxy": rec.measurement.to_dict(), "final": None,
-                                     "batch_size": ident.get("batch_size", 1), "metric": ident.get("metric")},
+                                     "batch_size": ident.get("batch_size", 1), "metric": ident.get("metric"),
+                                     "seed": ident.get("seed", 0)},
                            baseline=res["baseline"], device=settings.device)
     click.echo(f"exported trial {rec.number} to {path}")
 
@@ -514,12 +523,14 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int, d
 @click.option("--device", default=None, help="Default: the device the export was measured on.")
 @click.option("--samples", default=None, type=int, help="Quality sample count (default: the export's).")
 @click.option("--threads", default=None, type=int)
-def bench(path: str, device: str | None, samples: int | None, threads: int | None) -> None:
+@click.option("--model-path", default=None, help="The base model's folder, for metrics that compare to its images.")
+def bench(path: str, device: str | None, samples: int | None, threads: int | None, model_path: str | None) -> None:
     """Re-measure an exported pipeline on this device: claimed vs measured latency and quality."""
-    run_guarded(lambda: _bench(path, device, samples, threads))
+    run_guarded(lambda: _bench(path, device, samples, threads, model_path))
 
 
-def _bench(path: str, device: str | None, samples: int | None, threads: int | None) -> None:
+def _bench(path: str, device: str | None, samples: int | None, threads: int | None,
+           model_path: str | None = None) -> None:
     from autoeff.bench import bench_export
     from autoeff.devices import validate_device
     from autoeff.export import verify_folder
@@ -532,7 +543,7 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
         device = validate_device(device)
     info = verify_folder(path)
     dev = validate_device(device or info.get("device") or "cpu")
-    rows = bench_export(path, device=dev, samples=samples, threads=threads)
+    rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
     for row in rows:
         click.echo(f"{row['what']:<10} claimed {row['claimed']:<24} measured {row['measured']}")
 

@@ -8,12 +8,15 @@ knobs built the pipeline it is given.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
 
 from autoeff.evaluators.latency import cpu_thread_setup, measure_latency
-from autoeff.evaluators.quality import METRICS, evaluate_pipeline, make_quality, score
+from autoeff.evaluators.lock import device_lock
+from autoeff.evaluators.quality import METRICS, make_quality, score
+from autoeff.evaluators.validity import check_images
 from autoeff.measurement import Measurement
 from autoeff.models.generate import SampleSpec, call_pipeline, default_spec
 from autoeff.models.handle import ModelHandle
@@ -55,9 +58,13 @@ class Evaluator:
         self.latency_spec = default_spec(handle, settings.batch_size, seed=settings.seed * 10 + LATENCY_SEED,
                                          batch_size=settings.batch_size)
         self.metric = make_quality(settings.metric, handle, device=self.device)
+        # the baseline's relative latency spread, reported with every measurement (set by `baseline()`, or by
+        # the caller from a stored baseline when a study resumes)
+        self.noise_floor: float | None = None
 
     # -- latency -------------------------------------------------------------------------------------
-    def latency(self, pipe: Any, budget_s: float | None = None, simulated: bool = False) -> dict[str, Any]:
+    def latency(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
+                deadline: float | None = None) -> dict[str, Any]:
         """One pipeline call at the user's batch size, timed with warm-up and repeats under the device lock.
 
         A candidate far over budget stops being timed after a few seconds (its median is still honest,
@@ -69,6 +76,11 @@ class Evaluator:
             return call_pipeline(self.handle, pipe, spec, 0, len(spec))
 
         max_seconds = None if budget_s is None else max(3.0, 6.0 * budget_s)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("candidate ran past the per-trial time limit before it was timed")
+            max_seconds = left if max_seconds is None else min(max_seconds, left)
         res = measure_latency(call, self.device, warmup=2, min_repeats=5, max_repeats=30, rel_spread=0.03,
                               max_seconds=max_seconds, threads=self.threads)
         res.simulated = simulated
@@ -78,14 +90,27 @@ class Evaluator:
         return denoiser_size_mb(pipe, self.handle)
 
     # -- quality -------------------------------------------------------------------------------------
-    def quality(self, pipe: Any, n: int | None = None) -> dict[str, Any]:
+    def quality(self, pipe: Any, n: int | None = None, deadline: float | None = None) -> dict[str, Any]:
         """The search metric on the proxy spec (or the final spec when `n` is the final sample count)."""
         spec = self.final_spec if n is not None and n > self.settings.proxy_samples else self.proxy_spec
-        return self.quality_on(pipe, spec)
+        return self.quality_on(pipe, spec, deadline=deadline)
 
-    def quality_on(self, pipe: Any, spec: SampleSpec) -> dict[str, Any]:
-        _, results = evaluate_pipeline(self.handle, pipe, spec, [self.metric])
-        q = results[0]
+    def generate(self, pipe: Any, spec: SampleSpec, deadline: float | None = None) -> torch.Tensor:
+        """All images of `spec`, one pipeline call per batch. Each call holds the device lock, so another
+        process never times its candidate while this one computes on the same device; the per-trial
+        `deadline` (time.monotonic) is checked between calls."""
+        chunks = []
+        for start in range(0, len(spec), spec.batch_size):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("candidate ran past the per-trial time limit while generating images")
+            with device_lock(str(self.device)):
+                chunks.append(call_pipeline(self.handle, pipe, spec, start, min(len(spec), start + spec.batch_size)))
+        return torch.cat(chunks)
+
+    def quality_on(self, pipe: Any, spec: SampleSpec, deadline: float | None = None) -> dict[str, Any]:
+        images = self.generate(pipe, spec, deadline=deadline)
+        check_images(images)
+        q = self.metric(images, spec)
         d = q.to_dict()
         d["score"] = score(q)
         if not math.isfinite(d["score"]):
@@ -97,6 +122,7 @@ class Evaluator:
         """The base pipeline as the user runs it today: latency, proxy quality and final quality."""
         pipe = self.handle.pipeline
         lat = self.latency(pipe)
+        self.noise_floor = lat["rel_spread"]
         proxy = self.quality_on(pipe, self.proxy_spec)
         final = self.quality_on(pipe, self.final_spec)
         return {"latency_s": lat["median_s"], "latency": lat, "quality": proxy, "score": proxy["score"],
@@ -110,4 +136,4 @@ class Evaluator:
         q = self.quality_on(pipe, self.final_spec)
         return Measurement(latency_s=lat["median_s"], latency=lat, quality=q, score=q["score"],
                            size_mb=self.size_mb(pipe), simulated=simulated,
-                           over_budget=lat["median_s"] > budget_s, budget_s=budget_s)
+                           over_budget=lat["median_s"] > budget_s, budget_s=budget_s, noise_floor=self.noise_floor)

@@ -66,7 +66,8 @@ def _model_section(handle: ModelHandle) -> dict[str, Any]:
     return {"spec": handle.spec, "family": handle.family, "resolution": handle.resolution,
             "prompts": handle.prompts, "num_classes": handle.num_classes, "default_steps": handle.default_steps,
             "identity": handle.identity, "guidance_scale": handle.guidance_scale,
-            "pipeline_class": type(handle.pipeline).__name__}
+            "pipeline_class": type(handle.pipeline).__name__, "extra": dict(handle.extra),
+            "dtype": str(handle.denoiser.dtype).replace("torch.", "")}
 
 
 def _context_section(context: SpaceContext) -> dict[str, Any]:
@@ -266,11 +267,24 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     if info.get("prune_plan") is not None:
         overrides[context.denoiser] = _load_pruned_denoiser(path / context.denoiser, info["prune_plan"],
                                                             knob_module("prune"))
+    if dtype is None and isinstance(model.get("dtype"), str):
+        dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(model["dtype"])
+        if dtype != "fp32" and not str(device).startswith("cuda"):
+            dtype = None  # half precision was searched on a GPU; on the CPU the registry's default applies
     pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
+    if overrides:  # diffusers does not cast components passed in; match the other components' dtype
+        den = getattr(pipe, context.denoiser)
+        other = next((m for n, m in pipe.components.items()
+                      if n != context.denoiser and hasattr(m, "dtype") and hasattr(m, "parameters")), None)
+        target = other.dtype if other is not None else (den.dtype)
+        setattr(pipe, context.denoiser, den.to(device=device, dtype=target))
+    # The handle describes how to call the exported pipeline. Its identity is the export's own, so cached
+    # reference images of the *base* model are never computed from (or confused with) the optimized one.
     handle = ModelHandle(spec=model["spec"], pipeline=pipe, family=model["family"],
                          resolution=model["resolution"], prompts=model.get("prompts"),
                          num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
-                         identity=model.get("identity", ""), guidance_scale=model.get("guidance_scale"))
+                         identity="export-" + _sha256(path / MANIFEST_JSON)[:16],
+                         guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}))
     for name in KNOB_ORDER:
         if name in recipe.knobs and name != "prune":
             pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)

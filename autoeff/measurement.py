@@ -20,7 +20,10 @@ class Measurement(JsonRecord):
         score: quality as "larger is better" (e.g. -FID), or `None`.
         size_mb: the denoiser's weight storage in MB.
         simulated: latency came from a fake-quant (simulated) backend and must not be reported as a speedup.
-        over_budget: latency exceeded the budget, so quality was not spent on it.
+        over_budget: during the search, latency exceeded the budget by more than the search's margin (10%),
+            so quality was not spent on it; for a finalist's re-measurement, latency exceeded the budget.
+        noise_floor: the baseline's relative latency spread (half-width of the 95% CI of its median), the
+            size of a latency difference that is indistinguishable from noise on this device.
         budget_s: the budget in seconds the candidate was judged against.
     """
 
@@ -32,4 +35,5 @@ class Measurement(JsonRecord):
     simulated: bool = False
     over_budget: bool = False
     budget_s: float | None = None
+    noise_floor: float | None = None
     version: int = 1

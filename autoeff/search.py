@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class SearchSettings:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     identity_fields = ("model", "device", "space", "metric", "batch_size", "proxy_samples", "size_objective",
-                       "min_steps", "max_steps", "options")
+                       "min_steps", "max_steps", "options", "seed")
 
     def __post_init__(self) -> None:
         self.space = parse_space(self.space)
@@ -246,13 +246,11 @@ def pareto_front(records: Sequence[TrialRecord], budget_s: float | None = None) 
 class Objective:
     """The study's objective: build the candidate, time it, then (if within budget) score it."""
 
-    def __init__(self, space: SearchSpace, evaluator: Any, budget_s: float, settings: SearchSettings,
-                 on_trial: Callable[[optuna.trial.FrozenTrial | None, Measurement | None], None] | None = None):
+    def __init__(self, space: SearchSpace, evaluator: Any, budget_s: float, settings: SearchSettings) -> None:
         self.space = space
         self.evaluator = evaluator
         self.budget_s = budget_s
         self.settings = settings
-        self.on_trial = on_trial
 
     def __call__(self, trial: optuna.Trial) -> Sequence[float]:
         try:
@@ -283,22 +281,27 @@ class Objective:
     def evaluate(self, recipe: Recipe) -> Measurement:
         """Latency first; quality only when the candidate is not clearly over budget."""
         start = time.monotonic()
+        limit = self.settings.trial_timeout_s
+        deadline = None if limit is None else start + limit
         pipe = self.space.build(recipe)
         simulated = recipe_is_simulated(recipe)
-        latency = self.evaluator.latency(pipe, budget_s=self.budget_s, simulated=simulated)
+        latency = self.evaluator.latency(pipe, budget_s=self.budget_s, simulated=simulated, deadline=deadline)
         self._check_time(start)
         size = self.evaluator.size_mb(pipe)
         over = latency["median_s"] > self.budget_s * (1 + OVER_BUDGET_MARGIN)
         quality = None
         score = None
         if not over:
-            q = self.evaluator.quality(pipe, self.settings.proxy_samples)
+            q = self.evaluator.quality(pipe, self.settings.proxy_samples, deadline=deadline)
             quality, score = q, q["score"]
             self._check_time(start)
         return Measurement(latency_s=latency["median_s"], latency=latency, quality=quality, score=score,
-                           size_mb=size, simulated=simulated, over_budget=over, budget_s=self.budget_s)
+                           size_mb=size, simulated=simulated, over_budget=over, budget_s=self.budget_s,
+                           noise_floor=getattr(self.evaluator, "noise_floor", None))
 
     def _check_time(self, start: float) -> None:
+        """The per-trial limit, checked between phases (the evaluator also checks it between pipeline calls;
+        a single call that hangs cannot be interrupted from inside the process)."""
         limit = self.settings.trial_timeout_s
         if limit is not None and time.monotonic() - start > limit:
             raise TimeoutError(f"candidate took more than the per-trial limit of {limit:g} s")
@@ -313,15 +316,18 @@ def recipe_is_simulated(recipe: Recipe) -> bool:
 
 
 def create_or_load_study(settings: SearchSettings, storage: str | optuna.storages.BaseStorage, study_name: str,
-                         model_identity: str, *, create: bool = True) -> optuna.Study:
+                         model_identity: str, *, create: bool = True, sampler_seed: int | None = None,
+                         ) -> optuna.Study:
     """Open the study (creating it if new, unless `create` is False) and refuse one made for another model,
-    metric or space. `storage` is a URL or an opened storage (`autoeff.distributed.open_storage`)."""
+    metric or space. `storage` is a URL or an opened storage (`autoeff.distributed.open_storage`).
+    `sampler_seed` seeds this process's sampler (workers use their own so they propose different candidates);
+    the sample sets that score candidates always come from `settings.seed`, common to every process."""
     from autoeff.distributed import SETTINGS_ATTR, mask_url
 
     label = mask_url(storage if isinstance(storage, str) else str(getattr(storage, "url", storage)))
     if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # Optuna's default INFO logs every trial
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(settings.sampler, settings.seed)
+    sampler = make_sampler(settings.sampler, settings.seed if sampler_seed is None else sampler_seed)
     try:
         if create:
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions(settings),
@@ -356,10 +362,6 @@ def create_or_load_study(settings: SearchSettings, storage: str | optuna.storage
                 f"study {study_name!r} was made for --budget {study.user_attrs.get('budget')}, not "
                 f"{settings.budget.text}; use another --study-name or --out")
     return study
-
-
-def baseline_record(study: optuna.Study) -> dict[str, Any] | None:
-    return study.user_attrs.get("baseline")
 
 
 def settings_to_dict(settings: SearchSettings) -> dict[str, Any]:

@@ -53,12 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--models", default="digits,digits-dit")
+    p.add_argument("--device", default="cpu", help="where the samples are generated (cpu or cuda)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    extractor = DigitsFeatures()
+    extractor = DigitsFeatures()  # features on the CPU: the FID does not depend on where samples were made
     real, real_labels = load_digits_16("all")
     real_feats = extract_features(extractor, (real + 1) / 2)
-    rows, record = [], {"machine": cpu_name(), "threads": torch.get_num_threads(),
+    machine = torch.cuda.get_device_name() if a.device.startswith("cuda") else cpu_name()
+    rows, record = [], {"machine": machine, "threads": torch.get_num_threads(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "models": {}}
 
     # real-vs-real: n real images against the *other* real images (disjoint), two random splits
@@ -70,13 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in a.models.split(","):
         n = a.samples or (64 if a.quick else (1000 if name == "digits" else 500))
         steps = 100 if a.quick else a.steps
-        handle = load_builtin(name)
+        handle = load_builtin(name, device=a.device)
         handle.default_steps = steps
         per_seed = []
         for seed in (0, 1):
             spec = default_spec(handle, n, seed=seed, batch_size=125)
             t0 = time.perf_counter()
-            images = generate(handle, handle.pipeline, spec)
+            images = generate(handle, handle.pipeline, spec)  # returned on the CPU
             secs = time.perf_counter() - t0
             fid = fid_from_features(real_feats, extract_features(extractor, images))
             acc = class_accuracy(images, list(spec.labels))
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 save_grid(images[:100], grid, nrow=10)
             print(name, per_seed[-1], flush=True)
         rvr = [real_vs_real(n, s) for s in (0, 1)]
-        record["models"][name] = {"samples_per_seed": n, "steps": steps, "seeds": per_seed,
+        record["models"][name] = {"samples_per_seed": n, "steps": steps, "seeds": per_seed, "device": a.device,
                                   "real_vs_real_fid": rvr,
                                   "real_vs_real_n": [min(n, len(real) // 2), len(real) - min(n, len(real) // 2)]}
         fids = [r["fid"] for r in per_seed]
@@ -97,11 +99,24 @@ def main(argv: list[str] | None = None) -> None:
                     f"![{name}](docs/images/{name}_ddpm{steps}.png) |")
     res_dir = ROOT / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / ("builtin_quick.json" if a.quick else "builtin.json")).write_text(json.dumps(record, indent=2))
-    cmd = "OMP_WAIT_POLICY=PASSIVE python benchmarks/builtin_models.py" + (" --quick" if a.quick else "")
+    cmd = ("OMP_WAIT_POLICY=PASSIVE python benchmarks/builtin_models.py" + (" --quick" if a.quick else "")
+           + f" --models {a.models}" + (f" --device {a.device}" if a.device != "cpu" else ""))
+    for name, rec in record["models"].items():  # one file per model, so runs on different devices merge
+        rec.update({"command": cmd, "machine": record["machine"], "threads": record["threads"],
+                    "omp_wait_policy": record["omp_wait_policy"], "row": rows[list(record["models"]).index(name)]})
+        suffix = "_quick" if a.quick else ""
+        (res_dir / f"builtin_{name}{suffix}.json").write_text(json.dumps(rec, indent=2))
+    if not a.quick:
+        rows, cmds = [], []
+        for name in ("digits", "digits-dit"):
+            f = res_dir / f"builtin_{name}.json"
+            if f.is_file():
+                rec = json.loads(f.read_text())
+                rows.append(rec["row"])
+                cmds.append(f"`{rec['command']}` ({rec['machine']}, samples generated on {rec.get('device', 'cpu')})")
     body = f"""## Built-in models: quality of the 1000-step baseline
 
-Command: `{cmd}` — {record['machine']}, {record['threads']} torch threads, OMP_WAIT_POLICY={record['omp_wait_policy']}.
+Commands: {'; '.join(cmds) if not a.quick else f'`{cmd}`'}.
 FID in the digits classifier's 128-d penultimate feature space against all 1797 real digits (16x16); seeds
 0 and 1 (each a disjoint set of per-image noise seeds, balanced labels 0-9). The real-vs-real row is the
 noise floor: n real digits against the *other* real digits (disjoint), two random splits. Class accuracy:

@@ -190,6 +190,18 @@ def test_tiny_sdxl_saved_to_disk_optimizes_and_reloads(tmp_path):
     a = generate(handle, SearchSpace(handle, res.settings.space, res.context).build(res.best.record.recipe), spec)
     b = generate(pipe.autoeff_handle, pipe, spec)
     assert torch.allclose(a, b, atol=1e-5)
+    # bench re-scores fidelity against the *base* model's images (never the optimized pipeline's own)
+    from autoeff.bench import bench_export
+
+    rows = {r["what"]: r for r in bench_export(res.export_path)}
+    claimed = res.best.final.quality["value"]
+    assert rows["quality"]["measured_value"] == pytest.approx(claimed, abs=1e-6)
+    assert rows["quality"]["measured_value"] < 0.9999  # not fidelity of the pipeline to itself
+    import shutil
+
+    shutil.rmtree(folder)  # the base model is gone: the reference cannot be made, so nothing is claimed
+    rows = {r["what"]: r for r in bench_export(res.export_path)}
+    assert rows["quality"]["measured"] == "not measured" and "--model-path" in rows["quality"]["note"]
 
 
 def test_optimize_accepts_an_already_loaded_pipeline(tmp_path):

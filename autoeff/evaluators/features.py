@@ -7,7 +7,7 @@ torch-fidelity nor a download (FACTS.md).
 
 Inception-v3 weights: autoeff never downloads them. Provide torchvision's `inception_v3` ImageNet state dict
 as a safetensors file, via `AUTOEFF_INCEPTION_WEIGHTS=/path/inception_v3.safetensors` (or the `weights=`
-argument / the CLI's `--inception-weights`). Make the file once, on a machine with internet access:
+argument). Make the file once, on a machine with internet access:
 
     python -c "from torchvision.models import inception_v3, Inception_V3_Weights as W; \
 from safetensors.torch import save_file; \

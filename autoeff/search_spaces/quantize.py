@@ -337,6 +337,10 @@ def quantize_denoiser(denoiser: nn.Module, config: Config, scheduler: Any = None
     """A quantized deep copy of `denoiser` (the argument is untouched); itself if nothing is quantized."""
     targets = quantized_layers(denoiser, config)
     if not targets:
+        wanted = sorted({lv for lv in config.mapping.values() if lv in QUANT_LEVELS})
+        if wanted:  # the recipe would claim a quantization that does not happen
+            raise ConfigError(f"quantize: no layer of {type(denoiser).__name__} has a {config.backend} kernel for "
+                              f"{', '.join(wanted)} under this mapping; nothing would be quantized")
         return denoiser
     new = copy.deepcopy(denoiser)
     _BACKEND_FNS[config.backend](new, targets, scheduler=scheduler)
