@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install install-dev lint clean
+.PHONY: demo test test-gpu install install-dev lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: install-dev
 
 test: install-dev lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The CUDA checks (torchao kernels); needs a GPU and `pip install -e '.[tensorrt]'`. CI has no GPU.
+test-gpu: install-dev
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m gpu
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

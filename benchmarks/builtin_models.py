@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--models", default="digits,digits-dit")
     p.add_argument("--device", default="cpu", help="where the samples are generated (cpu or cuda)")
+    p.add_argument("--from-results", action="store_true",
+                   help="only rewrite the BENCHMARKS.md section from benchmarks/results/builtin_<model>.json")
     a = p.parse_args(argv)
+    if a.from_results:
+        a.models = ""
     torch.manual_seed(0)
     extractor = DigitsFeatures()  # features on the CPU: the FID does not depend on where samples were made
     real, real_labels = load_digits_16("all")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         n = min(n, len(real) // 2)
         return fid_from_features(real_feats[perm[n:]], real_feats[perm[:n]])
 
-    for name in a.models.split(","):
+    for name in filter(None, a.models.split(",")):
         n = a.samples or (64 if a.quick else (1000 if name == "digits" else 500))
         steps = 100 if a.quick else a.steps
         handle = load_builtin(name, device=a.device)
