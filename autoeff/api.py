@@ -90,17 +90,24 @@ class OptimizeResult:
     export_path: Path | None = None
     failed: list[dict[str, Any]] = field(default_factory=list)
     proxy_final_tau: float | None = None
+    recovery: dict[str, Any] | None = None
+    recovered_denoiser: Any = None
 
     def export(self, path: str | Path, record: TrialRecord | None = None, *, report: bool = True) -> Path:
         """Write the frozen pipeline of `record` (default: the winner) to `path`."""
         chosen = record or (self.best.record if self.best else None)
         if chosen is None:
             raise SearchError("nothing to export: no candidate met the budget (export a trial by number)")
-        final = next((f.final for f in self.finalists if f.record.number == chosen.number), None)
+        is_best = self.best is not None and chosen.number == self.best.record.number
+        final = self.best.final if is_best else next((f.final for f in self.finalists
+                                                      if f.record.number == chosen.number), None)
         measured = {"trial": chosen.number, "proxy": chosen.measurement.to_dict(),
                     "batch_size": self.settings.batch_size, "seed": self.settings.seed,
                     "metric": self.settings.metric,
                     "final": final.to_dict() if final else None}
+        denoiser = self.recovered_denoiser if is_best else None
+        if is_best and self.recovery is not None:
+            measured["recovery"] = self.recovery
 
         def writer(folder: Path) -> None:
             if report:
@@ -110,7 +117,7 @@ class OptimizeResult:
 
         self.export_path = export_pipeline(self.handle, chosen.recipe, self.context, path, measured=measured,
                                            baseline=self.baseline, device=self.settings.device,
-                                           extra_writer=writer)
+                                           extra_writer=writer, pruned_denoiser=denoiser)
         return self.export_path
 
     def summary(self) -> dict[str, Any]:
@@ -123,6 +130,7 @@ class OptimizeResult:
             "pareto": [r.to_dict() for r in self.pareto],
             "finalists": [f.to_dict() for f in self.finalists],
             "proxy_final_kendall_tau": self.proxy_final_tau,
+            "recovery": self.recovery,
             "best": self.best.to_dict() if self.best else None,
             "best_recipe": self.best.record.recipe.to_dict() if self.best else None,
             "export_path": str(self.export_path) if self.export_path else None,
@@ -188,6 +196,7 @@ def optimize(
     join: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
+    recover_steps: int = 0,
 ) -> OptimizeResult:
     """Search `model`'s knobs for the best quality within `budget` on `device`, and export the winner.
 
@@ -199,11 +208,15 @@ def optimize(
     selects and exports. `join` refuses to create the study (it must exist). Every RDB storage has Optuna
     heartbeats (`heartbeat_interval` seconds, default 20; `grace_period`, default 3 intervals): a worker
     that stops heartbeating has its trial failed and retried. Raises `NoFeasibleCandidateError` when
-    nothing meets the budget (after exporting the fastest candidate if `best_effort`).
+    nothing meets the budget (after exporting the fastest candidate if `best_effort`). `recover_steps` > 0
+    distils the winner's pruned denoiser towards the unpruned one for that many steps (`prune.recover`), re-
+    measures it and keeps (and exports) the recovered weights when they score at least as well.
     """
     from autoeff.distributed import HEARTBEAT_ATTR, SETTINGS_ATTR, TARGET_ATTR, WorkerRegistry, open_storage
 
     budget = parse_budget(budget) if isinstance(budget, str) else budget
+    if isinstance(recover_steps, bool) or not isinstance(recover_steps, int) or recover_steps < 0:
+        raise ValueError(f"recover_steps must be a whole number >= 0 (got {recover_steps!r})")
     handle = resolve_model(model, model_path=model_path, device=device)
     metric = metric or default_metric(handle)
     settings = SearchSettings(
@@ -228,13 +241,15 @@ def optimize(
         study.set_user_attr(HEARTBEAT_ATTR, {"interval": rdb.heartbeat_interval, "grace": rdb.grace_period})
     with WorkerRegistry.for_storage(storage, study_name) as registry:
         return _optimize_in_study(study, registry, handle, settings, out, threads=threads, export=export,
-                                  best_effort=best_effort, callbacks=callbacks, progress=progress)
+                                  best_effort=best_effort, callbacks=callbacks, progress=progress,
+                                  recover_steps=recover_steps)
 
 
 def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, settings: SearchSettings, out: Path,
                        *, threads: int | None, export: bool, best_effort: bool,
                        callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]],
-                       progress: Callable[[dict[str, Any]], None] | None) -> OptimizeResult:
+                       progress: Callable[[dict[str, Any]], None] | None,
+                       recover_steps: int = 0) -> OptimizeResult:
     from autoeff.distributed import run_trials
     from autoeff.evaluation import Evaluator
 
@@ -285,6 +300,8 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
                             pareto=pareto_front(records, budget_s), baseline=baseline, budget_s=budget_s,
                             failed=failed)
     _select(result, evaluator, space_obj)
+    if recover_steps and result.best is not None:
+        _recover_best(result, evaluator, space_obj, recover_steps)
     (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
     if result.best is None:
         fastest = min(records, key=lambda r: r.latency_s, default=None)
@@ -356,6 +373,47 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
 
         tau = kendall_tau([f.record.score for f in result.finalists], [f.final.score for f in result.finalists])
         result.proxy_final_tau = None if math.isnan(tau) else tau
+
+
+def _recover_best(result: OptimizeResult, evaluator: Any, space: SearchSpace, steps: int) -> None:
+    """Distil the winner's pruned denoiser towards the unpruned one, re-measure, keep it if not worse.
+
+    Issue-3 contract: recovery is for the chosen candidate only (a search over recovered candidates would
+    cost `steps` training steps per trial). The recovered pipeline is re-measured on the same final sample
+    and re-timed; it replaces the winner's figures only when it still meets the budget and scores at least as
+    well, so `--recover-steps` can never make the exported pipeline worse than the search's pick.
+    """
+    from autoeff.search import recipe_is_simulated
+    from autoeff.search_spaces import knob_module
+    from autoeff.search_spaces.space import copy_pipeline
+
+    best = result.best
+    assert best is not None
+    cfg = best.record.recipe.knobs.get("prune")
+    if cfg is None or cfg.is_identity():
+        result.recovery = {"steps": steps, "applied": False, "reason": "the chosen candidate prunes nothing"}
+        return
+    prune = knob_module("prune")
+    base = result.handle.pipeline
+    started = time.monotonic()
+    try:
+        pruned = prune.apply(copy_pipeline(base), cfg, result.context)
+        recovered = prune.recover(pruned, base, result.context, steps=steps, seed=result.settings.seed)
+        denoiser = getattr(recovered, result.context.denoiser)
+        after = evaluator.remeasure(space.build(best.record.recipe, pruned_denoiser=denoiser), result.budget_s,
+                                    simulated=recipe_is_simulated(best.record.recipe))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # recovery is an extra: its failure keeps the search's winner as measured
+        result.recovery = {"steps": steps, "applied": False, "reason": f"{type(e).__name__}: {e}"[:500]}
+        return
+    kept = (after.score is not None and best.final.score is not None and after.score >= best.final.score
+            and after.latency_s <= result.budget_s)
+    result.recovery = {"steps": steps, "applied": True, "kept": kept, "wall_s": time.monotonic() - started,
+                       "before": best.final.to_dict(), "after": after.to_dict()}
+    if kept:
+        result.best = Finalist(best.record, after)
+        result.recovered_denoiser = denoiser
 
 
 def _finished_count(study: optuna.Study) -> int:

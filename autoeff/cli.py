@@ -157,6 +157,9 @@ def _space_option(f: Any) -> Any:
               help="Seconds between a running trial's heartbeats (default 20).")
 @click.option("--grace-period", default=None, type=int,
               help="Seconds without a heartbeat before a trial is failed and retried (default 3 intervals).")
+@click.option("--recover-steps", default=0, show_default=True, type=int,
+              help="Distil the chosen candidate's pruned denoiser towards the unpruned one for this many steps "
+                   "(kept only if it scores at least as well).")
 def optimize(**kw: Any) -> None:
     """Search for the best-quality pipeline within a latency budget and export it."""
     run_guarded(lambda: _optimize(**kw))
@@ -167,7 +170,8 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
               final_samples: int | None, top_k: int, min_steps: int, max_steps: int, size_objective: bool,
               storage: str | None, study_name: str, out: str, best_effort: bool, no_warm_start: bool,
               trial_timeout: float | None, threads: int | None, join: bool = False,
-              heartbeat_interval: int | None = None, grace_period: int | None = None) -> None:
+              heartbeat_interval: int | None = None, grace_period: int | None = None,
+              recover_steps: int = 0) -> None:
     from autoeff.budget import format_seconds, parse_budget
     from autoeff.devices import validate_device
     from autoeff.search_spaces.space import parse_space
@@ -181,6 +185,8 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
     _check_numbers(trials=trials, top_k=top_k, threads=threads, batch=batch_size, proxy_samples=proxy_samples,
                    final_samples=final_samples, min_steps=min_steps, max_steps=max_steps, seed=seed,
                    trial_timeout=trial_timeout, metric=metric)
+    if recover_steps < 0:
+        raise UsageError(f"--recover-steps {recover_steps} must be at least 0")
     out_path = _safe_out(out)
     from autoeff.api import resolve_model
     from autoeff.distributed import normalize_storage_url
@@ -231,7 +237,7 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
                 study_name=study_name, min_steps=min_steps, max_steps=max_steps, warm_start=not no_warm_start,
                 trial_timeout_s=trial_timeout, model_path=model_path, best_effort=best_effort,
                 progress=on_progress, threads=threads, join=join, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period)
+                grace_period=grace_period, recover_steps=recover_steps)
         except Exception:
             if not finished["trials"] and not (out_path / "summary.json").exists():
                 _remove_created(created)
@@ -249,6 +255,14 @@ def _optimize(model: str, model_path: str | None, device: str, budget: str, spac
                f"{q.get('value', float('nan')):.4g} (n={q.get('n')}) "
                f"-> {base['latency_s'] / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
                f"{best.record.recipe.describe()}")
+    rec = result.recovery
+    if rec is not None and not rec.get("applied"):
+        click.echo(f"recovery: not applied ({rec.get('reason')})")
+    elif rec is not None:
+        before, after = (rec[k].get("quality") or {} for k in ("before", "after"))
+        click.echo(f"recovery: {rec['steps']} steps, {before.get('metric')} {before.get('value', float('nan')):.4g}"
+                   f" -> {after.get('value', float('nan')):.4g} ("
+                   + ("kept" if rec["kept"] else "not kept: no better or over budget") + ")")
     click.echo(f"exported: {result.export_path}  (report: {result.export_path / 'report.html'})")
 
 

@@ -88,8 +88,12 @@ def export_pipeline(
     device: str | None = None,
     extra_writer: Callable[[Path], None] | None = None,
     overwrite: bool = True,
+    pruned_denoiser: Any = None,
 ) -> Path:
     """Write the frozen pipeline for `recipe` to `path` atomically (temp folder, then rename).
+
+    `pruned_denoiser` (recipes with a prune knob only) is stored instead of pruning the base afresh: the
+    weights after `prune.recover`.
 
     `extra_writer(tmp_folder)` may add report files before the manifest is computed. An interrupted export
     leaves only a hidden temp folder, never a folder that loads as valid.
@@ -113,8 +117,13 @@ def export_pipeline(
         plan = None
         if "prune" in recipe.knobs:
             prune = knob_module("prune")
-            weights = prune.apply(weights, recipe.knobs["prune"], context)
+            if pruned_denoiser is not None:  # e.g. recovered by distillation: its weights are what is stored
+                weights.register_modules(**{context.denoiser: pruned_denoiser})
+            else:
+                weights = prune.apply(weights, recipe.knobs["prune"], context)
             plan = prune.prune_plan(getattr(weights, context.denoiser))
+        elif pruned_denoiser is not None:
+            raise ExportError("a pruned denoiser was given for a recipe without a prune knob")
         weights.save_pretrained(str(tmp), safe_serialization=True)
         env = environment()
         info = {

@@ -239,3 +239,52 @@ def test_all_five_knobs_on_tiny_sdxl_export_and_reload(tmp_path):
     pipe = load(export_pipeline(h, recipe, ctx, tmp_path / "sdxl5"))
     b = generate(pipe.autoeff_handle, pipe, spec)
     assert a.shape == (2, 3, 32, 32) and torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def _always_prune_half(monkeypatch):
+    """Every trial prunes half of every block group (the search would also draw `off`)."""
+    from autoeff.search_spaces import prune
+    from autoeff.search_spaces.groups import searched_groups
+
+    def half(trial, context):
+        trial.suggest_categorical("prune.mode", ["uniform"])
+        return prune.Config(ratios={g: 0.5 for g in searched_groups(context.block_groups)}, importance="l2",
+                            round_to=8)
+
+    monkeypatch.setattr(prune, "suggest", half)
+
+
+def test_recover_steps_distils_the_pruned_winner_and_exports_the_recovered_weights(digits10, tmp_path,
+                                                                                     monkeypatch):
+    _always_prune_half(monkeypatch)
+    res = optimize(digits10, budget="1000%", trials=1, out=tmp_path / "rec", space="solver,prune", warm_start=False,
+                   recover_steps=60, **FAST)
+    rec = res.recovery
+    assert rec["applied"] and rec["steps"] == 60
+    # halving every block of the trained U-Net ruins its digits; distillation brings much of them back
+    assert rec["after"]["quality"]["n"] == rec["before"]["quality"]["n"] == 32
+    assert rec["after"]["score"] > rec["before"]["score"]
+    assert rec["kept"] and res.best.final.score == rec["after"]["score"]
+    info = json.loads((res.export_path / "autoeff.json").read_text())
+    assert info["measured"]["recovery"]["kept"] and info["measured"]["final"]["score"] == rec["after"]["score"]
+    # the export holds the recovered weights, not a fresh pruning of the base
+    pipe = load(res.export_path)
+    space = SearchSpace(digits10, res.settings.space, res.context)
+    spec = default_spec(digits10, 8, seed=2, batch_size=8)
+    recovered = generate(digits10, space.build(res.best.record.recipe, pruned_denoiser=res.recovered_denoiser), spec)
+    plain = generate(digits10, space.build(res.best.record.recipe), spec)
+    reloaded = generate(pipe.autoeff_handle, pipe, spec)
+    assert torch.equal(reloaded, recovered) and not torch.equal(reloaded, plain)
+    assert json.loads((tmp_path / "rec" / "summary.json").read_text())["recovery"]["kept"]
+
+
+def test_recover_steps_on_an_unpruned_winner_is_a_recorded_no_op(digits10, tmp_path):
+    res = optimize(digits10, budget="1000%", trials=1, out=tmp_path / "norec", space="solver", warm_start=False,
+                   recover_steps=10, **FAST)
+    assert res.recovery == {"steps": 10, "applied": False, "reason": "the chosen candidate prunes nothing"}
+    assert res.recovered_denoiser is None
+
+
+def test_recover_steps_must_be_a_whole_number(digits10, tmp_path):
+    with pytest.raises(ValueError, match="recover_steps"):
+        optimize(digits10, budget="80%", trials=1, out=tmp_path / "bad", recover_steps=-1, **FAST)

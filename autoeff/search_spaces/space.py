@@ -22,11 +22,19 @@ def parse_space(text: str | Sequence[str]) -> list[str]:
     return [n for n in KNOB_ORDER if n in names]
 
 
-def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext) -> Any:
-    """Apply every knob of `recipe` to a copy of the handle's base pipeline (the base is never mutated)."""
+def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext, pruned_denoiser: Any = None) -> Any:
+    """Apply every knob of `recipe` to a copy of the handle's base pipeline (the base is never mutated).
+
+    `pruned_denoiser` replaces the prune knob's output (e.g. the pruned denoiser after `prune.recover`): the
+    other knobs are applied on top of it, as on a freshly pruned one.
+    """
     pipe = copy_pipeline(handle.pipeline)
+    if pruned_denoiser is not None:
+        if "prune" not in recipe.knobs:
+            raise ValueError("pruned_denoiser given for a recipe without a prune knob")
+        pipe.register_modules(**{context.denoiser: pruned_denoiser})
     for name in KNOB_ORDER:
-        if name in recipe.knobs:
+        if name in recipe.knobs and not (name == "prune" and pruned_denoiser is not None):
             pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)
     return pipe
 
@@ -55,5 +63,5 @@ class SearchSpace:
         configs = {name: knob_module(name).suggest(trial, self.context) for name in self.knobs}
         return Recipe(model=self.handle.spec, knobs=configs)
 
-    def build(self, recipe: Recipe) -> Any:
-        return build_pipeline(self.handle, recipe, self.context)
+    def build(self, recipe: Recipe, pruned_denoiser: Any = None) -> Any:
+        return build_pipeline(self.handle, recipe, self.context, pruned_denoiser=pruned_denoiser)
