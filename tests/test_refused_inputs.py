@@ -129,6 +129,7 @@ ROWS: list[Row] = [
     Row("trials-zero", "--trials 0", _opt("--budget", "10%", "--trials", "0")),
     Row("trials-negative", "--trials -3", _opt("--budget", "10%", "--trials", "-3")),
     Row("trials-word", "--trials that is not a number", _opt("--budget", "10%", "--trials", "many")),
+    Row("recover-steps-negative", "--recover-steps -5", _opt("--budget", "10%", "--recover-steps", "-5")),
     Row("space-unknown-knob", "an unknown knob in --space", _opt("--budget", "10%", "--space", "solver,warp")),
     Row("space-empty", "an empty --space", _opt("--budget", "10%", "--space", "")),
     Row("metric-unknown", "an unknown metric", _opt("--budget", "10%", "--metric", "bogus")),
@@ -291,6 +292,34 @@ def render_doc(results: dict[str, tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+README_START, README_END = "<!-- refused:start -->", "<!-- refused:end -->"
+
+
+def doc_rows(doc: str) -> list[list[str]]:
+    """The table rows of docs/refused-inputs.md as cells: id, input, command, message, exit."""
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in doc.splitlines()
+            if line.startswith("| ") and not line.startswith(("| id ", "| --- "))]
+
+
+def render_readme_table(doc: str) -> str:
+    """The README's copy of the table: what was refused and the one line printed (every row exits 2)."""
+    lines = [README_START, "", "| refused input | what autoeff prints (stderr, exit 2) |", "| --- | --- |"]
+    lines += [f"| {cells[1]} | {cells[3]} |" for cells in doc_rows(doc)]
+    return "\n".join([*lines, "", README_END])
+
+
+def readme_section(text: str) -> str:
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    return text[start:end]
+
+
+def test_the_readme_table_is_the_doc_table():
+    assert readme_section(README.read_text()) == render_readme_table(DOC.read_text()), (
+        "regenerate: python tests/test_refused_inputs.py --write-doc")
+    assert all(cells[4] == "2" for cells in doc_rows(DOC.read_text()))
+
+
 def doc_ids() -> list[str]:
     ids = []
     for line in DOC.read_text().splitlines():
@@ -403,7 +432,9 @@ def _write_doc() -> int:
         return 1
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(render_doc(results))  # type: ignore[arg-type]
-    print(f"wrote {DOC} ({len(ROWS)} rows)")
+    text = README.read_text()
+    README.write_text(text.replace(readme_section(text), render_readme_table(DOC.read_text())))
+    print(f"wrote {DOC} and its table in {README.name} ({len(ROWS)} rows)")
     return 0
 
 
