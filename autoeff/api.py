@@ -266,7 +266,10 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
     study.set_user_attr("budget_s", budget_s)
     _recover_interrupted(study, registry)
     if settings.warm_start and not study.user_attrs.get("warm_started"):
-        for params in warm_start_params(settings.space, context):
+        # plain steps that fit: the baseline's per-step latency (its fixed overhead included) against the budget
+        per_step_s = baseline["latency_s"] / max(1, handle.default_steps)
+        fit_steps = int(budget_s / per_step_s) if per_step_s > 0 else None
+        for params in warm_start_params(settings.space, context, fit_steps=fit_steps):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
         study.set_user_attr("warm_started", True)
 

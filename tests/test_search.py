@@ -53,3 +53,25 @@ def test_settings_refuse_bad_values_and_identity_ignores_budget():
     b = SearchSettings(model="digits", budget=parse_budget("20%"))
     c = SearchSettings(model="digits", budget=parse_budget("1s"), metric="kid")
     assert a.identity_hash("x") == b.identity_hash("x") != c.identity_hash("x")
+
+
+def test_a_tight_budget_warm_starts_at_the_step_counts_that_fit(random_digits_handle):
+    settings = SearchSettings(model="digits", budget=parse_budget("1s"), space=ALL, max_steps=50)
+    ctx = context_for(random_digits_handle, settings)
+    space = SearchSpace(random_digits_handle, ALL, ctx)
+    assert warm_start_params(ALL, ctx, fit_steps=25) == warm_start_params(ALL, ctx)  # 5/10/20 all fit
+    recipes = [space.suggest(optuna.trial.FixedTrial(p)) for p in warm_start_params(ALL, ctx, fit_steps=4)]
+    plain = [r for r in recipes if r.knobs["cache"].interval == 1 and set(r.knobs["quantize"].mapping.values())
+             == {"skip"}]
+    # 4 steps fit: plain picks at 4 only (5, 10 and 20 are more than 1.2x over)
+    assert sorted({r.knobs["schedule"].steps for r in plain}) == [4]
+    assert len(plain) == 4  # two solvers x two schedule families
+    cached = [r for r in recipes if r.knobs["cache"].interval > 1]
+    assert [r.knobs["schedule"].steps for r in cached] == [6]  # DeepCache N=3 over 1.5x the steps
+    int8 = [r for r in recipes if "int8" in r.knobs["quantize"].mapping.values()]
+    assert len(int8) == 1 and int8[0].knobs["schedule"].steps == 5  # all block groups int8 at 1.3x
+    assert set(int8[0].knobs["quantize"].mapping.values()) == {"int8", "skip"}  # groups int8; _default skip
+    assert all(set(r.knobs["prune"].ratios.values()) == {0.0} for r in recipes)
+    # fewer than min_steps fit: the picks run at min_steps
+    lowest = warm_start_params(["solver", "schedule"], ctx, fit_steps=0)
+    assert {p["schedule.steps"] for p in lowest if "schedule.steps" in p} == {ctx.min_steps}

@@ -135,6 +135,11 @@ def _options(context: SpaceContext) -> tuple[str, list[str]]:
     return backend, ["skip", *levels]
 
 
+def level_choices(context: SpaceContext) -> list[str]:
+    """The levels `suggest` draws from for this context (`skip` first)."""
+    return _options(context)[1]
+
+
 def suggest(trial: Any, context: SpaceContext) -> Config:
     """`quantize.mode` first: `off`, `uniform` (one level, `quantize.uniform.level`, for every block group)
     or `per_group` (one level per block group, `quantize.<group>`); `embed`/`out` are kept. A single
