@@ -265,10 +265,12 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
     budget_s = budget.resolve(baseline["latency_s"])
     study.set_user_attr("budget_s", budget_s)
     _recover_interrupted(study, registry)
+    # plain steps that fit: the baseline's per-step latency (its fixed overhead included) against the budget
+    per_step_s = baseline["latency_s"] / max(1, handle.default_steps)
+    fit_steps = int(budget_s / per_step_s) if per_step_s > 0 else None
+    context = _cap_steps(context, fit_steps)
+    study.set_user_attr("steps_searched", [context.min_steps, context.max_steps])
     if settings.warm_start and not study.user_attrs.get("warm_started"):
-        # plain steps that fit: the baseline's per-step latency (its fixed overhead included) against the budget
-        per_step_s = baseline["latency_s"] / max(1, handle.default_steps)
-        fit_steps = int(budget_s / per_step_s) if per_step_s > 0 else None
         for params in warm_start_params(settings.space, context, fit_steps=fit_steps):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
         study.set_user_attr("warm_started", True)
@@ -376,6 +378,27 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
 
         tau = kendall_tau([f.record.score for f in result.finalists], [f.final.score for f in result.finalists])
         result.proxy_final_tau = None if math.isnan(tau) else tau
+
+
+# How many times more steps than fit the budget plainly the search still tries: the other knobs together
+# (DeepCache N=5 ~2x, int8 and pruning 1.1-1.3x on the digits U-Net, BENCHMARKS.md) cannot buy back more.
+STEP_HEADROOM = 3.0
+
+
+def _cap_steps(context: SpaceContext, fit_steps: int | None) -> SpaceContext:
+    """The context with the schedule's step range cut to what can meet the budget.
+
+    Step counts far above `fit_steps` are over budget whatever else a candidate does; drawing them spends
+    trials on certain failures (a 10 % budget of a 50-step baseline leaves ~5 steps, and a search over
+    2..50 drew 28 and 31). Derived from the stored baseline and budget only, so a resumed run and every
+    worker of a shared study cap the range the same way.
+    """
+    import dataclasses
+
+    if fit_steps is None:
+        return context
+    cap = max(context.min_steps, min(context.max_steps, math.ceil(STEP_HEADROOM * max(1, fit_steps))))
+    return dataclasses.replace(context, max_steps=cap)
 
 
 def _recover_best(result: OptimizeResult, evaluator: Any, space: SearchSpace, steps: int) -> None:

@@ -288,3 +288,18 @@ def test_recover_steps_on_an_unpruned_winner_is_a_recorded_no_op(digits10, tmp_p
 def test_recover_steps_must_be_a_whole_number(digits10, tmp_path):
     with pytest.raises(ValueError, match="recover_steps"):
         optimize(digits10, budget="80%", trials=1, out=tmp_path / "bad", recover_steps=-1, **FAST)
+
+
+def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
+    """10-step baseline, 20 % budget: about 2 plain steps fit, so no candidate draws more than 3x that."""
+    try:
+        res = optimize(digits10, budget="20%", trials=4, out=tmp_path / "cap", export=False, **FAST)
+        study = res.study
+    except NoFeasibleCandidateError:  # a loaded machine may miss this budget; the range is what is tested
+        study = optuna.load_study(study_name="autoeff", storage=f"sqlite:///{tmp_path / 'cap' / 'study.db'}")
+    baseline = study.user_attrs["baseline"]["latency_s"]
+    fit = int(study.user_attrs["budget_s"] / (baseline / 10))
+    cap = max(2, min(10, 3 * max(1, fit)))
+    assert study.user_attrs["steps_searched"] == [2, cap]
+    steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
+    assert len(steps) == 4 and max(steps) <= cap
