@@ -151,7 +151,7 @@ def test_kill9_at_random_points_then_resume(tmp_path):
     out = tmp_path / "run"
     db = out / "study.db"
     url = f"sqlite:///{db}"
-    cmd = [AUTOEFF, "optimize", "--model", "digits", "--budget", "80%", "--trials", "6", "--sampler", "random",
+    cmd = [AUTOEFF, "optimize", "--model", "digits", "--budget", "200%", "--trials", "6", "--sampler", "random",
            "--no-warm-start", "--top-k", "1", "--threads", "1", "--out", str(out), *FAST]
     env = {**os.environ, "AUTOEFF_LOCK_DIR": str(tmp_path / "locks")}
     env.pop("AUTOEFF_WORKER_ID", None)

@@ -267,7 +267,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(pg_url, tmp_pa
 
     started = time.monotonic()
     try:
-        start("coordinator", ["optimize", "--model", "digits", "--budget", "80%", "--trials", str(target),
+        start("coordinator", ["optimize", "--model", "digits", "--budget", "200%", "--trials", str(target),
                               "--sampler", "random", "--no-warm-start", "--top-k", "1", "--threads", "1",
                               "--storage", pg_url, "--study-name", name, "--out", str(tmp_path / "out"),
                               "--heartbeat-interval", "1", "--grace-period", "3", *FAST])

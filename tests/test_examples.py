@@ -31,7 +31,7 @@ def test_local_sdxl_example_on_a_tiny_sdxl_folder_then_load_and_generate(tmp_pat
 
 
 def test_optimize_loaded_pipeline_example_logs_every_trial(tmp_path):
-    summary = _load("optimize_loaded_pipeline").main(["--budget", "80%", "--trials", "2", "--out", str(tmp_path),
+    summary = _load("optimize_loaded_pipeline").main(["--budget", "200%", "--trials", "2", "--out", str(tmp_path),
                                                       "--proxy-samples", "16", "--final-samples", "16"])
     assert summary["speedup"] > 0
     lines = (tmp_path / "trials.jsonl").read_text().splitlines()

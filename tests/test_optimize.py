@@ -34,7 +34,7 @@ def _states(study: optuna.Study) -> dict[str, int]:
 
 
 def test_optimize_export_reload_regenerates_the_same_images(digits10, tmp_path):
-    res = optimize(digits10, budget="80%", trials=5, out=tmp_path / "run", space="solver,schedule,cache", **FAST)
+    res = optimize(digits10, budget="200%", trials=5, out=tmp_path / "run", space="solver,schedule,cache", **FAST)
     assert res.best is not None and res.export_path is not None
     assert res.best.final.latency_s <= res.budget_s * 1.0 or res.best.record.feasible(res.budget_s)
     assert res.best.final.quality["n"] == 32  # finalists re-scored on the larger sample
@@ -84,10 +84,10 @@ def test_all_five_knobs_round_trip_through_export(digits10, tmp_path):
 
 def test_resume_continues_without_rerunning(digits10, tmp_path):
     out = tmp_path / "resume"
-    first = optimize(digits10, budget="80%", trials=3, out=out, export=False, **FAST)
+    first = optimize(digits10, budget="200%", trials=3, out=out, export=False, **FAST)
     starts = {t.number: t.datetime_start for t in first.study.get_trials() if t.state.is_finished()}
     assert len(starts) == 3
-    second = optimize(digits10, budget="80%", trials=5, out=out, export=False, **FAST)
+    second = optimize(digits10, budget="200%", trials=5, out=out, export=False, **FAST)
     trials = [t for t in second.study.get_trials() if t.state.is_finished()]
     assert len(trials) == 5  # (warm-start configurations not yet run stay queued as WAITING)
     for t in trials:
@@ -106,11 +106,11 @@ def test_interrupt_then_resume(digits10, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        optimize(digits10, budget="80%", trials=6, out=out, export=False, callbacks=[stop_after_two], **FAST)
+        optimize(digits10, budget="200%", trials=6, out=out, export=False, callbacks=[stop_after_two], **FAST)
     study = optuna.load_study(study_name="autoeff", storage=f"sqlite:///{out / 'study.db'}")
     done_before = [t for t in study.get_trials() if t.state.is_finished()]
     assert len(done_before) == 2
-    res = optimize(digits10, budget="80%", trials=6, out=out, export=False, **FAST)
+    res = optimize(digits10, budget="200%", trials=6, out=out, export=False, **FAST)
     assert len([t for t in res.study.get_trials() if t.state.is_finished()]) == 6
 
 
@@ -209,7 +209,7 @@ def test_tiny_sdxl_saved_to_disk_optimizes_and_reloads(tmp_path):
 def test_optimize_accepts_an_already_loaded_pipeline(tmp_path):
     """MLOps use: a diffusers pipeline object rather than a spec."""
     h = autoeff.load_model("digits")
-    res = optimize(h.pipeline, budget="80%", trials=2, out=tmp_path / "obj", export=False, warm_start=False,
+    res = optimize(h.pipeline, budget="200%", trials=2, out=tmp_path / "obj", export=False, warm_start=False,
                    **FAST)
     assert res.handle.family == "digits"
     assert len(res.records) + len(res.failed) == 2
@@ -303,3 +303,11 @@ def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
     assert study.user_attrs["steps_searched"] == [2, cap]
     steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
     assert len(steps) == 4 and max(steps) <= cap
+    # a worker joining the study draws from the same cut range
+    from autoeff.api import join
+    from autoeff.distributed import TARGET_ATTR
+
+    study.set_user_attr(TARGET_ATTR, 7)
+    ran = join(f"sqlite:///{tmp_path / 'cap' / 'study.db'}", "autoeff")
+    steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
+    assert ran["done"] == 7 and len(steps) == 7 and max(steps) <= cap
