@@ -340,10 +340,10 @@ def recover_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: in
     yet when no other process is registered. With any storage: a trial owned by a process of this machine
     that no longer exists. A trial of a live process, or of another machine, is left to the heartbeats.
     """
+    others = registry.others_alive()  # also removes the lock files of dead processes, orphans or not
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
-    others = registry.others_alive()
     failed = []
     for t in running:
         owner = t.user_attrs.get(WORKER_ATTR)

@@ -86,6 +86,25 @@ def test_sqlite_registry_fails_orphans_of_dead_processes_only(tmp_path):
     assert trial_counts(study).done == 0  # three candidates, none finished yet
 
 
+def test_a_dead_process_lock_is_removed_even_without_orphan_trials(tmp_path):
+    """A process killed between trials leaves its lock file but no RUNNING trial; the next run removes it."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=60), study_name="s")
+    me = WorkerRegistry.for_storage(url, "s")
+    me.folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(600)"), str(me.folder / "proc-d.lock")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with me:
+        assert recover_orphans(study, me) == []  # nothing was running
+        assert not (me.folder / "proc-d.lock").exists()
+
+
 def test_same_host_process_check_without_registry(tmp_path, monkeypatch):
     """Storages other than SQLite (no registry): a trial whose owner process on this machine is gone is failed
     at once; one of a live process, or of another machine, is left to the heartbeats."""
