@@ -47,6 +47,13 @@ def _state(study: optuna.Study, trial: optuna.Trial) -> TrialState:
     return study.get_trials(deepcopy=False)[trial.number].state
 
 
+def _hold_lock(path):
+    """Another process that holds the registry lock file `path` (as a live worker does) until killed."""
+    return subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(600)"), str(path)], stdout=subprocess.PIPE)
+
+
 def test_sqlite_registry_fails_orphans_of_dead_processes_only(tmp_path):
     """Another process registered on the study (holding its lock file) keeps its trials, even one taken before
     its owner was recorded; once it is killed, its trials are failed with the reason and retried at once."""
@@ -55,9 +62,7 @@ def test_sqlite_registry_fails_orphans_of_dead_processes_only(tmp_path):
     me = WorkerRegistry.for_storage(url, "s")
     assert me.folder == tmp_path / "study.db.workers" / "s"
     me.folder.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
-        "print('held', flush=True); time.sleep(600)"), str(me.folder / "proc-b.lock")], stdout=subprocess.PIPE)
+    holder = _hold_lock(me.folder / "proc-b.lock")
     try:
         assert holder.stdout.readline().strip() == b"held"
         owned_by_live = _ask(study, "proc-b")
@@ -92,9 +97,7 @@ def test_a_dead_process_lock_is_removed_even_without_orphan_trials(tmp_path):
     study = optuna.create_study(storage=open_storage(url, heartbeat_interval=60), study_name="s")
     me = WorkerRegistry.for_storage(url, "s")
     me.folder.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
-        "print('held', flush=True); time.sleep(600)"), str(me.folder / "proc-d.lock")], stdout=subprocess.PIPE)
+    holder = _hold_lock(me.folder / "proc-d.lock")
     try:
         assert holder.stdout.readline().strip() == b"held"
     finally:
