@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,7 @@ def _optimize_in_study(study: optuna.Study, registry: Any, handle: ModelHandle, 
     if baseline is None:
         baseline = evaluator.baseline()
         study.set_user_attr("baseline", baseline)
-    evaluator.noise_floor = (baseline.get("latency") or {}).get("rel_spread")
+    evaluator.noise_floor = _noise_floor(baseline)
     budget_s = budget.resolve(baseline["latency_s"])
     study.set_user_attr("budget_s", budget_s)
     _recover_interrupted(study, registry)
@@ -387,6 +387,11 @@ def _select(result: OptimizeResult, evaluator: Any, space: SearchSpace) -> None:
         result.proxy_final_tau = None if math.isnan(tau) else tau
 
 
+def _noise_floor(baseline: dict[str, Any] | None) -> float | None:
+    """The baseline's relative latency spread, stored with it; every measurement reports it."""
+    return ((baseline or {}).get("latency") or {}).get("rel_spread")
+
+
 # How many times more steps than fit the budget plainly the search still tries: the other knobs together
 # (DeepCache N=5 ~2x, int8 and pruning 1.1-1.3x on the digits U-Net, BENCHMARKS.md) cannot buy back more.
 STEP_HEADROOM = 3.0
@@ -400,12 +405,10 @@ def _cap_steps(context: SpaceContext, fit_steps: int | None) -> SpaceContext:
     2..50 drew 28 and 31). Derived from the stored baseline and budget only, so a resumed run and every
     worker of a shared study cap the range the same way.
     """
-    import dataclasses
-
     if fit_steps is None:
         return context
     cap = max(context.min_steps, min(context.max_steps, math.ceil(STEP_HEADROOM * max(1, fit_steps))))
-    return dataclasses.replace(context, max_steps=cap)
+    return replace(context, max_steps=cap)
 
 
 def _recover_best(result: OptimizeResult, evaluator: Any, space: SearchSpace, steps: int) -> None:
@@ -418,7 +421,6 @@ def _recover_best(result: OptimizeResult, evaluator: Any, space: SearchSpace, st
     """
     from autoeff.search import recipe_is_simulated
     from autoeff.search_spaces import knob_module
-    from autoeff.search_spaces.space import copy_pipeline
 
     best = result.best
     assert best is not None
@@ -430,7 +432,7 @@ def _recover_best(result: OptimizeResult, evaluator: Any, space: SearchSpace, st
     base = result.handle.pipeline
     started = time.monotonic()
     try:
-        pruned = prune.apply(copy_pipeline(base), cfg, result.context)
+        pruned = prune.apply(base, cfg, result.context)  # a copy: the base is untouched
         recovered = prune.recover(pruned, base, result.context, steps=steps, seed=result.settings.seed)
         denoiser = getattr(recovered, result.context.denoiser)
         after = evaluator.remeasure(space.build(best.record.recipe, pruned_denoiser=denoiser), result.budget_s,
@@ -526,11 +528,9 @@ def join(
         context = context_for(handle, settings)
         steps = study.user_attrs.get("steps_searched")  # the coordinator's cut of the step range (_cap_steps)
         if steps:
-            import dataclasses
-
-            context = dataclasses.replace(context, min_steps=int(steps[0]), max_steps=int(steps[1]))
+            context = replace(context, min_steps=int(steps[0]), max_steps=int(steps[1]))
         evaluator = Evaluator(handle, settings, threads=threads)
-        evaluator.noise_floor = ((study.user_attrs.get("baseline") or {}).get("latency") or {}).get("rel_spread")
+        evaluator.noise_floor = _noise_floor(study.user_attrs.get("baseline"))
         objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
         ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
                          callbacks=list(callbacks))

@@ -29,7 +29,7 @@ from autoeff.models.handle import FAMILIES, ModelHandle
 from autoeff.recipe import SCHEMA_VERSION, Recipe
 from autoeff.search_spaces import KNOB_ORDER, knob_module
 from autoeff.search_spaces.base import ConfigError, SpaceContext
-from autoeff.search_spaces.space import copy_pipeline
+from autoeff.search_spaces.space import build_pipeline
 
 AUTOEFF_JSON = "autoeff.json"
 MANIFEST_JSON = "manifest.json"
@@ -113,17 +113,14 @@ def export_pipeline(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        weights = copy_pipeline(handle.pipeline)
-        plan = None
-        if "prune" in recipe.knobs:
-            prune = knob_module("prune")
-            if pruned_denoiser is not None:  # e.g. recovered by distillation: its weights are what is stored
-                weights.register_modules(**{context.denoiser: pruned_denoiser})
-            else:
-                weights = prune.apply(weights, recipe.knobs["prune"], context)
-            plan = prune.prune_plan(getattr(weights, context.denoiser))
-        elif pruned_denoiser is not None:
-            raise ExportError("a pruned denoiser was given for a recipe without a prune knob")
+        # the stored weights: the base with the prune knob alone (or the given, e.g. recovered, pruned denoiser)
+        weights_recipe = Recipe(model=recipe.model, knobs={k: c for k, c in recipe.knobs.items() if k == "prune"})
+        try:
+            weights = build_pipeline(handle, weights_recipe, context, pruned_denoiser=pruned_denoiser)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+        plan = (knob_module("prune").prune_plan(getattr(weights, context.denoiser)) if weights_recipe.knobs
+                else None)
         weights.save_pretrained(str(tmp), safe_serialization=True)
         env = environment()
         info = {

@@ -201,10 +201,9 @@ def warm_start_params(space: Sequence[str], context: SpaceContext, fit_steps: in
         return min(context.max_steps, max(context.min_steps, int(k)))
 
     steps = sorted({s for s in (5, 10, 20) if context.min_steps <= s <= context.max_steps} or {context.max_steps})
-    tight = fit_steps is not None and fit_steps < 20
-    if tight:  # picks clearly over budget would only spend trials; the cheapest picks go first
-        assert fit_steps is not None
-        steps = sorted({*(k for k in steps if k <= 1.2 * fit_steps), clamp(fit_steps)})
+    tight = fit_steps if fit_steps is not None and fit_steps < 20 else None  # steps that fit a tight budget
+    if tight is not None:  # picks clearly over budget would only spend trials
+        steps = sorted({*(k for k in steps if k <= 1.2 * tight), clamp(tight)})
     dpmpp2 = solver.Config(name="dpmpp", order=2)
     picks: list[dict[str, Any]] = []
     for solver_cfg in (dpmpp2, solver.Config(name="unipc", order=2)):
@@ -212,16 +211,13 @@ def warm_start_params(space: Sequence[str], context: SpaceContext, fit_steps: in
             for fam in ("uniform", "ays"):
                 picks.append({"solver": solver_cfg, "schedule": schedule.Config(family=fam, steps=k)})
     k_cache = 20 if context.min_steps <= 20 <= context.max_steps else steps[-1]
-    if tight:
-        assert fit_steps is not None
-        k_cache = clamp(min(20, 1.5 * fit_steps))
+    if tight is not None:
+        k_cache = clamp(min(20, 1.5 * tight))
     picks.append({"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=k_cache),
                   "cache": cache.Config(interval=3)})
-    if tight:
-        assert fit_steps is not None
-        if groups and "quantize" in space and "int8" in quantize.level_choices(context):
-            picks.append({"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=clamp(1.3 * fit_steps)),
-                          "quantize": {"quantize.mode": "uniform", "quantize.uniform.level": "int8"}})
+    if tight is not None and groups and "quantize" in space and "int8" in quantize.level_choices(context):
+        picks.append({"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=clamp(1.3 * tight)),
+                      "quantize": {"quantize.mode": "uniform", "quantize.uniform.level": "int8"}})
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for pick in picks:
