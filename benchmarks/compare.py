@@ -451,8 +451,9 @@ def render(res: dict[str, Any]) -> str:
                      f"{speed} | {row['search_wall_s'] / 60:.1f} | {'; '.join(marks)} |")
     lines += ["", "Targets (figures, not assertions): autoeff FID <= 0.8x the best peer's at each budget; "
               "autoeff within two-seed noise of 1000-step DDPM (mean FID above DDPM's by at most the larger "
-              "seed-to-seed range of the two, both at DDPM's sample count) at >= 100x lower latency; each search <= 10 min (wall time of "
-              "`autoeff.optimize`, its baseline measurement and finalist re-check included).", "",
+              "seed-to-seed range of the two, both at DDPM's sample count) at >= 100x lower latency; each "
+              "search <= 10 min (wall time of `autoeff.optimize`, its baseline measurement and finalist "
+              "re-check included).", "",
               "### Every re-measured configuration", "",
               "| role | configuration | latency ms (p10-p90) | FID per seed | FID mean ± half-range | "
               "pooled FID | class acc | size MB |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]

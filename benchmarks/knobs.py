@@ -214,7 +214,8 @@ def render(res: dict[str, Any]) -> str:
              "warm-up), median of all timed calls (p10-p90 in brackets). *Denoiser*: the time spent in "
              "the U-Net / transformer calls of the same pipeline calls (forward hooks). Quality: FID of "
              f"{cfg['samples']} samples against the 1797 real digits (digits-classifier features) on two "
-             "seed sets (mean ± half the difference), and the classifier's accuracy on the requested labels. "
+             f"seed sets ({' and '.join(map(str, cfg['quality_seeds']))}; mean ± half the difference), and the "
+             "classifier's accuracy on the requested labels. "
              "Size: the denoiser's weights in MB (fake-quant rows: at the simulated width). Recover: "
              f"`prune.recover` (distillation towards the unpruned denoiser), {cfg['recover_steps']} steps of "
              f"batch {cfg['batch']}, lr 1e-4, seed 0; its build time is in knobs.json.", ""]
