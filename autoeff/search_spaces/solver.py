@@ -21,7 +21,12 @@ rule: a DDPM base with default `leading` spacing gives DPM-Solver++ its default 
   default is True, wrong for latent models; SD pipelines reset it in `__init__`, which a swap bypasses);
 * `clip_sample=True` with range 1 (the digits model's DDPM config) becomes `thresholding=True,
   sample_max_value=1` for DPM-Solver++ and UniPC: their dynamic threshold `s` is clamped to [1, 1], which is
-  exactly clipping the x0 prediction to [-1, 1]. Euler has no x0 clipping in diffusers and runs unclipped.
+  exactly clipping the x0 prediction to [-1, 1]. Euler has no x0 clipping in diffusers and runs unclipped;
+* UniPC with B(h) = bh1, or without `lower_order_final`, ends at `final_sigmas_type="sigma_min"`: with
+  diffusers' default final sigma of zero the last step has h = inf; bh1's B(h) = h, and a multistep (order
+  >= 2) last update, then turn every image into NaN or a singular system (bh2's expm1(-inf) = -1 stays
+  finite at order 1, which `lower_order_final` falls back to). sigma_min is how UniPC ended before diffusers
+  added the zero option (diffusers PR 7517). Measured on the digits model: every such candidate failed.
 
 Every class built here accepts custom `timesteps`, so any solver composes with any schedule.
 When this knob runs alone, the pipeline's own `num_inference_steps` and the spacing above decide the steps.
@@ -134,6 +139,12 @@ def _clip_as_threshold(config: Any) -> dict[str, Any]:
     return {}
 
 
+def _needs_sigma_min(config: Config) -> bool:
+    """UniPC configurations whose last step is not finite with a zero final sigma (module docstring)."""
+    return config.name == "unipc" and ((config.variant or VARIANTS["unipc"][0]) == "bh1"
+                                       or (config.order > 1 and not config.lower_order_final))
+
+
 def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
     """A new scheduler implementing `config`, with `base`'s training configuration. `base` is untouched."""
     cfg = plain_scheduler(base).config  # a pinned base contributes its config, not its pin
@@ -149,6 +160,8 @@ def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
         overrides["clip_sample"] = bool(cfg.get("clip_sample", False))
     elif config.name == "unipc":
         overrides["predict_x0"] = True
+        if _needs_sigma_min(config):  # see the module docstring: NaN otherwise
+            overrides["final_sigmas_type"] = "sigma_min"
     elif config.name in ("dpmpp", "dpmpp_single"):
         overrides["algorithm_type"] = "dpmsolver++"
     return cls.from_config(cfg, **overrides)
