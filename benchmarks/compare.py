@@ -2,6 +2,9 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py            # ~3.5 h on 2 quiet CPU cores, ~1.5 h
                                                                     # of it DDPM-1000's FID (--ddpm-samples)
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py --final-samples 2000 --screen-top 4 \
+        --ddpm-fid-from benchmarks/results/builtin_digits.json --efficiency-trials 24 --efficiency-seeds 1
+                                                                    # what BENCHMARKS.md shows: 77 min
     OMP_WAIT_POLICY=PASSIVE python benchmarks/compare.py --quick    # every step, tiny counts: plumbing only
     python benchmarks/compare.py --quick --out /tmp/cmp.md          # ... without touching BENCHMARKS.md
 

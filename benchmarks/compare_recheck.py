@@ -2,6 +2,7 @@
 absolute budget, then its winner, the old run's winner and that budget's best peer re-measured side by side.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/compare_recheck.py --budget 10%   # ~15 min on 2 CPU cores
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/compare_recheck.py --efficiency-seeds 2   # samplers, ~20 min
 
 For a change to the search (a fixed knob, a new default) when the whole comparison (~2 h here) does not fit
 again. Everything the search and the measurement use comes from `benchmarks/results/compare.json`: the
@@ -37,7 +38,37 @@ from benchmarks._common import (  # noqa: E402
     short_label,
     two_seed_quality,
 )
-from benchmarks.compare import FINAL_SEEDS, LATENCY_SEED, Bench, run_search  # noqa: E402
+from benchmarks.compare import (  # noqa: E402
+    FINAL_SEEDS,
+    LATENCY_SEED,
+    Bench,
+    efficiency,
+    plot_efficiency,
+    run_search,
+)
+
+
+def efficiency_only(a: argparse.Namespace, old: dict[str, Any], args: argparse.Namespace) -> None:
+    """compare.py's sampler comparison alone (`--efficiency-seeds N`), at the compare run's 10 % budget."""
+    budget_s = old["budgets_s"]["10%"]
+    args.efficiency_trials = old["efficiency"]["trials"] if old.get("efficiency") else old["config"]["trials"]
+    args.efficiency_seeds = a.efficiency_seeds
+    bench = Bench(args, lambda m: print(m, flush=True))
+    eff = efficiency(bench, budget_s, a.work_dir)
+    res = {"command": "OMP_WAIT_POLICY=PASSIVE python benchmarks/compare_recheck.py " + " ".join(sys.argv[1:]),
+           "machine": machine(a.threads), "efficiency": eff}
+    path = a.results.parent / "compare_recheck_efficiency.json"
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    plot_efficiency(eff, a.results.parent / "sampler_efficiency_recheck.png")
+    print(f"\n`{res['command']}` — {machine_line(res['machine'])}; 10% budget = {ms(budget_s)} ms, "
+          f"{eff['trials']} trials, no warm start\n")
+    print("| sampler | seed | best feasible proxy FID after n=6 / 12 / 24 trials | failed | wall min |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for r in eff["runs"]:
+        c = r["curve"]
+        cells = " / ".join(f"{c[n - 1]:.2f}" if len(c) >= n else "—" for n in (6, 12, 24))
+        print(f"| {r['sampler']} | {r['seed']} | {cells} | {r['states'].get('FAIL', 0)} | {r['wall_s'] / 60:.1f} |")
+    print(f"\nwrote {path}")
 
 
 def main() -> None:
@@ -46,6 +77,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "compare.json")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--work-dir", type=Path, default=ROOT / ".cache" / "bench" / "compare-recheck")
+    p.add_argument("--efficiency-seeds", type=int, default=0,
+                   help="instead of a budget: the sampler comparison alone, this many seeds per sampler")
     a = p.parse_args()
     quiet()
     import torch
@@ -57,13 +90,16 @@ def main() -> None:
     cfg = old["config"]
     if a.budget not in old["budgets_s"]:
         sys.exit(f"error: {a.results} has budgets {', '.join(old['budgets_s'])}, not {a.budget}")
-    budget_s = old["budgets_s"][a.budget]
-    row = next(r for r in old["rows"] if r["budget_label"] == a.budget)
     args = argparse.Namespace(device="cpu", threads=a.threads, batch=cfg["batch"], space=cfg["space"],
                               proxy_samples=cfg["proxy_samples"], scan_repeats=3, screen_samples=0,
                               no_cache=False, quick=False)
-    bench = Bench(args, lambda m: print(m, flush=True))
     a.work_dir.mkdir(parents=True, exist_ok=True)
+    if a.efficiency_seeds:
+        efficiency_only(a, old, args)
+        return
+    budget_s = old["budgets_s"][a.budget]
+    row = next(r for r in old["rows"] if r["budget_label"] == a.budget)
+    bench = Bench(args, lambda m: print(m, flush=True))
     s = run_search(bench, budget_s, a.work_dir / f"budget-{a.budget.rstrip('%')}pct", sampler=cfg["sampler"],
                    seed=0, trials=cfg["trials"], warm_start=True, final_samples=cfg["search_final_samples"],
                    top_k=3)
