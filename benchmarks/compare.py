@@ -329,8 +329,7 @@ def final_measurements(bench: Bench, finals: dict[str, Any]) -> dict[str, Any]:
             if label.startswith("DDPM") and args.ddpm_fid_from:
                 q = ddpm_quality_from(args.ddpm_fid_from, args.ddpm_steps)
             else:
-                q = two_seed_quality(bench.handle, pipes[label], f"compare-final|{recipe.to_json()}", n,
-                                     FINAL_SEEDS[: args.seeds], cache=not args.no_cache)
+                q = final_quality(bench, pipes[label], recipe, n)
         except Exception as e:  # reported in the table, not a crash
             err = f"{type(e).__name__}: {e}"[:200]
         took = time.perf_counter() - t0
@@ -340,6 +339,21 @@ def final_measurements(bench: Bench, finals: dict[str, Any]) -> dict[str, Any]:
         out[label] = {"recipe": recipe, "label": short_label(recipe), "latency": lat[label], "quality": q,
                       "error": err, "size_mb": model_size_mb(pipes[label].unet)}
     return out
+
+
+def final_quality(bench: Bench, pipe: Any, recipe: Any, n: int) -> dict[str, Any]:
+    """Two-seed FID of `n` samples per final seed set, cached under the recipe (one key for every caller)."""
+    args = bench.args
+    return two_seed_quality(bench.handle, pipe, f"compare-final|{recipe.to_json()}", n, FINAL_SEEDS[: args.seeds],
+                            cache=not args.no_cache)
+
+
+def quality_at_ddpm_n(bench: Bench, pipe: Any, recipe: Any, ddpm_q: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The same at DDPM's sample count when that differs from `--final-samples` (FID falls as n grows, so the
+    DDPM target compares at equal n); None when the counts are equal or DDPM has no FID."""
+    if not ddpm_q or not ddpm_q.get("n") or ddpm_q["n"] == bench.args.final_samples:
+        return None
+    return final_quality(bench, pipe, recipe, ddpm_q["n"])
 
 
 def ddpm_quality_from(path: Path, steps: int) -> dict[str, Any]:
@@ -752,12 +766,11 @@ def main() -> None:
     for name, rs in roles.items():
         final[name]["roles"] = sorted(set(rs), key=rs.index)
     ddpm_q = final[ddpm_label]["quality"]
-    if ddpm_q and ddpm_q["n"] != args.final_samples:
-        for name in dict.fromkeys(row["autoeff"] for row in rows if row["autoeff"]):
-            final[name]["quality_at_ddpm_n"] = two_seed_quality(
-                bench.handle, bench.pipe(finals[name]), f"compare-final|{finals[name].to_json()}", ddpm_q["n"],
-                FINAL_SEEDS[: args.seeds], cache=not args.no_cache)
-            log(f"  {name} at DDPM's n={ddpm_q['n']}: FID {fid_pm(final[name]['quality_at_ddpm_n'])}")
+    for name in dict.fromkeys(row["autoeff"] for row in rows if row["autoeff"]):
+        q = quality_at_ddpm_n(bench, bench.pipe(finals[name]), finals[name], ddpm_q)
+        if q is not None:
+            final[name]["quality_at_ddpm_n"] = q
+            log(f"  {name} at DDPM's n={q['n']}: FID {fid_pm(q)}")
     for row in rows:
         row["targets"] = targets(row, final, ddpm_label)
 

@@ -36,14 +36,16 @@ from benchmarks._common import (  # noqa: E402
     ms,
     quiet,
     short_label,
-    two_seed_quality,
 )
 from benchmarks.compare import (  # noqa: E402
     FINAL_SEEDS,
     LATENCY_SEED,
     Bench,
+    _lat_cell,
     efficiency,
+    final_quality,
     plot_efficiency,
+    quality_at_ddpm_n,
     run_search,
 )
 
@@ -92,7 +94,7 @@ def main() -> None:
         sys.exit(f"error: {a.results} has budgets {', '.join(old['budgets_s'])}, not {a.budget}")
     args = argparse.Namespace(device="cpu", threads=a.threads, batch=cfg["batch"], space=cfg["space"],
                               proxy_samples=cfg["proxy_samples"], scan_repeats=3, screen_samples=0,
-                              no_cache=False, quick=False)
+                              final_samples=cfg["final_samples"], seeds=cfg["seeds"], no_cache=False, quick=False)
     a.work_dir.mkdir(parents=True, exist_ok=True)
     if a.efficiency_seeds:
         efficiency_only(a, old, args)
@@ -116,12 +118,9 @@ def main() -> None:
     seeds = FINAL_SEEDS[: cfg["seeds"]]
     out: dict[str, Any] = {}
     for k, r in configs.items():
-        key = f"compare-final|{r.to_json()}"
-        q = two_seed_quality(bench.handle, pipes[k], key, cfg["final_samples"], seeds)
-        q_ddpm = (two_seed_quality(bench.handle, pipes[k], key, ddpm_q["n"], seeds)
-                  if ddpm_q.get("n") and ddpm_q["n"] != cfg["final_samples"] else None)
-        out[k] = {"recipe": r.to_dict(), "label": short_label(r), "latency": lat[k], "quality": q,
-                  "quality_at_ddpm_n": q_ddpm}
+        out[k] = {"recipe": r.to_dict(), "label": short_label(r), "latency": lat[k],
+                  "quality": final_quality(bench, pipes[k], r, cfg["final_samples"]),
+                  "quality_at_ddpm_n": quality_at_ddpm_n(bench, pipes[k], r, ddpm_q)}
     res = {"command": "OMP_WAIT_POLICY=PASSIVE python benchmarks/compare_recheck.py " + " ".join(sys.argv[1:]),
            "machine": machine(a.threads), "budget": a.budget, "budget_s": budget_s,
            "search": {k: s[k] for k in ("wall_s", "states", "fail_reasons", "over_budget", "error")},
@@ -134,10 +133,8 @@ def main() -> None:
           f"FID at n={ddpm_q.get('n')} | class acc |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for k, m in out.items():
-        L = m["latency"]["median_s"]
-        over = "" if L <= budget_s else f" (over by {L / budget_s - 1:.0%})"
         qd = fid_pm(m["quality_at_ddpm_n"]) if m["quality_at_ddpm_n"] else "—"
-        print(f"| {k} | {m['label']} | {ms(L)}{over} | {fid_pm(m['quality'])} | {qd} | "
+        print(f"| {k} | {m['label']} | {_lat_cell(m, budget_s)} | {fid_pm(m['quality'])} | {qd} | "
               f"{m['quality']['class_acc_mean']:.3f} |")
     print(f"\nwrote {path}")
 

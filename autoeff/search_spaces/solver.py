@@ -141,8 +141,7 @@ def _clip_as_threshold(config: Any) -> dict[str, Any]:
 
 def _needs_sigma_min(config: Config) -> bool:
     """UniPC configurations whose last step is not finite with a zero final sigma (module docstring)."""
-    return config.name == "unipc" and ((config.variant or VARIANTS["unipc"][0]) == "bh1"
-                                       or (config.order > 1 and not config.lower_order_final))
+    return config.name == "unipc" and (config.variant == "bh1" or (config.order > 1 and not config.lower_order_final))
 
 
 def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
