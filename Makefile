@@ -1,6 +1,6 @@
 # Two entry points that work on a fresh machine with only python3 and this repository:
 #   make demo   -- install and run the optimizer on the built-in digits model
-#   make test   -- install with dev extras, run ruff and pytest
+#   make test   -- install with dev extras, run ruff, mypy and pytest
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -29,6 +29,7 @@ demo: install
 
 lint: install-dev
 	$(VENV)/bin/ruff check autoeff tests examples benchmarks
+	$(VENV)/bin/mypy
 
 test: install-dev lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

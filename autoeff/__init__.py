@@ -4,34 +4,31 @@
     handle = autoeff.load_model("digits")              # the built-in model, offline
     result = autoeff.optimize("digits", budget="10%")  # search, re-measure finalists, export
     pipe = autoeff.load("autoeff-out/optimized")       # the frozen pipeline, every knob applied
+
+The three functions are the ones of `autoeff.models.registry`, `autoeff.api` and `autoeff.export`, with their
+real signatures. They are imported on first use (PEP 562): `import autoeff` alone stays light and imports no
+torch, so the CLI can set the environment torch reads at import (OMP_WAIT_POLICY) before anything loads it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from autoeff.api import optimize
+    from autoeff.export import load
+    from autoeff.models.registry import load_model
 
-def load_model(spec: str, model_path: str | None = None, device: str = "cpu", dtype: str | None = None) -> Any:
-    """Resolve a model spec (`digits`, `sdxl`, a folder, ...) into a ModelHandle (`.pipeline` is ready)."""
-    from autoeff.models.registry import load_model as _load_model
-
-    return _load_model(spec, model_path=model_path, device=device, dtype=dtype)
-
-
-def optimize(model: Any, **kwargs: Any) -> Any:
-    """See `autoeff.api.optimize`."""
-    from autoeff.api import optimize as _optimize
-
-    return _optimize(model, **kwargs)
+_LAZY = {"load_model": "autoeff.models.registry", "optimize": "autoeff.api", "load": "autoeff.export"}
 
 
-def load(path: str, device: str = "cpu", dtype: str | None = None) -> Any:
-    """Load an exported folder as a ready pipeline (see `autoeff.export.load`)."""
-    from autoeff.export import load as _load
-
-    return _load(path, device=device, dtype=dtype)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autoeff' has no attribute {name!r}")
 
 
 __all__ = ["__version__", "load_model", "optimize", "load"]

@@ -1,7 +1,7 @@
 """Re-measure an exported pipeline on this device: what its `autoeff.json` claims vs what it measures now.
 
 `autoeff bench optimized/` loads the folder with `autoeff.load` (manifest and schema checked), times one
-pipeline call with the same timer, batch size and seeds the search used (`autoeff.evaluation.Evaluator`,
+pipeline call with the same timer, batch size and seeds the search used (`autoeff.measure.Evaluator`,
 which wraps `autoeff.evaluators.latency.measure_latency`), and scores the quality metric recorded in the
 export on the same sample set (same seeds and labels or prompts), so claimed and measured differ only by
 the device and by measurement noise.
@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from autoeff.budget import Budget, format_seconds
+from autoeff.budget import format_seconds
+from autoeff.evaluators.latency import device_description
+from autoeff.evaluators.quality import DIGITS_FAMILIES
+from autoeff.export import load
+from autoeff.measure import FINAL_SEED, PROXY_SEED, QUALITY_BATCH, EvaluationSpec, Evaluator, sample_seed
+from autoeff.models.generate import default_spec
+from autoeff.models.registry import ModelNotAvailableError, resolve_model
+from autoeff.settings import default_metric
 
 DEFAULT_SAMPLES = 256
 
@@ -29,9 +36,6 @@ def _claim(info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def _base_handle(info: dict[str, Any], exported: Any, model_path: str | None, device: str) -> tuple[Any, str]:
     """The *base* model, called like the export, for metrics that compare to the base model's images
     (fidelity; FID/KID to the baseline). Never the optimized pipeline: its images are not the reference."""
-    from autoeff.api import resolve_model
-    from autoeff.models.registry import ModelNotAvailableError
-
     model = info["model"]
     try:
         base = resolve_model(model["spec"], model_path=model_path, device=device)
@@ -53,12 +57,6 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     (seconds per call) and `quality` (the recorded metric; FID against real data for the digits models).
     Raises `autoeff.export.ExportError` for a folder that fails its manifest or schema checks.
     """
-    from autoeff.evaluation import FINAL_SEED, PROXY_SEED, QUALITY_BATCH, Evaluator, default_metric
-    from autoeff.evaluators.latency import device_description
-    from autoeff.export import load
-    from autoeff.models.generate import default_spec
-    from autoeff.search import SearchSettings
-
     if samples is not None and samples < 2:
         raise ValueError(f"samples={samples}: quality needs at least 2 images")
     pipe = load(path, device=device)
@@ -71,19 +69,16 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     measured_info = info.get("measured") or {}
     batch = int(measured_info.get("batch_size") or 1)
     seed = int(measured_info.get("seed") or 0)
-    settings = SearchSettings(model=handle.spec, budget=Budget(text="bench", seconds=1.0), device=device,
-                              space=["solver"], metric=metric, batch_size=batch, proxy_samples=2,
-                              final_samples=max(n, 2), seed=seed)
-    from autoeff.evaluators.quality import DIGITS_FAMILIES
-
+    spec = EvaluationSpec(metric=metric, device=device, seed=seed, batch_size=batch, proxy_samples=2,
+                          final_samples=max(n, 2))
     needs_base = metric == "fidelity" or (metric in ("fid", "kid") and handle.family not in DIGITS_FAMILIES)
     eval_handle, why = (_base_handle(info, handle, model_path, device) if needs_base else (handle, ""))
-    evaluator = Evaluator(eval_handle or handle, settings, threads=threads)
+    evaluator = Evaluator(eval_handle or handle, spec, threads=threads)
 
     lat = evaluator.latency(pipe)
     offset = PROXY_SEED if which == "proxy" else FINAL_SEED
-    spec = default_spec(handle, n, seed=seed * 10 + offset, batch_size=min(QUALITY_BATCH, n))
-    q = evaluator.quality_on(pipe, spec) if eval_handle is not None else None
+    samples_spec = default_spec(handle, n, seed=sample_seed(seed, offset), batch_size=min(QUALITY_BATCH, n))
+    q = evaluator.quality_on(pipe, samples_spec) if eval_handle is not None else None
 
     claimed_dev = (claim.get("latency") or {}).get("device") or info.get("device") or "-"
     rows: list[dict[str, Any]] = [{
@@ -97,19 +92,19 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     rows.append({
         "what": "latency",
         "claimed": "-" if claimed_lat is None else format_seconds(float(claimed_lat)),
-        "measured": format_seconds(lat["median_s"]) + (
-            "" if claimed_lat is None else f" ({lat['median_s'] / float(claimed_lat):.2f}x claimed)"),
+        "measured": format_seconds(lat.median_s) + (
+            "" if claimed_lat is None else f" ({lat.median_s / float(claimed_lat):.2f}x claimed)"),
         "claimed_value": None if claimed_lat is None else float(claimed_lat),
-        "measured_value": float(lat["median_s"]),
+        "measured_value": float(lat.median_s),
         "note": note,
     })
     claimed_v = claim_q.get("value")
     rows.append({
         "what": "quality",
         "claimed": "-" if claimed_v is None else f"{metric} {float(claimed_v):.4g} (n={claim_q.get('n')})",
-        "measured": "not measured" if q is None else f"{q['metric']} {float(q['value']):.4g} (n={q['n']})",
+        "measured": "not measured" if q is None else f"{q.metric} {float(q.value):.4g} (n={q.n})",
         "claimed_value": None if claimed_v is None else float(claimed_v),
-        "measured_value": None if q is None else float(q["value"]),
+        "measured_value": None if q is None else float(q.value),
         "note": (f"{metric} compares to the base model's images, which are not available here ({why}); pass "
                  "--model-path to the base model" if q is None else
                  f"{which} sample set" if which != "none" else "nothing claimed in autoeff.json"),

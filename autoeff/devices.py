@@ -11,7 +11,7 @@ class DeviceError(ValueError):
 
 def validate_device(device: str) -> str:
     """`cpu`, `cuda`, `cuda:N` (when present) -> canonical string; anything else raises DeviceError."""
-    import torch
+    import torch  # lazy: the CLI imports this module before it may load torch (OMP_WAIT_POLICY first)
 
     d = str(device).strip().lower()
     if d == "cpu":

@@ -6,6 +6,8 @@ import os
 import platform
 from importlib import metadata
 
+import torch
+
 PACKAGES = ("autoeff", "torch", "diffusers", "transformers", "optuna", "torchmetrics", "open_clip_torch",
             "torch-pruning", "joblib", "safetensors", "torchao", "tensorrt")
 
@@ -24,9 +26,8 @@ def cpu_name() -> str:
 
 def environment() -> dict[str, object]:
     """A JSON-able description of this machine and the installed stack."""
-    import torch
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -55,7 +56,6 @@ def environment() -> dict[str, object]:
 
 def device_description(device: str) -> str:
     """A human description of `device` (`cpu`, `cuda`, `cuda:1`)."""
-    import torch
 
     if device.startswith("cuda"):
         idx = torch.device(device).index or 0

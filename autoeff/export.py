@@ -8,10 +8,13 @@ Layout (a diffusers folder plus autoeff's own files):
       manifest.json    sha256 of every other file, checked on load
       report.html, pareto.png, samples.png                          (written by autoeff.report)
 
-What is stored and what is re-applied on load: pruned weights are stored physically smaller (with the
-pruning plan that rebuilds their shapes from the unpruned config); quantization, solver, schedule and cache
-are deterministic functions of the stored weights and the recipe, so `load` re-applies them from the
-recipe. The scheduler folder holds the base scheduler's config; the recipe's solver/schedule replace it.
+What is stored and what is re-applied on load is each knob's own declaration (`Knob.stored_in_weights`):
+a knob stored in the weights (pruning) is saved physically smaller, with the plan that rebuilds the changed
+architecture from the unchanged config (`autoeff.json` `weights`: knob -> plan); every other knob is a
+deterministic function of the stored weights and the recipe, so `load` re-applies it. The scheduler folder
+holds the base scheduler's config; the recipe's solver/schedule replace it.
+
+`autoeff.json` schema versions: 1 stored the pruning plan as `prune_plan`; 2 stores `weights`. Both load.
 """
 
 from __future__ import annotations
@@ -21,23 +24,31 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import diffusers
+from safetensors.torch import load_file
+
+from autoeff.env import environment
+from autoeff.measurement import Measurement
 from autoeff.models.handle import FAMILIES, ModelHandle
+from autoeff.models.registry import load_pipeline_folder
 from autoeff.recipe import SCHEMA_VERSION, Recipe
-from autoeff.search_spaces import KNOB_ORDER, knob_module
 from autoeff.search_spaces.base import ConfigError, SpaceContext
-from autoeff.search_spaces.space import build_pipeline
+from autoeff.search_spaces.registry import get_knob, ordered
+from autoeff.search_spaces.space import apply_knobs, build_pipeline
+from autoeff.settings import SearchSettings
 
 AUTOEFF_JSON = "autoeff.json"
 MANIFEST_JSON = "manifest.json"
-EXPORT_SCHEMA_VERSION = 1
+EXPORT_SCHEMA_VERSION = 2
 # Files that could execute code when loaded; an exported folder never contains them.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-_AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "prune_plan", "measured", "baseline",
-                   "device", "versions", "created"}
+_AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "weights", "prune_plan", "measured",
+                   "baseline", "device", "versions", "created"}
 
 
 _CONTEXT_TYPES: dict[str, type] = {"family": str, "denoiser": str, "num_train_timesteps": int, "default_steps": int,
@@ -88,18 +99,16 @@ def export_pipeline(
     device: str | None = None,
     extra_writer: Callable[[Path], None] | None = None,
     overwrite: bool = True,
-    pruned_denoiser: Any = None,
+    weights: Any = None,
 ) -> Path:
     """Write the frozen pipeline for `recipe` to `path` atomically (temp folder, then rename).
 
-    `pruned_denoiser` (recipes with a prune knob only) is stored instead of pruning the base afresh: the
-    weights after `prune.recover`.
+    `weights` (recipes with a knob stored in the weights only) is the denoiser stored instead of applying those
+    knobs to the base afresh: e.g. the pruned weights after `prune.recover`.
 
     `extra_writer(tmp_folder)` may add report files before the manifest is computed. An interrupted export
     leaves only a hidden temp folder, never a folder that loads as valid.
     """
-    from autoeff.env import environment
-
     path = Path(path).resolve()
     if path.exists() and not path.is_dir():
         raise ExportError(f"{path} is a file; give a folder to export to")
@@ -113,27 +122,29 @@ def export_pipeline(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        # the stored weights: the base with the prune knob alone (or the given, e.g. recovered, pruned denoiser)
-        weights_recipe = Recipe(model=recipe.model, knobs={k: c for k, c in recipe.knobs.items() if k == "prune"})
+        # the stored weights: the base with the knobs stored in the weights (or the given denoiser)
+        stored = {k: c for k, c in recipe.knobs.items() if get_knob(k).stored_in_weights is not None}
+        weights_recipe = Recipe(model=recipe.model, knobs=stored)
         try:
-            weights = build_pipeline(handle, weights_recipe, context, pruned_denoiser=pruned_denoiser)
-        except ValueError as e:
+            pipe = build_pipeline(handle, weights_recipe, context, weights=weights)
+        except (ValueError, ConfigError) as e:
             raise ExportError(str(e)) from None
-        plan = (knob_module("prune").prune_plan(getattr(weights, context.denoiser)) if weights_recipe.knobs
-                else None)
-        weights.save_pretrained(str(tmp), safe_serialization=True)
+        denoiser = getattr(pipe, context.denoiser)
+        plans = {k.name: k.stored_in_weights.plan(denoiser) for k in ordered(stored)
+                 if k.stored_in_weights is not None}
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
         env = environment()
         info = {
             "export_schema_version": EXPORT_SCHEMA_VERSION,
             "recipe": recipe.to_dict(),
             "model": _model_section(handle),
             "context": _context_section(context),
-            "prune_plan": plan,
+            "weights": plans,
             "measured": measured or {},
             "baseline": baseline or {},
             "device": device or context.device,
             "versions": env["versions"],
-            "created": __import__("time").strftime("%Y-%m-%dT%H:%M:%S"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
         (tmp / AUTOEFF_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -252,7 +263,28 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         raise ExportError(f"{where}: device must be a string")
     if info["recipe"].schema_version > SCHEMA_VERSION:
         raise ExportError(f"{where}: recipe schema is newer than this autoeff reads")
+    info["weights"] = _weights_section(info, where)
+    info.pop("prune_plan", None)
     return info
+
+
+def _weights_section(info: dict[str, Any], where: str) -> dict[str, Any]:
+    """knob -> plan of the knobs stored in the weights (schema 1 kept the pruning plan as `prune_plan`)."""
+    plans = info.get("weights")
+    if plans is None:
+        legacy = info.get("prune_plan")
+        plans = {} if legacy is None else {"prune": legacy}
+    if not isinstance(plans, dict):
+        raise ExportError(f"{where}: weights must be an object of knob -> plan")
+    recipe: Recipe = info["recipe"]
+    for name, plan in plans.items():
+        if name not in recipe.knobs:
+            raise ExportError(f"{where}: weights has a plan for {name!r}, which the recipe does not use")
+        if get_knob(name).stored_in_weights is None:
+            raise ExportError(f"{where}: the {name} knob is not stored in the weights, yet weights has its plan")
+        if not isinstance(plan, dict):
+            raise ExportError(f"{where}: weights.{name} must be an object")
+    return plans
 
 
 def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any:
@@ -261,8 +293,6 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     Refuses a folder whose files do not match the manifest or whose schema version is unknown; reads only
     JSON and safetensors. The returned pipeline carries the export's figures in `pipe.autoeff_info`.
     """
-    from autoeff.models.registry import load_pipeline_folder
-
     path = Path(path)
     info = verify_folder(path)
     model = info["model"]
@@ -270,9 +300,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     context.device = device
     recipe: Recipe = info["recipe"]
     overrides: dict[str, Any] = {}
-    if info.get("prune_plan") is not None:
-        overrides[context.denoiser] = _load_pruned_denoiser(path / context.denoiser, info["prune_plan"],
-                                                            knob_module("prune"))
+    if info["weights"]:
+        overrides[context.denoiser] = _load_stored_denoiser(path / context.denoiser, info["weights"])
     if dtype is None and isinstance(model.get("dtype"), str):
         dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(model["dtype"])
         if dtype != "fp32" and not str(device).startswith("cuda"):
@@ -291,9 +320,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
                          num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
                          identity="export-" + _sha256(path / MANIFEST_JSON)[:16],
                          guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}))
-    for name in KNOB_ORDER:
-        if name in recipe.knobs and name != "prune":
-            pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)
+    pipe = apply_knobs(pipe, recipe, context, which="runtime")
     pipe.set_progress_bar_config(disable=True)
     handle.pipeline = pipe
     pipe.autoeff_info = {k: v for k, v in info.items() if k not in ("recipe", "context")}
@@ -302,11 +329,9 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     return pipe
 
 
-def _load_pruned_denoiser(folder: Path, plan: Any, prune: Any) -> Any:
-    """Rebuild the unpruned architecture from its config, shrink it by the plan, load the pruned weights."""
-    import diffusers
-    from safetensors.torch import load_file
-
+def _load_stored_denoiser(folder: Path, plans: dict[str, Any]) -> Any:
+    """Build the unchanged architecture from its config, let each knob stored in the weights rebuild its change
+    (in application order), then load the stored weights into it."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{folder} has no config.json")
@@ -315,12 +340,14 @@ def _load_pruned_denoiser(folder: Path, plan: Any, prune: Any) -> Any:
     cls = getattr(diffusers, str(cls_name), None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
         raise ExportError(f"{cfg_path}: unsupported denoiser class {cls_name!r}")
-    model = cls.from_config(cfg)
-    try:
-        model = prune.apply_plan(model, plan)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        raise ExportError(f"{folder}: its prune_plan cannot be applied ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:300]}); re-export it") from None
+    model: Any = cast(Any, cls).from_config(cfg)  # a diffusers ModelMixin (untyped for mypy)
+    for knob in ordered(plans):
+        assert knob.stored_in_weights is not None  # checked by parse_autoeff_json
+        try:
+            model = knob.stored_in_weights.restore(model, plans[knob.name])
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            raise ExportError(f"{folder}: its {knob.name} plan cannot be applied ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]}); re-export it") from None
     weights = sorted(folder.glob("*.safetensors"))
     if len(weights) != 1:
         raise ExportError(f"{folder} must hold exactly one .safetensors file, found {len(weights)}")
@@ -328,5 +355,16 @@ def _load_pruned_denoiser(folder: Path, plan: Any, prune: Any) -> Any:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ExportError(f"{folder}: pruned weights do not match the pruning plan: {str(e)[:300]}") from None
+        raise ExportError(f"{folder}: stored weights do not match the stored plans: {str(e)[:300]}") from None
     return model.eval()
+
+
+def claim(number: int, proxy: Measurement, final: Measurement | None, settings: SearchSettings,
+          recovery: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `measured` section of `autoeff.json`: what the export claims, and how it was measured."""
+    out: dict[str, Any] = {"trial": number, "proxy": proxy.to_dict(), "final": None if final is None else
+                           final.to_dict(), "batch_size": settings.batch_size, "seed": settings.seed,
+                           "metric": settings.metric}
+    if recovery is not None:
+        out["recovery"] = recovery
+    return out

@@ -1,11 +1,35 @@
-"""The Measurement: everything a trial measured, as plain JSON-able data (stored as a trial user attribute)."""
+"""What was measured, as typed records: a candidate's `Measurement` and the search's `Baseline`.
+
+Both nest the evaluators' own records (`LatencyResult`, `QualityResult`) and serialize to plain JSON (stored as
+Optuna attributes through `autoeff.study`, and in an export's `autoeff.json`). Reading is strict, except that
+the `score` a quality dict carried before autoeff 0.1's typed records is dropped (it is derived).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from autoeff.evaluators.latency import LatencyResult
+from autoeff.evaluators.quality import QualityResult, score
 from autoeff.records import JsonRecord
+
+# Keys older autoeff releases stored beside the figures they were derived from.
+_DERIVED = ("score", "final_score")
+
+
+def _quality(data: Any) -> QualityResult | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("a quality record must be a JSON object")
+    return QualityResult.from_dict({k: v for k, v in data.items() if k not in _DERIVED})
+
+
+def _latency(data: Any) -> LatencyResult | None:
+    if data is None or data == {}:
+        return None
+    return LatencyResult.from_dict(data)
 
 
 @dataclass
@@ -15,21 +39,21 @@ class Measurement(JsonRecord):
     Attributes:
         latency_s: median end-to-end latency of one pipeline call (seconds).
         latency: the full latency record (median, spread, repeats, device, threads, wait policy).
-        quality: the quality record (metric, value, sample count, spread) or `None` when it was not
-            measured (over budget).
+        quality: the quality record (metric, value, sample count, spread), or `None` when it was not measured
+            (over budget).
         score: quality as "larger is better" (e.g. -FID), or `None`.
         size_mb: the denoiser's weight storage in MB.
         simulated: latency came from a fake-quant (simulated) backend and must not be reported as a speedup.
         over_budget: during the search, latency exceeded the budget by more than the search's margin (10%),
             so quality was not spent on it; for a finalist's re-measurement, latency exceeded the budget.
+        budget_s: the budget in seconds the candidate was judged against.
         noise_floor: the baseline's relative latency spread (half-width of the 95% CI of its median), the
             size of a latency difference that is indistinguishable from noise on this device.
-        budget_s: the budget in seconds the candidate was judged against.
     """
 
     latency_s: float
-    latency: dict[str, Any] = field(default_factory=dict)
-    quality: dict[str, Any] | None = None
+    latency: LatencyResult | None = None
+    quality: QualityResult | None = None
     score: float | None = None
     size_mb: float | None = None
     simulated: bool = False
@@ -37,3 +61,57 @@ class Measurement(JsonRecord):
     budget_s: float | None = None
     noise_floor: float | None = None
     version: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        if not isinstance(data, dict):
+            raise ValueError("Measurement must be a JSON object")
+        data = dict(data)
+        data["latency"] = _latency(data.get("latency"))
+        data["quality"] = _quality(data.get("quality"))
+        return super().from_dict(data)
+
+
+@dataclass
+class Baseline(JsonRecord):
+    """The base pipeline as the user runs it today, measured like every candidate.
+
+    Attributes:
+        latency_s / latency: median seconds per call and the full latency record at the search's batch.
+        quality: the metric on the proxy sample; final_quality: on the finalists' larger sample.
+        size_mb: the denoiser's weight storage; steps: its step count; scheduler: its scheduler class.
+    """
+
+    latency_s: float
+    latency: LatencyResult
+    quality: QualityResult
+    final_quality: QualityResult
+    size_mb: float | None = None
+    steps: int = 50
+    scheduler: str = ""
+    version: int = 1
+
+    @property
+    def score(self) -> float:
+        return score(self.quality)
+
+    @property
+    def final_score(self) -> float:
+        return score(self.final_quality)
+
+    @property
+    def noise_floor(self) -> float:
+        """The relative latency spread (half-width of the 95% CI of the median) measured for the baseline."""
+        return self.latency.rel_spread
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline:
+        if not isinstance(data, dict):
+            raise ValueError("Baseline must be a JSON object")
+        data = {k: v for k, v in data.items() if k not in _DERIVED}
+        data["latency"] = LatencyResult.from_dict(data.get("latency"))  # type: ignore[arg-type]
+        data["quality"] = _quality(data.get("quality"))
+        data["final_quality"] = _quality(data.get("final_quality"))
+        if data["quality"] is None or data["final_quality"] is None:
+            raise ValueError("Baseline needs its quality and final_quality")
+        return super().from_dict(data)

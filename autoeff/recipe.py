@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoeff.search_spaces import KNOB_ORDER, knob_module
 from autoeff.search_spaces.base import ConfigError, config_from_dict, config_to_dict
+from autoeff.search_spaces.registry import get_knob, knob_names
 
 SCHEMA_VERSION = 1
 
@@ -26,15 +26,24 @@ class Recipe:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        unknown = [k for k in self.knobs if k not in KNOB_ORDER]
+        known = knob_names()
+        unknown = [k for k in self.knobs if k not in known]
         if unknown:
-            raise ConfigError(f"unknown knob(s) {unknown}; known knobs: {', '.join(KNOB_ORDER)}")
+            raise ConfigError(f"unknown knob(s) {unknown}; known knobs: {', '.join(known)}")
+
+    def ordered(self) -> list[tuple[str, Any]]:
+        """`(knob name, config)` in application order."""
+        return [(k, self.knobs[k]) for k in knob_names() if k in self.knobs]
+
+    def is_simulated(self) -> bool:
+        """True when some knob's config has no real kernel (fake quantization): its latency is not a speed-up."""
+        return any(get_knob(k).is_simulated(cfg) for k, cfg in self.knobs.items())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
             "model": self.model,
-            "knobs": {k: config_to_dict(self.knobs[k]) for k in KNOB_ORDER if k in self.knobs},
+            "knobs": {k: config_to_dict(cfg) for k, cfg in self.ordered()},
         }
 
     def to_json(self) -> str:
@@ -63,10 +72,11 @@ class Recipe:
         if not isinstance(knobs, dict):
             raise ConfigError("recipe knobs must be an object")
         configs = {}
+        known = knob_names()
         for name, payload in knobs.items():
-            if name not in KNOB_ORDER:
-                raise ConfigError(f"recipe has unknown knob {name!r}; known knobs: {', '.join(KNOB_ORDER)}")
-            configs[name] = config_from_dict(knob_module(name).Config, payload)
+            if name not in known:
+                raise ConfigError(f"recipe has unknown knob {name!r}; known knobs: {', '.join(known)}")
+            configs[name] = config_from_dict(get_knob(name).config, payload)
         return cls(model=model, knobs=configs, schema_version=version)
 
     @classmethod
@@ -81,9 +91,4 @@ class Recipe:
 
     def describe(self) -> str:
         """One line per knob, for tables and logs."""
-        parts = []
-        for k in KNOB_ORDER:
-            if k in self.knobs:
-                cfg = self.knobs[k]
-                parts.append(f"{k}: {cfg.describe() if hasattr(cfg, 'describe') else cfg}")
-        return "; ".join(parts)
+        return "; ".join(f"{k}: {cfg.describe() if hasattr(cfg, 'describe') else cfg}" for k, cfg in self.ordered())

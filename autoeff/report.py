@@ -9,9 +9,17 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from PIL import Image
+
+from autoeff.evaluators.latency import LatencyResult
+from autoeff.evaluators.quality import QualityResult
+from autoeff.measurement import Baseline
+from autoeff.models.generate import default_spec, generate
+from autoeff.search_spaces.space import build_pipeline
+from autoeff.selection import pareto_front
 
 GRID_SAMPLES = 32
 
@@ -21,7 +29,7 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> t
     n = images.shape[0]
     nrow = nrow or max(1, int(round(n ** 0.5)))
     try:
-        from torchvision.utils import make_grid
+        from torchvision.utils import make_grid  # lazy: torchvision is optional (the fallback is below)
 
         return make_grid(images, nrow=nrow, padding=pad, pad_value=1.0)
     except ImportError:  # torchvision is an optional extra; a plain tiling is enough here
@@ -36,12 +44,11 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> t
 
 
 def _to_pil(grid: torch.Tensor, scale: int = 1) -> Any:
-    from PIL import Image
 
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[..., 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     return img
 
 
@@ -55,15 +62,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
-def plot_pareto(records: list[Any], budget_s: float, baseline: dict[str, Any], chosen: Any, path: Path,
+def plot_pareto(records: list[Any], budget_s: float, baseline: Baseline | None, chosen: Any, path: Path,
                 metric: str = "score") -> Path:
     """Latency vs quality score: every trial, the feasible front as a line, budget, baseline and chosen."""
-    import matplotlib
+    import matplotlib  # lazy: heavy, and the headless backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from autoeff.search import pareto_front
+    import matplotlib.pyplot as plt  # lazy: after the backend is chosen
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     pts = [r for r in records if r.score is not None]
@@ -76,25 +82,21 @@ def plot_pareto(records: list[Any], budget_s: float, baseline: dict[str, Any], c
         ax.scatter([r.latency_s * 1000 for r in warm], [r.score for r in warm], s=26, marker="s",
                    facecolors="none", edgecolors="tab:orange", label="hand-picked (warm start)")
     front = pareto_front(records, budget_s)
-    if front:
-        ax.plot([r.latency_s * 1000 for r in front], [r.score for r in front], "-o", c="tab:blue", ms=4,
-                label="feasible Pareto front")
+    if front:  # the front holds scored trials only (pareto_front skips score None)
+        ax.plot([r.latency_s * 1000 for r in front], [cast(float, r.score) for r in front], "-o", c="tab:blue",
+                ms=4, label="feasible Pareto front")
     ax.axvline(budget_s * 1000, c="tab:red", ls="--", label=f"budget {budget_s * 1000:.1f} ms")
-    if baseline and baseline.get("score") is not None:
-        ax.scatter([baseline["latency_s"] * 1000], [baseline["score"]], marker="*", s=120, c="black",
-                   label="baseline")
+    if baseline is not None:
+        ax.scatter([baseline.latency_s * 1000], [baseline.score], marker="*", s=120, c="black", label="baseline")
     if chosen is not None and chosen.score is not None:
         ax.scatter([chosen.latency_s * 1000], [chosen.score], marker="*", s=160, c="tab:green",
                    label=f"chosen (trial {chosen.number})")
     unscored = [r for r in records if r.score is None]
     if unscored:  # over budget: latency measured, quality deliberately not spent on them
-        lo = min([r.score for r in pts] + ([baseline["score"]] if baseline.get("score") is not None else []),
-                 default=0.0)
+        lo = min([r.score for r in pts] + ([baseline.score] if baseline is not None else []), default=0.0)
         ax.scatter([r.latency_s * 1000 for r in unscored], [lo] * len(unscored), marker="x", s=18,
                    c="tab:red", alpha=0.6, label="over budget (quality not measured)")
     ax.set_xscale("log")
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -112,26 +114,23 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def _fmt_q(q: dict[str, Any] | None) -> str:
-    if not q:
+def _fmt_q(q: QualityResult | None) -> str:
+    if q is None:
         return "not measured"
-    spread = f" ± {q['spread']:.3g}" if q.get("spread") is not None else ""
-    return f"{q.get('metric')} {q.get('value', float('nan')):.4g}{spread} (n={q.get('n')})"
+    spread = f" ± {q.spread:.3g}" if q.spread is not None else ""
+    return f"{q.metric} {q.value:.4g}{spread} (n={q.n})"
 
 
-def _fmt_lat(lat: dict[str, Any] | None, latency_s: float) -> str:
-    if not lat:
+def _fmt_lat(lat: LatencyResult | None, latency_s: float) -> str:
+    if lat is None:
         return f"{latency_s * 1000:.2f} ms"
-    sim = " SIMULATED (fake-quant; not a real speedup)" if lat.get("simulated") else ""
-    return (f"{latency_s * 1000:.2f} ms median, rel. spread {lat.get('rel_spread', float('nan')):.3f}, "
-            f"{lat.get('repeats')} repeats{sim}")
+    sim = " SIMULATED (fake-quant; not a real speedup)" if lat.simulated else ""
+    return f"{latency_s * 1000:.2f} ms median, rel. spread {lat.rel_spread:.3f}, {lat.repeats} repeats{sim}"
 
 
 def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
-    """Write `pareto.png`, `samples.png` and a self-contained `report.html` into `folder`."""
-    from autoeff.models.generate import default_spec, generate
-    from autoeff.search_spaces.space import build_pipeline
-
+    """Write `pareto.png`, `samples.png` and a self-contained `report.html` into `folder` (`result`: an
+    `autoeff.result.OptimizeResult`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chosen = chosen or (result.best.record if result.best else None)
@@ -165,8 +164,7 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
             rows.append(f"<tr><td>{html.escape(knob)}</td><td>{html.escape(desc)}</td>"
                         f"<td><code>{html.escape(json.dumps(chosen.recipe.to_dict()['knobs'][knob]['_data']))}"
                         "</code></td></tr>")
-    figures = [("baseline", _fmt_lat(base.get("latency"), base["latency_s"]),
-                _fmt_q(base.get("final_quality") or base.get("quality")))]
+    figures = [("baseline", _fmt_lat(base.latency, base.latency_s), _fmt_q(base.final_quality))]
     if chosen is not None:
         figures.append((f"chosen, search proxy (trial {chosen.number})",
                         _fmt_lat(chosen.measurement.latency, chosen.latency_s), _fmt_q(chosen.measurement.quality)))
@@ -180,17 +178,16 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
     speed = ""
     if chosen is not None:
         lat = final.latency_s if final is not None else chosen.latency_s
-        speed = f"<p><b>{base['latency_s'] / lat:.1f}x</b> faster than the baseline per call.</p>"
-    lat_info = base.get("latency") or {}
-    threads = html.escape(str(lat_info.get("threads")))
-    wait_policy = html.escape(str(lat_info.get("omp_wait_policy")))
+        speed = f"<p><b>{base.latency_s / lat:.1f}x</b> faster than the baseline per call.</p>"
+    threads = html.escape(str(base.latency.threads))
+    wait_policy = html.escape(str(base.latency.omp_wait_policy))
     budget_text = html.escape(result.settings.budget.text)
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoeff report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
 code{{font-size:11px}}img{{max-width:100%;image-rendering:pixelated}}h3+img{{min-width:60%}}</style></head><body>
 <h1>autoeff report: {html.escape(handle.spec)}</h1>
-<p>Device: {html.escape(str(lat_info.get('device', result.settings.device)))};
+<p>Device: {html.escape(str(base.latency.device))};
 threads {threads}, OMP_WAIT_POLICY={wait_policy};
 batch {result.settings.batch_size}; budget {result.budget_s * 1000:.2f} ms ({budget_text});
 {len(result.records)} completed trials, {len(result.failed)} failed; sampler {result.settings.sampler},

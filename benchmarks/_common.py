@@ -35,7 +35,7 @@ from autoeff.evaluators.validity import check_images
 from autoeff.models.generate import SampleSpec, call_pipeline, default_spec, generate
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
-from autoeff.search_spaces import KNOB_ORDER
+from autoeff.search_spaces import knob_names
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.groups import DEFAULT_KEY, group_name_of_key, group_prefixes, group_regex
 from autoeff.search_spaces.groups import searched_groups as _searched_groups
@@ -178,7 +178,7 @@ def _short_prune(cfg: Any) -> str:
 def short_label(recipe: Recipe) -> str:
     """One compact line per recipe, knobs in application order (for tables and plots)."""
     parts = []
-    for name in KNOB_ORDER:
+    for name in knob_names():
         cfg = recipe.knobs.get(name)
         if cfg is None:
             continue

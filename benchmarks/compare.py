@@ -226,7 +226,9 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str, seed: 
     import optuna
 
     from autoeff.api import load_result, optimize
-    from autoeff.search import SearchError, pareto_front
+    from autoeff.errors import SearchError
+    from autoeff.selection import pareto_front
+    from autoeff.study import fail_reason, is_warm_start, measurement_of
 
     args = bench.args
     if out.exists():
@@ -234,10 +236,10 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str, seed: 
     t0 = time.perf_counter()
     error, result = None, None
 
-    def progress(info: dict[str, Any]) -> None:
-        if info["done"] % max(1, trials // 5) == 0 or info["done"] == trials:
-            best = info["best_score"]
-            bench.log(f"    {sampler} seed {seed}: {info['done']}/{trials} trials, {info['feasible']} "
+    def progress(info: Any) -> None:
+        if info.done % max(1, trials // 5) == 0 or info.done == trials:
+            best = info.best_score
+            bench.log(f"    {sampler} seed {seed}: {info.done}/{trials} trials, {info.feasible} "
                       "feasible, "
                       f"best proxy FID {(-best if best is not None else float('nan')):.2f}")
 
@@ -252,21 +254,18 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str, seed: 
         error = f"{type(e).__name__}: {e}"
     wall = time.perf_counter() - t0
     try:
-        stored = load_result(out)
-        study, records = stored["study"], stored["records"]
-        all_trials = study.get_trials(deepcopy=False)
+        stored, records = load_result(out)
+        all_trials = stored.study.get_trials(deepcopy=False)
     except Exception as e:  # the search failed before its study existed: report, do not crash the benchmark
         error = error or f"{type(e).__name__}: {e}"
         records, all_trials = [], []
     trials_info = []
     for t in sorted(all_trials, key=lambda t: t.number):
-        m = t.user_attrs.get("measurement")
+        m = measurement_of(t)
         trials_info.append({"number": t.number, "state": t.state.name,
-                            "latency_s": m["latency_s"] if m else None,
-                            "fid": -m["score"] if m and m.get("score") is not None else None,
-                            "warm_start": bool(t.user_attrs.get("warm_start")
-                                               or t.system_attrs.get("fixed_params")),
-                            "fail_reason": t.user_attrs.get("fail_reason")})
+                            "latency_s": m.latency_s if m else None,
+                            "fid": -m.score if m and m.score is not None else None,
+                            "warm_start": is_warm_start(t), "fail_reason": fail_reason(t)})
     states: dict[str, int] = {}
     for t in trials_info:
         states[t["state"]] = states.get(t["state"], 0) + 1
@@ -334,7 +333,7 @@ def final_measurements(bench: Bench, finals: dict[str, Any]) -> dict[str, Any]:
             err = f"{type(e).__name__}: {e}"[:200]
         took = time.perf_counter() - t0
         bench.log(f"  final quality {i + 1}/{len(finals)} {label}: FID {fid_pm(q)} ({took:.0f}s)")
-        from autoeff.search_spaces.quantize import model_size_mb
+        from autoeff.evaluators.size import model_size_mb
 
         out[label] = {"recipe": recipe, "label": short_label(recipe), "latency": lat[label], "quality": q,
                       "error": err, "size_mb": model_size_mb(pipes[label].unet)}

@@ -15,6 +15,7 @@ import warnings
 import torch
 from diffusers import DiTTransformer2DModel
 
+from autoeff.evaluators.size import model_size_mb
 from autoeff.models.digits.architectures import build_dit
 from autoeff.search_spaces import quantize as Q
 from autoeff.search_spaces.groups import block_groups, example_inputs, groups_to_mapping, searched_groups
@@ -48,7 +49,7 @@ def bench(name: str, model: torch.nn.Module, batch: int, levels: list[str]) -> N
     with torch.inference_mode():
         ref = call(model)
         base = timeit(lambda: call(model))
-    print(f"{name} batch {batch}: bf16 {base:.3f} ms, size {Q.model_size_mb(model):.1f} MB", flush=True)
+    print(f"{name} batch {batch}: bf16 {base:.3f} ms, size {model_size_mb(model):.1f} MB", flush=True)
     for level in levels:
         cfg = Q.Config(mapping=groups_to_mapping({k: level for k in searched_groups(groups)}, groups,
                                                  default="skip"), backend="torchao")
@@ -60,7 +61,7 @@ def bench(name: str, model: torch.nn.Module, batch: int, levels: list[str]) -> N
                 out = call(qm)
                 ms = timeit(lambda qm=qm: call(qm))
             rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-            print(f"  {level}: {ms:.3f} ms (x{base / ms:.2f}), rel err {rel:.4f}, size {Q.model_size_mb(qm):.1f} MB, "
+            print(f"  {level}: {ms:.3f} ms (x{base / ms:.2f}), rel err {rel:.4f}, size {model_size_mb(qm):.1f} MB, "
                   f"{len(Q.quantized_layers(model, cfg))} layers, quantize {tq:.1f}s", flush=True)
             del qm
         except Exception as e:  # report and go on to the next level

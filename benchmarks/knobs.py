@@ -125,8 +125,8 @@ def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) ->
 
 def run_model(model: str, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     import autoeff
+    from autoeff.evaluators.size import model_size_mb
     from autoeff.search_spaces import prune
-    from autoeff.search_spaces.quantize import model_size_mb
 
     handle = autoeff.load_model(model, device=args.device)
     context = make_context(handle, args.device)

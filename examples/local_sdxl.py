@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None):
     result = autoeff.optimize(handle, device=a.device, budget=a.budget, trials=a.trials, out=a.out,
                               max_steps=handle.default_steps, proxy_samples=a.proxy_samples,
                               final_samples=a.final_samples)
-    print(f"{result.baseline['latency_s']:.3f} s -> {result.best.final.latency_s:.3f} s per image; "
+    print(f"{result.baseline.latency_s:.3f} s -> {result.best.final.latency_s:.3f} s per image; "
           f"{result.best.record.recipe.describe()}; exported to {result.export_path}")
     return result
 

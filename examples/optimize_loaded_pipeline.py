@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 import autoeff
+from autoeff.study import fail_reason, measurement_of, recipe_dict_of
 
 
 def json_logger(path: Path):
@@ -23,10 +24,10 @@ def json_logger(path: Path):
 
     def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         with open(path, "a") as f:
+            m = measurement_of(trial)
             f.write(json.dumps({"number": trial.number, "state": trial.state.name, "values": trial.values,
-                                "recipe": trial.user_attrs.get("recipe"),
-                                "measurement": trial.user_attrs.get("measurement"),
-                                "fail_reason": trial.user_attrs.get("fail_reason")}) + "\n")
+                                "recipe": recipe_dict_of(trial), "measurement": None if m is None else m.to_dict(),
+                                "fail_reason": fail_reason(trial)}) + "\n")
 
     return log
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = autoeff.optimize(pipe, budget=a.budget, trials=a.trials, out=out, callbacks=make_callbacks(out),
                               proxy_samples=a.proxy_samples, final_samples=a.final_samples)
-    summary = {"speedup": result.baseline["latency_s"] / result.best.final.latency_s,
+    summary = {"speedup": result.baseline.latency_s / result.best.final.latency_s,
                "recipe": result.best.record.recipe.to_dict(), "export": str(result.export_path)}
     (out / "job_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

@@ -46,11 +46,13 @@ def make_digits_export(folder: Path) -> Path:
     """The trained digits model, 10-step baseline, exported with DPM-Solver++ 2M on 4 uniform steps."""
     import autoeff
     from autoeff.budget import parse_budget
+    from autoeff.evaluators.quality import QualityResult
     from autoeff.export import export_pipeline
     from autoeff.measurement import Measurement
     from autoeff.recipe import Recipe
-    from autoeff.search import SearchSettings, context_for
+    from autoeff.search import context_for
     from autoeff.search_spaces import schedule, solver
+    from autoeff.settings import SearchSettings
 
     handle = autoeff.load_model("digits")
     handle.default_steps = 10
@@ -58,8 +60,8 @@ def make_digits_export(folder: Path) -> Path:
                                              max_steps=10))
     recipe = Recipe(model="digits", knobs={"solver": solver.Config(name="dpmpp", order=2),
                                            "schedule": schedule.Config(family="uniform", steps=4)})
-    claimed = Measurement(latency_s=0.004, quality={"metric": "fid", "value": 30.0, "n": 16,
-                                                    "higher_is_better": False}, score=-30.0)
+    claimed = Measurement(latency_s=0.004, quality=QualityResult(metric="fid", value=30.0, n=16,
+                                                                 higher_is_better=False), score=-30.0)
     return export_pipeline(handle, recipe, ctx, folder, device="cpu",
                            measured={"trial": 0, "proxy": claimed.to_dict(), "final": None},
                            baseline={"latency_s": 0.01})

@@ -56,8 +56,8 @@ def test_generate_writes_a_png(tmp_path):
 def test_a_failure_before_the_first_trial_removes_only_what_the_run_created(tmp_path, monkeypatch):
     """An error raised after the --out folder exists but before any trial (here: the baseline) leaves no new
     folder behind, and never removes a folder that was there before."""
-    from autoeff.evaluation import Evaluator
-    from autoeff.search import SearchError
+    from autoeff.errors import SearchError
+    from autoeff.measure import Evaluator
 
     def broken(self):
         raise SearchError("baseline failed on purpose")
@@ -99,7 +99,7 @@ def test_optimize_show_export_bench(tmp_path):
     res = invoke("show", "--out", str(out), "--all")
     assert res.exit_code == 0 and "trials" in res.stdout
 
-    records = load_result(out)["records"]
+    _, records = load_result(out)
     scored = [r for r in records if r.measurement.quality is not None]
     assert scored, "a 10-step candidate within 200% of a 50-step baseline should have been scored"
     rec = scored[0]
@@ -116,7 +116,7 @@ def test_optimize_show_export_bench(tmp_path):
 
     # the quality re-measured on the same seeds reproduces what the study recorded, exactly
     rows = {r["what"]: r for r in bench_export(dest, threads=1)}
-    assert rows["quality"]["measured_value"] == pytest.approx(rec.measurement.quality["value"], rel=1e-6)
+    assert rows["quality"]["measured_value"] == pytest.approx(rec.measurement.quality.value, rel=1e-6)
     assert rows["latency"]["measured_value"] > 0
     final = json.loads((out / "optimized" / "autoeff.json").read_text())["measured"]["final"]
     rows = {r["what"]: r for r in bench_export(out / "optimized", threads=1)}

@@ -18,9 +18,10 @@ import pytest
 from optuna.trial import TrialState
 
 import autoeff
-from autoeff.distributed import WorkerRegistry, open_storage, recover_orphans, trial_counts, worker_id
 from autoeff.export import ExportError, export_pipeline, load
 from autoeff.recipe import Recipe
+from autoeff.study import StoredStudy, fail_reason, set_worker, worker_of
+from autoeff.workers import WorkerRegistry, open_storage, reclaim_orphans, trial_counts, worker_id
 
 AUTOEFF = str(Path(sys.executable).with_name("autoeff"))
 FAST = ["--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--min-steps", "2"]
@@ -39,7 +40,7 @@ def _ask(study: optuna.Study, owner: str | None) -> optuna.Trial:
         t = study.ask()
     t.suggest_int("k", 1, 100)
     if owner is not None:
-        t.set_user_attr("worker", owner)
+        set_worker(t, owner)
     return t
 
 
@@ -69,11 +70,11 @@ def test_sqlite_registry_fails_orphans_of_dead_processes_only(tmp_path):
         unowned = _ask(study, None)
         owned_by_dead = _ask(study, "proc-c")
         with me:
-            assert recover_orphans(study, me) == [owned_by_dead.number]
+            assert reclaim_orphans(study, me) == [owned_by_dead.number]
             assert _state(study, owned_by_live) == _state(study, unowned) == TrialState.RUNNING
             holder.send_signal(signal.SIGKILL)
             holder.wait()
-            assert recover_orphans(study, me) == [owned_by_live.number, unowned.number]
+            assert reclaim_orphans(study, me) == [owned_by_live.number, unowned.number]
             assert not (me.folder / "proc-b.lock").exists()  # the dead process's file is cleaned up
         assert not list(me.folder.iterdir())  # and ours on exit
     finally:
@@ -83,7 +84,7 @@ def test_sqlite_registry_fails_orphans_of_dead_processes_only(tmp_path):
     trials = study.get_trials()
     for t in (owned_by_live, unowned, owned_by_dead):
         assert trials[t.number].state == TrialState.FAIL
-        assert trials[t.number].user_attrs["fail_reason"].startswith("interrupted: process ")
+        assert fail_reason(trials[t.number]).startswith("interrupted: process ")
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert sorted(r.system_attrs["failed_trial"] for r in retries) == sorted(
         t.number for t in (owned_by_live, unowned, owned_by_dead))
@@ -104,7 +105,7 @@ def test_a_dead_process_lock_is_removed_even_without_orphan_trials(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with me:
-        assert recover_orphans(study, me) == []  # nothing was running
+        assert reclaim_orphans(study, me) == []  # nothing was running
         assert not (me.folder / "proc-d.lock").exists()
 
 
@@ -120,10 +121,10 @@ def test_same_host_process_check_without_registry(tmp_path, monkeypatch):
         alive = _ask(study, f"{here}/{sleeper.pid}")
         remote = _ask(study, "another-host/4026531836/1")
         registry = WorkerRegistry(None)
-        assert recover_orphans(study, registry) == []
+        assert reclaim_orphans(study, registry) == []
         sleeper.kill()
         sleeper.wait()
-        assert recover_orphans(study, registry) == [alive.number]
+        assert reclaim_orphans(study, registry) == [alive.number]
         assert _state(study, remote) == TrialState.RUNNING
     finally:
         if sleeper.poll() is None:
@@ -132,10 +133,10 @@ def test_same_host_process_check_without_registry(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_trial_fails_it_with_reason_and_retries_it(tmp_path):
-    from autoeff.distributed import TARGET_ATTR, run_trials
+    from autoeff.workers import run_trials
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'c.db'}"), study_name="c")
-    study.set_user_attr(TARGET_ATTR, 2)
+    StoredStudy(study).set_target_trials(2)
     calls: list[int] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -148,7 +149,7 @@ def test_ctrl_c_mid_trial_fails_it_with_reason_and_retries_it(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             run_trials(study, objective, registry=reg, wait_for_running=True)
         first = study.get_trials()[0]
-        assert first.state == TrialState.FAIL and "Ctrl-C" in first.user_attrs["fail_reason"]
+        assert first.state == TrialState.FAIL and "Ctrl-C" in fail_reason(first)
         assert trial_counts(study).done == 0  # the interrupted candidate is not counted: it will run again
         assert run_trials(study, objective, registry=reg, wait_for_running=True) == 2
     assert calls[1] == calls[0]  # the retry measured the same candidate first
@@ -160,7 +161,7 @@ def _running_of(url: str, pid: int) -> bool:
         study = optuna.load_study(study_name="autoeff", storage=url)
     except Exception:  # KeyError, or sqlalchemy errors: the study (or its tables) may not exist yet
         return False
-    return any(str(t.user_attrs.get("worker", "")).endswith(f"/{pid}")
+    return any(str(worker_of(t) or "").endswith(f"/{pid}")
                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
@@ -212,9 +213,9 @@ def test_kill9_at_random_points_then_resume(tmp_path):
     for number, frozen in completed.items():
         assert (trials[number].state, trials[number].datetime_start, trials[number].values) == frozen
     interrupted = [t for t in trials if t.state == TrialState.FAIL
-                   and t.user_attrs.get("fail_reason", "").startswith("interrupted: process ")]
+                   and (fail_reason(t) or "").startswith("interrupted: process ")]
     assert 1 <= len(interrupted) <= kills  # at most the trial running at each kill
-    assert all(t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL)
+    assert all(fail_reason(t) for t in trials if t.state == TrialState.FAIL)
     for t in interrupted:  # each retried exactly once, with the params it had (a kill mid-suggest leaves some)
         retries = [r for r in trials if r.system_attrs.get("retry_history", [])[-1:] == [t.number]]
         assert len(retries) == 1
@@ -240,7 +241,8 @@ def _recipes() -> tuple[Recipe, Recipe]:
 
 def _context(handle):
     from autoeff.budget import parse_budget
-    from autoeff.search import SearchSettings, context_for
+    from autoeff.search import context_for
+    from autoeff.settings import SearchSettings
 
     return context_for(handle, SearchSettings(model="digits", budget=parse_budget("1s"),
                                               space=["solver", "schedule"]))
@@ -273,7 +275,8 @@ import autoeff
 from autoeff.budget import parse_budget
 from autoeff.export import export_pipeline
 from autoeff.recipe import Recipe
-from autoeff.search import SearchSettings, context_for
+from autoeff.search import context_for
+from autoeff.settings import SearchSettings
 handle = autoeff.load_model("digits")
 ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget("1s"), space=["solver", "schedule"]))
 def stall(folder):

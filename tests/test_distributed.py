@@ -21,10 +21,12 @@ import pytest
 from optuna.trial import TrialState
 
 import autoeff
-from autoeff.distributed import (
-    SETTINGS_ATTR,
+from autoeff.errors import SearchError
+from autoeff.search import directions
+from autoeff.settings import SearchSettings
+from autoeff.study import StoredStudy, fail_reason, open_study, recipe_dict_of, set_worker, worker_of
+from autoeff.workers import (
     STALE_REASON,
-    TARGET_ATTR,
     TrialCounts,
     WorkerRegistry,
     fail_stale_trials,
@@ -32,7 +34,6 @@ from autoeff.distributed import (
     run_trials,
     trial_counts,
 )
-from autoeff.search import SearchError, SearchSettings, create_or_load_study, settings_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 AUTOEFF = str(Path(sys.executable).with_name("autoeff"))
@@ -116,10 +117,10 @@ def test_stale_trials_are_failed_with_reason_and_retried_once(storage_url):
     is counted once."""
     rdb = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=rdb, study_name=_name(), directions=["minimize"])
-    study.set_user_attr(TARGET_ATTR, 3)
+    StoredStudy(study).set_target_trials(3)
     dead = _ask(study)
     dead.suggest_float("x", 0.0, 1.0)
-    dead.set_user_attr("worker", "machine-b")
+    set_worker(dead, "machine-b")
     rdb.record_heartbeat(dead._trial_id)  # its last heartbeat
     unborn = _ask(study)  # killed between taking the trial and its first heartbeat
     unborn.suggest_float("x", 0.0, 1.0)
@@ -134,14 +135,14 @@ def test_stale_trials_are_failed_with_reason_and_retried_once(storage_url):
     by_number = {t.number: t for t in study.get_trials()}
     for t in (dead, unborn):
         frozen = by_number[t.number]
-        assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == STALE_REASON
+        assert frozen.state == TrialState.FAIL and fail_reason(frozen) == STALE_REASON
     assert by_number[live.number].state == TrialState.RUNNING
     retries = [t for t in study.get_trials() if t.state == TrialState.WAITING]
     assert sorted(t.system_attrs["retry_history"] for t in retries) == [[dead.number], [unborn.number]]
     for r in retries:
         original = by_number[r.system_attrs["failed_trial"]]
         assert r.params == original.params
-        assert "fail_reason" not in r.user_attrs and "worker" not in r.user_attrs
+        assert fail_reason(r) is None and worker_of(r) is None
     assert trial_counts(study) == TrialCounts(done=0, running=1, waiting=2, retried=2)
     study.tell(live, 0.5)
 
@@ -159,7 +160,7 @@ def test_stale_trials_are_failed_with_reason_and_retried_once(storage_url):
 
 
 def test_retries_stop_after_max_retry(tmp_path):
-    from autoeff.distributed import retry_trial
+    from autoeff.workers import retry_trial
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'r.db'}"), study_name="r")
     t = _ask(study)
@@ -183,11 +184,12 @@ def _make_study(url: str, name: str, identity: str, *, budget_s: float | None = 
 
     settings = SearchSettings(model="digits", budget=parse_budget("80%"), space=["solver", "schedule"],
                               proxy_samples=16, final_samples=32, max_steps=10, trials=2, sampler="random")
-    study = create_or_load_study(settings, url, name, identity)
-    study.set_user_attr(TARGET_ATTR, 2)
+    study = open_study(url, name, settings, identity, directions=directions(settings))
+    stored = StoredStudy(study)
+    stored.set_run(settings, heartbeat_interval=20, grace_period=60)
     if budget_s is not None:
-        study.set_user_attr("budget_s", budget_s)
-    assert study.user_attrs[SETTINGS_ATTR] == settings_to_dict(settings)
+        stored.set_budget_s(budget_s)
+    assert stored.settings() == settings
     return study
 
 
@@ -271,7 +273,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(pg_url, tmp_pa
                               "--sampler", "random", "--no-warm-start", "--top-k", "1", "--threads", "1",
                               "--storage", pg_url, "--study-name", name, "--out", str(tmp_path / "out"),
                               "--heartbeat-interval", "1", "--grace-period", "3", *FAST])
-        _wait_for(lambda: (s := study()) is not None and "budget_s" in s.user_attrs, 180, procs, tmp_path,
+        _wait_for(lambda: (s := study()) is not None and StoredStudy(s).budget_s is not None, 180, procs, tmp_path,
                   "the coordinator's baseline")
         worker = ["worker", "--storage", pg_url, "--study-name", name, "--threads", "1"]
         pid_a, pid_coordinator = start("worker_a", worker).pid, procs["coordinator"].pid
@@ -280,7 +282,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(pg_url, tmp_pa
         def victim_trial() -> int | None:
             running = study().get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return next((t.number for t in running  # "recipe": its params are chosen, it is measuring
-                         if t.user_attrs.get("worker") == "machine-b" and "recipe" in t.user_attrs), None)
+                         if worker_of(t) == "machine-b" and recipe_dict_of(t) is not None), None)
 
         killed = _wait_for(victim_trial, 120, procs, tmp_path, "worker_b to measure a trial")
         victim.send_signal(signal.SIGKILL)
@@ -301,17 +303,17 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(pg_url, tmp_pa
     by_number = {t.number: t for t in trials}
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert by_number[killed].state == TrialState.FAIL
-    assert by_number[killed].user_attrs["fail_reason"] == STALE_REASON
+    assert fail_reason(by_number[killed]) == STALE_REASON
     retries = [t for t in trials if t.system_attrs.get("retry_history") == [killed]]
     assert len(retries) == 1 and retries[0].params == by_number[killed].params
-    assert retries[0].state == TrialState.COMPLETE or retries[0].user_attrs.get("fail_reason")
-    assert all(t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL)
+    assert retries[0].state == TrialState.COMPLETE or fail_reason(retries[0])
+    assert all(fail_reason(t) for t in trials if t.state == TrialState.FAIL)
     counts = trial_counts(final)
     finished = [t for t in trials if t.state.is_finished()]
     assert counts.done == len(finished) - 1  # the killed attempt and its retry are one candidate
     assert target <= counts.done <= target + 2  # at most one extra trial per other process
-    of_a = [t for t in trials if str(t.user_attrs.get("worker")).endswith(f"/{pid_a}")]
-    of_coordinator = [t for t in trials if str(t.user_attrs.get("worker")).endswith(f"/{pid_coordinator}")]
+    of_a = [t for t in trials if str(worker_of(t)).endswith(f"/{pid_a}")]
+    of_coordinator = [t for t in trials if str(worker_of(t)).endswith(f"/{pid_coordinator}")]
     assert of_a and of_coordinator  # both processes ran trials of the one study
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     exported_trial = next((t for t in of_a if t.state == TrialState.COMPLETE), complete[0])
@@ -333,6 +335,6 @@ def test_two_workers_share_a_postgres_study_and_survive_a_sigkill(pg_url, tmp_pa
                        timeout=180, env=env)
     assert r.returncode == 0, r.stderr
     pipe = autoeff.load(exp)
-    assert pipe.autoeff_info["recipe"] == exported_trial.user_attrs["recipe"]
+    assert pipe.autoeff_info["recipe"] == recipe_dict_of(exported_trial)
     assert autoeff.load(tmp_path / "out" / "optimized").autoeff_info["measured"]["trial"] in by_number
     print(f"scenario: {elapsed:.1f} s for {len(trials)} trials")

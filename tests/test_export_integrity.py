@@ -17,7 +17,7 @@ import torch
 from conftest import make_digits_export
 
 import autoeff
-from autoeff.export import ExportError, export_pipeline, verify_folder
+from autoeff.export import EXPORT_SCHEMA_VERSION, ExportError, export_pipeline, verify_folder
 from autoeff.models.generate import default_spec, generate
 from autoeff.recipe import Recipe
 from autoeff.search_spaces import schedule, solver  # noqa: F401
@@ -142,7 +142,8 @@ def test_a_pickle_file_is_refused_even_when_listed(folder):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda i: i.update(comment="hi"), ["unknown field(s) ['comment']", "newer autoeff"]),
-    (lambda i: i.update(export_schema_version=2), ["export_schema_version 2", "upgrade autoeff"]),
+    (lambda i: i.update(export_schema_version=EXPORT_SCHEMA_VERSION + 1),
+     [f"export_schema_version {EXPORT_SCHEMA_VERSION + 1}", "upgrade autoeff"]),
     (lambda i: i["recipe"]["knobs"].update(warp={"_type": "Config", "_version": 1, "_data": {}}),
      ["unknown knob 'warp'"]),
     (lambda i: i["recipe"].update(schema_version=2), ["recipe schema_version 2", "upgrade autoeff"]),
@@ -170,7 +171,8 @@ def test_a_folder_that_is_not_an_export_is_refused(tmp_path):
 
 def test_export_refuses_a_non_export_folder_with_files_and_leaves_it_alone(exported, tmp_path):
     from autoeff.budget import parse_budget
-    from autoeff.search import SearchSettings, context_for
+    from autoeff.search import context_for
+    from autoeff.settings import SearchSettings
 
     target = tmp_path / "mine"
     target.mkdir()

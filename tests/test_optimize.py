@@ -14,6 +14,7 @@ from autoeff.api import NoFeasibleCandidateError, optimize
 from autoeff.export import load
 from autoeff.models.generate import default_spec, generate
 from autoeff.search_spaces.space import SearchSpace
+from autoeff.study import StoredStudy, measurement_of, recipe_of
 
 FAST = dict(proxy_samples=16, final_samples=32, max_steps=10, min_steps=2, top_k=2, sampler="random")
 
@@ -37,10 +38,10 @@ def test_optimize_export_reload_regenerates_the_same_images(digits10, tmp_path):
     res = optimize(digits10, budget="200%", trials=5, out=tmp_path / "run", space="solver,schedule,cache", **FAST)
     assert res.best is not None and res.export_path is not None
     assert res.best.final.latency_s <= res.budget_s * 1.0 or res.best.record.feasible(res.budget_s)
-    assert res.best.final.quality["n"] == 32  # finalists re-scored on the larger sample
+    assert res.best.final.quality.n == 32  # finalists re-scored on the larger sample
     # every completed trial carries its recipe and measurement in storage
     for t in res.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        assert "recipe" in t.user_attrs and "measurement" in t.user_attrs
+        assert recipe_of(t) is not None and measurement_of(t) is not None
     pipe = load(res.export_path)
     info = json.loads((res.export_path / "autoeff.json").read_text())
     assert info["recipe"] == res.best.record.recipe.to_dict()
@@ -61,7 +62,7 @@ def test_all_five_knobs_round_trip_through_export(digits10, tmp_path):
     from autoeff.recipe import Recipe
     from autoeff.search_spaces import cache, prune, quantize, schedule, solver
 
-    ctx = autoeff.search.context_for(digits10, autoeff.search.SearchSettings(
+    ctx = autoeff.search.context_for(digits10, autoeff.settings.SearchSettings(
         model="digits", budget=autoeff.budget.parse_budget("1s"), space=["solver"]))
     recipe = Recipe(model="digits", knobs={
         "prune": prune.Config(ratios={"down.1": 0.25, "up.1": 0.25}, importance="l2", round_to=8),
@@ -142,7 +143,7 @@ def test_failing_candidates_fail_their_trial_not_the_search(digits10, tmp_path, 
     monkeypatch.setattr(SearchSpace, "build", faulty_build)
     res = optimize(digits10, budget="500%", trials=8, out=tmp_path / "faults", export=False, warm_start=False,
                    **{**FAST, "top_k": 1})
-    reasons = [f["reason"] for f in res.failed]
+    reasons = [reason for _, reason in res.failed]
     assert any("injected failure" in r for r in reasons)
     assert any("out of memory" in r for r in reasons)
     assert any("finite" in r.lower() or "nan" in r.lower() for r in reasons)
@@ -163,7 +164,7 @@ def test_no_feasible_candidate_exports_nothing_unless_best_effort(digits10, tmp_
 
 
 def test_incompatible_study_is_refused(digits10, tmp_path):
-    from autoeff.search import IncompatibleStudyError
+    from autoeff.errors import IncompatibleStudyError
 
     # A generous budget: the one trial is feasible whatever else the machine is doing, so the first run completes
     # and leaves a study behind (on a loaded CI machine an 80 % budget was missed by a millisecond once).
@@ -196,7 +197,7 @@ def test_tiny_sdxl_saved_to_disk_optimizes_and_reloads(tmp_path):
     from autoeff.bench import bench_export
 
     rows = {r["what"]: r for r in bench_export(res.export_path)}
-    claimed = res.best.final.quality["value"]
+    claimed = res.best.final.quality.value
     assert rows["quality"]["measured_value"] == pytest.approx(claimed, abs=1e-6)
     assert rows["quality"]["measured_value"] < 0.9999  # not fidelity of the pipeline to itself
     import shutil
@@ -220,8 +221,9 @@ def test_all_five_knobs_on_tiny_sdxl_export_and_reload(tmp_path):
     from autoeff.export import export_pipeline
     from autoeff.models.tiny import build_tiny_sdxl
     from autoeff.recipe import Recipe
-    from autoeff.search import SearchSettings, context_for
+    from autoeff.search import context_for
     from autoeff.search_spaces import cache, prune, quantize, schedule, solver
+    from autoeff.settings import SearchSettings
 
     h = build_tiny_sdxl()
     ctx = context_for(h, SearchSettings(model=h.spec, budget=parse_budget("1s"), space=["solver"]))
@@ -243,7 +245,9 @@ def test_all_five_knobs_on_tiny_sdxl_export_and_reload(tmp_path):
 
 def _always_prune_half(monkeypatch):
     """Every trial prunes half of every block group (the search would also draw `off`)."""
-    from autoeff.search_spaces import prune
+    import dataclasses
+
+    from autoeff.search_spaces import prune, registry
     from autoeff.search_spaces.groups import searched_groups
 
     def half(trial, context):
@@ -251,7 +255,7 @@ def _always_prune_half(monkeypatch):
         return prune.Config(ratios={g: 0.5 for g in searched_groups(context.block_groups)}, importance="l2",
                             round_to=8)
 
-    monkeypatch.setattr(prune, "suggest", half)
+    monkeypatch.setitem(registry._KNOBS, "prune", dataclasses.replace(prune.KNOB, suggest=half))
 
 
 def test_recover_steps_distils_the_pruned_winner_and_exports_the_recovered_weights(digits10, tmp_path,
@@ -260,18 +264,18 @@ def test_recover_steps_distils_the_pruned_winner_and_exports_the_recovered_weigh
     res = optimize(digits10, budget="1000%", trials=1, out=tmp_path / "rec", space="solver,prune", warm_start=False,
                    recover_steps=60, **FAST)
     rec = res.recovery
-    assert rec["applied"] and rec["steps"] == 60
+    assert rec.applied and rec.steps == 60
     # halving every block of the trained U-Net ruins its digits; distillation brings much of them back
-    assert rec["after"]["quality"]["n"] == rec["before"]["quality"]["n"] == 32
-    assert rec["after"]["score"] > rec["before"]["score"]
-    assert rec["kept"] and res.best.final.score == rec["after"]["score"]
+    assert rec.after.quality.n == rec.before.quality.n == 32
+    assert rec.after.score > rec.before.score
+    assert rec.kept and res.best.final.score == rec.after.score
     info = json.loads((res.export_path / "autoeff.json").read_text())
-    assert info["measured"]["recovery"]["kept"] and info["measured"]["final"]["score"] == rec["after"]["score"]
+    assert info["measured"]["recovery"]["kept"] and info["measured"]["final"]["score"] == rec.after.score
     # the export holds the recovered weights, not a fresh pruning of the base
     pipe = load(res.export_path)
     space = SearchSpace(digits10, res.settings.space, res.context)
     spec = default_spec(digits10, 8, seed=2, batch_size=8)
-    recovered = generate(digits10, space.build(res.best.record.recipe, pruned_denoiser=res.recovered_denoiser), spec)
+    recovered = generate(digits10, space.build(res.best.record.recipe, weights=res.recovered_denoiser), spec)
     plain = generate(digits10, space.build(res.best.record.recipe), spec)
     reloaded = generate(pipe.autoeff_handle, pipe, spec)
     assert torch.equal(reloaded, recovered) and not torch.equal(reloaded, plain)
@@ -281,12 +285,12 @@ def test_recover_steps_distils_the_pruned_winner_and_exports_the_recovered_weigh
 def test_recover_steps_on_an_unpruned_winner_is_a_recorded_no_op(digits10, tmp_path):
     res = optimize(digits10, budget="1000%", trials=1, out=tmp_path / "norec", space="solver", warm_start=False,
                    recover_steps=10, **FAST)
-    assert res.recovery == {"steps": 10, "applied": False, "reason": "the chosen candidate prunes nothing"}
+    assert res.recovery.to_dict() == {"steps": 10, "applied": False, "reason": "the chosen candidate prunes nothing"}
     assert res.recovered_denoiser is None
 
 
 def test_recover_steps_must_be_a_whole_number(digits10, tmp_path):
-    with pytest.raises(ValueError, match="recover_steps"):
+    with pytest.raises(ValueError, match="recover-steps"):
         optimize(digits10, budget="80%", trials=1, out=tmp_path / "bad", recover_steps=-1, **FAST)
 
 
@@ -297,17 +301,17 @@ def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
         study = res.study
     except NoFeasibleCandidateError:  # a loaded machine may miss this budget; the range is what is tested
         study = optuna.load_study(study_name="autoeff", storage=f"sqlite:///{tmp_path / 'cap' / 'study.db'}")
-    baseline = study.user_attrs["baseline"]["latency_s"]
-    fit = int(study.user_attrs["budget_s"] / (baseline / 10))
+    stored = StoredStudy(study)
+    baseline = stored.baseline.latency_s
+    fit = int(stored.budget_s / (baseline / 10))
     cap = max(2, min(10, 3 * max(1, fit)))
-    assert study.user_attrs["steps_searched"] == [2, cap]
+    assert stored.steps_searched == (2, cap)
     steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
     assert len(steps) == 4 and max(steps) <= cap
     # a worker joining the study draws from the same cut range
     from autoeff.api import join
-    from autoeff.distributed import TARGET_ATTR
 
-    study.set_user_attr(TARGET_ATTR, 7)
+    StoredStudy(study).set_target_trials(7)
     ran = join(f"sqlite:///{tmp_path / 'cap' / 'study.db'}", "autoeff")
     steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
-    assert ran["done"] == 7 and len(steps) == 7 and max(steps) <= cap
+    assert ran.done == 7 and len(steps) == 7 and max(steps) <= cap

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoeff.evaluators.size import model_size_mb
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.search_spaces import quantize
 from autoeff.search_spaces.base import ConfigError, SpaceContext, config_from_dict, config_to_dict
@@ -214,7 +215,7 @@ def test_cpu_int8_linear_only_on_dit_and_smaller(random_digits_dit_handle):
     new = quantize.apply(handle.pipeline, cfg, _ctx(handle))
     targets = quantize.quantized_layers(handle.denoiser, cfg)
     assert targets and all(f.startswith("transformer_blocks.") for f in targets)
-    assert quantize.model_size_mb(new.transformer) < 0.4 * quantize.model_size_mb(handle.denoiser)
+    assert model_size_mb(new.transformer) < 0.4 * model_size_mb(handle.denoiser)
     images = generate(handle, new, SampleSpec(seeds=(0, 1), labels=(3, 4), batch_size=2))
     assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
 
@@ -278,7 +279,7 @@ def test_torchao_on_cuda(random_digits_dit_handle, level):
     handle.pipeline.to("cuda", torch.bfloat16)
     cfg = quantize.Config(mapping={"re:transformer_blocks\\..*": level}, backend="torchao")
     new = quantize.apply(handle.pipeline, cfg, _ctx(handle))
-    assert quantize.model_size_mb(new.transformer) < 0.75 * quantize.model_size_mb(handle.denoiser)
+    assert model_size_mb(new.transformer) < 0.75 * model_size_mb(handle.denoiser)
     images = generate(handle, new, SampleSpec(seeds=(0, 1), labels=(3, 4), batch_size=2))
     assert torch.isfinite(images).all()
 
@@ -290,18 +291,18 @@ def test_model_size_hand_count():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8))
     fp32 = (16 * 8 + 8) * 4
-    assert quantize.model_size_mb(model) * 1e6 == fp32
+    assert model_size_mb(model) * 1e6 == fp32
     dyn = quantize.quantize_denoiser(model, quantize.Config(mapping={"_default": "int8"}))
     # int8 weights (1 byte each) + per-channel float64 scale and int64 zero point + fp32 bias.
-    assert quantize.model_size_mb(dyn) * 1e6 == 16 * 8 + 8 * (8 + 8) + 8 * 4
+    assert model_size_mb(dyn) * 1e6 == 16 * 8 + 8 * (8 + 8) + 8 * 4
     for level, weight_bytes in (("int8", 16 * 8), ("int4", 16 * 8 // 2)):
         fake = quantize.quantize_denoiser(model, quantize.Config(mapping={"_default": level}, backend="fake"))
         # packed weights + one fp32 scale per output channel + fp32 bias
-        assert quantize.model_size_mb(fake) * 1e6 == weight_bytes + 8 * 4 + 8 * 4
-        assert quantize.model_size_mb(fake, count_simulated=False) * 1e6 == fp32
+        assert model_size_mb(fake) * 1e6 == weight_bytes + 8 * 4 + 8 * 4
+        assert model_size_mb(fake, count_simulated=False) * 1e6 == fp32
     tied = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
     tied[1].weight = tied[0].weight
-    assert quantize.model_size_mb(tied) * 1e6 == 16 * 4
+    assert model_size_mb(tied) * 1e6 == 16 * 4
 
 
 def test_model_size_of_static_int8_conv(random_digits_handle):
@@ -310,7 +311,7 @@ def test_model_size_of_static_int8_conv(random_digits_handle):
     new = quantize.quantize_denoiser(unet, cfg, random_digits_handle.pipeline.scheduler)
     conv = unet.down_blocks[0].resnets[0].conv1
     saved = (conv.weight.numel() * 3) - conv.out_channels * 16  # 4 -> 1 byte per weight, minus the qparams
-    delta = (quantize.model_size_mb(unet) - quantize.model_size_mb(new)) * 1e6
+    delta = (model_size_mb(unet) - model_size_mb(new)) * 1e6
     assert saved - 64 <= delta <= saved  # the QuantStub keeps a scale and zero point of its own
 
 

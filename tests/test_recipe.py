@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from autoeff.export import EXPORT_SCHEMA_VERSION, ExportError, parse_autoeff_json
 from autoeff.recipe import SCHEMA_VERSION, Recipe
-from autoeff.search_spaces import KNOB_ORDER, cache, prune, quantize, schedule, solver
+from autoeff.search_spaces import cache, knob_names, prune, quantize, schedule, solver
 from autoeff.search_spaces.base import ConfigError, SpaceContext
 
 
@@ -47,7 +47,7 @@ def autoeff_document() -> dict[str, Any]:
                     "num_train_timesteps": ctx.num_train_timesteps, "default_steps": ctx.default_steps,
                     "min_steps": ctx.min_steps, "max_steps": ctx.max_steps, "block_groups": ctx.block_groups,
                     "device": "cpu", "options": {}},
-        "prune_plan": None,
+        "weights": {},
         "measured": {"trial": 3, "proxy": {"latency_s": 0.01}, "final": None},
         "baseline": {"latency_s": 0.02},
         "device": "cpu",
@@ -63,7 +63,7 @@ def test_round_trip_of_all_five_knobs_is_exact():
     back = Recipe.from_json(text)
     assert back == recipe
     assert back.to_json() == text
-    assert list(back.knobs) == [k for k in KNOB_ORDER if k in recipe.knobs]
+    assert list(back.knobs) == [k for k in knob_names() if k in recipe.knobs]
     assert list(back.knobs["quantize"].mapping) == list(recipe.knobs["quantize"].mapping)
     assert json.loads(text)["schema_version"] == SCHEMA_VERSION
 

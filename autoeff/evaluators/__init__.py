@@ -25,7 +25,7 @@ _EXPORTS = {
     "LatencyResult": "latency", "measure_latency": "latency", "noise_floor": "latency",
     "is_faster": "latency", "cpu_thread_setup": "latency", "device_lock": "lock",
     "InvalidOutputError": "validity", "check_images": "validity", "QualityResult": "quality",
-    "make_quality": "quality", "score": "quality", "evaluate_pipeline": "quality", "METRICS": "quality",
+    "make_quality": "quality", "score": "quality", "evaluate_pipeline": "quality", "METRICS": "metric_names",
     "kendall_tau": "agreement",
 }
 

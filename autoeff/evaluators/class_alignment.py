@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from autoeff.models.builtin import load_classifier
+
 __all__ = ["class_accuracy"]
 
 
@@ -19,7 +21,6 @@ def class_accuracy(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
     """Fraction of `images` (N, 1, 16, 16) in [0, 1] that `classifier` (default: the shipped digits
     classifier, which takes [-1, 1]) assigns to the requested `labels`."""
     if classifier is None:
-        from autoeff.models.builtin import load_classifier
 
         classifier = load_classifier()
     target = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(list(labels))
@@ -29,7 +30,7 @@ def class_accuracy(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
     if len(images) == 0:
         raise ValueError("class_accuracy needs at least one image")
     param = next(classifier.parameters())
-    preds = [classifier(images[i:i + batch_size].to(param.device, param.dtype) * 2 - 1).argmax(1).cpu()
-             for i in range(0, len(images), batch_size)]
-    preds = torch.cat(preds)
+    batches = [classifier(images[i:i + batch_size].to(param.device, param.dtype) * 2 - 1).argmax(1).cpu()
+               for i in range(0, len(images), batch_size)]
+    preds = torch.cat(batches)
     return float((preds == target).double().mean())

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from PIL import Image
 
 from autoeff.evaluators.features import MissingWeightsError
 
@@ -35,7 +37,7 @@ _HINT = (f"set {MODEL_ENV}=/path/to/open_clip_folder (open_clip_config.json + we
 
 def _open_clip() -> Any:
     try:
-        import open_clip
+        import open_clip  # lazy: an optional extra, autoeff[clip]
     except ImportError as e:
         raise ImportError("CLIP score needs open_clip: pip install 'autoeff[clip]'") from e
     return open_clip
@@ -43,15 +45,13 @@ def _open_clip() -> Any:
 
 def _cached_tag_file(open_clip: Any, name: str, tag: str) -> tuple[str, dict]:
     """The local file of a pretrained tag, if it is already in the Hugging Face cache."""
-    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, get_pretrained_cfg  # optional extra
 
     cfg = get_pretrained_cfg(name, tag)
     if not cfg:
         raise MissingWeightsError(f"CLIP weights {tag!r} for {name!r}: not a file, not a known tag; {_HINT}")
     repo_id, filename = os.path.split(cfg.get("hf_hub", ""))
     if repo_id:
-        from huggingface_hub import try_to_load_from_cache
-
         names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
         for fname in names:
             hit = try_to_load_from_cache(repo_id, fname)
@@ -71,7 +71,7 @@ def resolve_clip_source(model: str | None = None, pretrained: str | None = None)
     if model.startswith("local-dir:") or folder.is_dir():
         if not (folder / "open_clip_config.json").is_file():
             raise MissingWeightsError(f"{folder} has no open_clip_config.json; {_HINT}")
-        from open_clip.factory import _find_checkpoint_in_dir
+        from open_clip.factory import _find_checkpoint_in_dir  # optional extra
 
         if _find_checkpoint_in_dir(folder) is None:
             raise MissingWeightsError(f"{folder} has no weights file (open_clip_model.safetensors); {_HINT}")
@@ -108,8 +108,6 @@ class ClipScorer:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Per-image CLIP scores `(N,)` for images `(N, 3, H, W)` in [0, 1] and one prompt per image."""
-        from PIL import Image
-
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts; pass one prompt per image")
         scores = []

@@ -27,7 +27,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+
+from autoeff.models.builtin import WEIGHTS, load_classifier
+from autoeff.models.digits.architectures import DigitsClassifier
 
 __all__ = [
     "DigitsFeatures",
@@ -65,9 +69,8 @@ class DigitsFeatures(nn.Module):
 
     name = "digits-classifier"
 
-    def __init__(self, classifier: nn.Module | None = None, device: str = "cpu") -> None:
+    def __init__(self, classifier: DigitsClassifier | None = None, device: str = "cpu") -> None:
         super().__init__()
-        from autoeff.models.builtin import WEIGHTS, load_classifier
 
         if classifier is None:
             classifier = load_classifier(device)  # shared and cached per device: never `.to()` it
@@ -103,7 +106,6 @@ def inception_weights_path(weights: str | Path | None = None) -> Path:
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
     if path.suffix in (".pt", ".pth", ".bin"):
@@ -121,7 +123,7 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: str | Path | None = None) -> None:
         super().__init__()
-        from torchvision.models import inception_v3
+        from torchvision.models import inception_v3  # lazy: torchvision comes with the optional [clip] extra
 
         path = inception_weights_path(weights)
         model = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)

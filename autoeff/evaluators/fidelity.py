@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -42,7 +43,9 @@ def fidelity(images: torch.Tensor, reference: torch.Tensor) -> FidelityResult:
     psnr = torch.nan_to_num(psnr, posinf=PSNR_CAP_DB).clamp(max=PSNR_CAP_DB)
     # SSIM's 11x11 Gaussian window needs images of at least 11 px a side (digits are 16).
     kernel = min(11, min(x.shape[-2:]) // 2 * 2 - 1)
-    ssim = structural_similarity_index_measure(x, ref, data_range=1.0, reduction="none", kernel_size=kernel)
+    # A tensor: the (image, ...) tuple comes back only with return_full_image / return_contrast_sensitivity.
+    ssim = cast(torch.Tensor, structural_similarity_index_measure(x, ref, data_range=1.0, reduction="none",
+                                                                  kernel_size=kernel))
 
     def std(t: torch.Tensor) -> float:
         return float(t.std()) if len(t) > 1 else 0.0

@@ -23,11 +23,14 @@ from typing import Any, Protocol
 import torch
 
 from autoeff.evaluators.class_alignment import class_accuracy
+from autoeff.evaluators.clip_score import ClipScorer
 from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features
 from autoeff.evaluators.fid import fid_from_features, kid_from_features
 from autoeff.evaluators.fidelity import fidelity
+from autoeff.evaluators.metric_names import METRICS
 from autoeff.evaluators.reference import baseline_features, real_features, reference_images
 from autoeff.evaluators.validity import check_images
+from autoeff.models.builtin import load_classifier
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
 from autoeff.records import JsonRecord
@@ -123,7 +126,6 @@ class _ClipMetric:
 
 class _ClassAccMetric:
     def __init__(self, handle: ModelHandle, device: str) -> None:
-        from autoeff.models.builtin import load_classifier
 
         self.handle, self.classifier = handle, load_classifier(device)
         self.name, self.higher_is_better = "class_acc", True
@@ -185,15 +187,11 @@ def make_quality(
         if handle.conditioning != "text":
             raise ValueError(f"the CLIP score needs a text-to-image model; {handle.family!r} is "
                              "class-conditional")
-        from autoeff.evaluators.clip_score import ClipScorer
 
         return _ClipMetric(handle, ClipScorer(clip_model, clip_weights, device=device))
     if handle.family not in DIGITS_FAMILIES:
         raise ValueError(f"class_acc needs the digits classifier; {handle.family!r} is not a digits model")
     return _ClassAccMetric(handle, device)
-
-
-METRICS: tuple[str, ...] = ("fid", "kid", "fidelity", "clip", "class_acc")
 
 
 def evaluate_pipeline(handle: ModelHandle, pipe: Any, spec: SampleSpec,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from autoeff.evaluators.features import extract_features
+from autoeff.models.digits.data import load_digits_16
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
 
@@ -79,7 +80,6 @@ def _real_features(dataset: str, extractor_name: str, extractor_identity: str, v
                    extractor: nn.Module) -> np.ndarray:
     if dataset != "digits":
         raise ValueError(f"no real data set {dataset!r}; the built-in one is 'digits'")
-    from autoeff.models.digits.data import load_digits_16
 
     images, _ = load_digits_16("all")
     return _features_of(extractor, (images + 1) / 2)

@@ -17,9 +17,14 @@ from typing import Any
 
 import diffusers
 import torch
+from huggingface_hub import try_to_load_from_cache
 from packaging.version import Version
 
-from autoeff.models.handle import ModelHandle
+from autoeff.devices import DeviceError
+from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
+from autoeff.models.digits import pipeline as digits_pipeline
+from autoeff.models.digits.data import NUM_CLASSES
+from autoeff.models.handle import FAMILIES, ModelHandle
 
 
 class ModelNotAvailableError(Exception):
@@ -84,7 +89,7 @@ _DTYPE_KWARG = "dtype" if Version(diffusers.__version__).release >= (0, 42) else
 _OVERRIDABLE = {f.name for f in fields(ModelHandle)} - {"spec", "pipeline", "family"}
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: object, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -117,10 +122,10 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str, family: str) -> to
     return _DTYPES[key]
 
 
-def pipeline_class(name: str) -> type:
+def pipeline_class(name: str) -> type[Any]:
     """The pipeline class for a supported `_class_name` (diffusers' or autoeff's digits pipelines)."""
+    # type[Any]: a DiffusionPipeline subclass; diffusers is untyped, so mypy cannot see `from_pretrained`.
     if name in ("DigitsPipeline", "DigitsDiTPipeline"):
-        from autoeff.models.digits import pipeline as digits_pipeline
 
         return getattr(digits_pipeline, name)
     return getattr(diffusers, name)
@@ -183,8 +188,6 @@ def pipeline_identity(pipe: Any, samples_per_tensor: int = 64) -> str:
 
 
 def _resolution(pipe: Any, family: str) -> int:
-    from autoeff.models.handle import FAMILIES
-
     size = getattr(pipe, FAMILIES[family]["denoiser"]).config.sample_size
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     if family in ("digits", "digits-dit"):
@@ -213,7 +216,6 @@ def handle_from_pipeline(pipe: Any, spec: str = "<pipeline>", **overrides: Any) 
     values: dict[str, Any] = {"resolution": _resolution(pipe, family),
                               "default_steps": int(_call_default(pipe, "num_inference_steps") or 50)}
     if family in ("digits", "digits-dit"):
-        from autoeff.models.digits.data import NUM_CLASSES
 
         values["num_classes"] = NUM_CLASSES
     else:
@@ -272,7 +274,6 @@ def _load_folder(folder: Path, device: str, dtype: str | torch.dtype | None, wha
 
 def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
     """The cached snapshot folder of `repo_id` at `main`, if its model_index.json is in `cache`."""
-    from huggingface_hub import try_to_load_from_cache
 
     path = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=str(cache))
     return Path(path).parent if isinstance(path, str) else None
@@ -306,7 +307,6 @@ def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
     if path is not None and not path.is_dir():
         raise ModelNotAvailableError(f"--model-path {model_path} is not a folder")
     if spec in BUILTIN_ALIASES and path is None:
-        from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
 
         try:
             handle = load_builtin(spec, device=device)
@@ -341,3 +341,20 @@ def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
     raise ModelNotAvailableError(
         f"unknown model {spec!r}: not a known model ({', '.join(KNOWN_ALIASES)}), not an existing folder and "
         "not a hub id org/name")
+
+
+def resolve_model(model: str | Path | ModelHandle | Any, model_path: str | None = None, device: str = "cpu",
+                  dtype: str | None = None) -> ModelHandle:
+    """A spec string or folder -> `load_model`; a ModelHandle as is; a loaded diffusers pipeline -> its handle.
+
+    An object already in memory must be on `device` (its latency would otherwise be measured elsewhere).
+    """
+    if isinstance(model, str | Path):
+        return load_model(str(model), model_path=model_path, device=device, dtype=dtype)
+    handle = model if isinstance(model, ModelHandle) else handle_from_pipeline(model)
+    param = next(handle.denoiser.parameters(), None)
+    if param is not None and param.device.type != torch.device(device).type:
+        raise DeviceError(f"the pipeline is on {param.device.type} but device={device!r}: latency would be "
+                          f"measured on the wrong device; move it first (pipe.to({device!r})) or pass "
+                          f"device={param.device.type!r}")
+    return handle

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from autoeff.models.handle import ModelHandle
+from autoeff.models.registry import handle_from_pipeline
 from autoeff.models.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 #: Short prompts for the tiny pipelines (the weights are random; the prompts only exercise the encoders).
@@ -78,7 +79,6 @@ def _sd_scheduler_config() -> dict:
 
 
 def _handle(pipe, spec: str, guidance_scale: float, **extra) -> ModelHandle:
-    from autoeff.models.registry import handle_from_pipeline
 
     pipe.set_progress_bar_config(disable=True)
     return handle_from_pipeline(pipe, spec=spec, prompts=list(TINY_PROMPTS), default_steps=TINY_STEPS,

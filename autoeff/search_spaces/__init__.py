@@ -1,22 +1,29 @@
-"""The knobs autoeff searches, one module each, and the `SearchSpace` that composes them.
+"""The knobs autoeff searches, one module (or package) each, registered in `registry`.
 
-Knobs are applied in `KNOB_ORDER`: weights first (prune, then quantize the pruned weights), then the
-sampler (solver, then the schedule it visits), then the runtime cache around the denoiser.
+Importing this package imports every knob module in it (`KNOB_MODULES`: every public module except the
+infrastructure below), and each ends with `KNOB = register(Knob(...))`: adding a built-in knob is adding its file
+(and its tests), nothing else. `registry.knob_names()` lists the registered knobs in application order
+(`base.Stage`): the denoiser's structure (prune), its precision (quantize), the scheduler (solver), its
+timesteps (schedule), then wrappers around the denoiser (cache). A knob defined elsewhere (a plugin, a test)
+calls `registry.register` itself.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import pkgutil
 
-KNOB_ORDER: tuple[str, ...] = ("prune", "quantize", "solver", "schedule", "cache")
+from autoeff.search_spaces.registry import get_knob, knob_names, register
 
+# Modules of this package that are not knobs: the protocol, the registry, block groups (shared by knobs), and
+# the search space, which composes knobs into recipes (it imports `autoeff.recipe`, so it must not be imported
+# while the registry is being filled).
+INFRASTRUCTURE = frozenset({"base", "registry", "groups", "space"})
+KNOB_MODULES: tuple[str, ...] = tuple(
+    f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)
+    if not m.name.startswith("_") and m.name not in INFRASTRUCTURE)
 
-def knob_module(name: str) -> ModuleType:
-    """The module implementing knob `name` (an allowlist: only `KNOB_ORDER` names are importable)."""
-    if name not in KNOB_ORDER:
-        raise ValueError(f"unknown knob {name!r}; known knobs: {', '.join(KNOB_ORDER)}")
-    return importlib.import_module(f"autoeff.search_spaces.{name}")
+for _name in KNOB_MODULES:
+    importlib.import_module(_name)
 
-
-__all__ = ["KNOB_ORDER", "knob_module"]
+__all__ = ["KNOB_MODULES", "get_knob", "knob_names", "register"]

@@ -64,6 +64,7 @@ class TimestepDDIMScheduler(DDIMScheduler):
     """
 
     custom_timesteps: bool = False
+    final_alpha_cumprod: torch.Tensor  # set by DDIMScheduler.__init__
 
     def set_timesteps(
         self,
@@ -189,6 +190,7 @@ class _PinnedMixin:
     """`set_timesteps` visits `pinned_timesteps` whatever count, timesteps or sigmas the caller passes."""
 
     _pinned_base: type[SchedulerMixin]
+    config: Any  # the ConfigMixin config of the scheduler class this is mixed into
     pinned_timesteps: tuple[int, ...] = ()
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
@@ -219,7 +221,7 @@ def pin_timesteps(scheduler: SchedulerMixin, timesteps: Sequence[int]) -> Schedu
     `scheduler` itself is not modified.
     """
     capable = timestep_capable(scheduler)
-    base = base_class(capable)
+    base: type = base_class(capable)  # plain `type`: mypy does not see `type[Any]` as Hashable (for the cache)
     ts = tuple(check_timesteps(timesteps, int(capable.config.num_train_timesteps)))
     pinned = _pinned_class(base).from_config(capable.config)
     pinned.pinned_timesteps = ts
@@ -229,5 +231,5 @@ def pin_timesteps(scheduler: SchedulerMixin, timesteps: Sequence[int]) -> Schedu
 
 def plain_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     """The closest stock diffusers scheduler with the same config (what an exported folder should save)."""
-    cls = next(c for c in type(scheduler).__mro__ if c.__module__.startswith("diffusers."))
+    cls: type[SchedulerMixin] = next(c for c in type(scheduler).__mro__ if c.__module__.startswith("diffusers."))
     return cls.from_config(scheduler.config)

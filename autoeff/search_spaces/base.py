@@ -1,27 +1,62 @@
-"""What every knob shares: the search context, and strict JSON round-trips of dataclass configs.
+"""The knob protocol: what a knob declares, what it may know about the model, and strict JSON for its config.
 
-A knob is a module in this package with:
+A knob is one module in this package that builds a `Knob` and registers it (`registry.register`), in the shape
+of torchao's config -> handler registration: the config dataclass names the technique, the handler functions
+say how to search and apply it. Everything else in autoeff (the search space, warm starts, the recipe, export,
+load, the CLI's `--space` help and the error messages) iterates the registry; nothing outside a knob spells
+its parameter names.
 
-    NAME: str                                    # "solver", "schedule", ...
-    Config: type                                 # a @dataclass with a `version: int` field
-    def suggest(trial, context: SpaceContext) -> Config
-    def apply(pipe, config: Config, context: SpaceContext) -> pipe   # returns a new pipeline object
+    KNOB = register(Knob(
+        name="solver", stage=Stage.SCHEDULER, help="...",
+        config=Config, options=Options,                  # @dataclasses with a `version` / plain fields
+        suggest=suggest, to_params=to_params, apply=apply, off=None))
 
-`apply` never mutates modules of the pipeline it receives: it copies what it changes (the search builds
-every candidate from the same base pipeline). Serialization follows torchao's `{"_type", "_version",
-"_data"}` shape; types are resolved only from the registry of knobs, never imported by name.
+`apply` never mutates modules of the pipeline it receives: it copies what it changes (the search builds every
+candidate from the same base pipeline). Serialization follows torchao's `{"_type", "_version", "_data"}` shape;
+types are resolved only from the registry, never imported by name.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import IntEnum
+from typing import Any, Generic, TypeVar
+
+ConfigT = TypeVar("ConfigT")
+OptionsT = TypeVar("OptionsT")
 
 
 class ConfigError(ValueError):
-    """A knob config (or a recipe) is invalid; the message names the field and how to fix it."""
+    """A knob config (or a recipe, or a knob's options) is invalid; the message names the field and the fix."""
+
+
+class Stage(IntEnum):
+    """A knob's place in the application order (knobs of one stage are applied in name order)."""
+
+    STRUCTURE = 10
+    PRECISION = 20
+    SCHEDULER = 30
+    TIMESTEPS = 40
+    WRAP = 50
+    COMPILE = 60
+
+    @property
+    def reason(self) -> str:
+        """Why a knob of this stage comes where it does, in one line."""
+        return _STAGE_REASONS[self]
+
+
+_STAGE_REASONS: dict[Stage, str] = {
+    Stage.STRUCTURE: "changes the denoiser's architecture, so every later knob sees the final shapes",
+    Stage.PRECISION: "changes how the final weights are stored and multiplied, once the architecture is fixed",
+    Stage.SCHEDULER: "replaces the pipeline's scheduler, before anything configures the scheduler",
+    Stage.TIMESTEPS: "configures the scheduler it is given, so it comes after the scheduler is chosen",
+    Stage.WRAP: "wraps the denoiser module, after every knob that changes the module it wraps",
+    Stage.COMPILE: "compiles the modules it is given, so it comes last, over the final modules",
+}
 
 
 @dataclass
@@ -36,7 +71,8 @@ class SpaceContext:
         min_steps / max_steps: the range the schedule knob searches.
         block_groups: names of the denoiser's block groups (for per-group bit-widths and pruning ratios).
         device: `cpu` or `cuda[:i]`.
-        options: per-knob restrictions from the user (e.g. {"solver": {"names": ["dpmpp", "unipc"]}}).
+        options: per-knob options from the user as plain JSON (e.g. {"solver": {"names": ["dpmpp"]}}); each
+            knob reads its own through `Knob.options_for`, which validates them into its `Options` dataclass.
     """
 
     family: str
@@ -50,22 +86,108 @@ class SpaceContext:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StoredInWeights:
+    """How a knob whose effect lives in the weights (pruning) is exported and loaded.
+
+    `plan(denoiser)` returns the JSON that rebuilds the changed architecture from the denoiser's unchanged
+    config; `restore(fresh_denoiser, plan)` rebuilds it (in place, returning it) before the stored weights are
+    loaded into it. Knobs without it are re-applied from the recipe by `autoeff.load`.
+    """
+
+    plan: Callable[[Any], dict[str, Any]]
+    restore: Callable[[Any, dict[str, Any]], Any]
+
+
+def _never_simulated(config: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Knob(Generic[ConfigT, OptionsT]):
+    """One searchable technique.
+
+    Attributes:
+        name: the knob's name in `--space`, recipes and trial parameters (`solver`, `cache`, ...).
+        stage: its place in the application order (`Stage`, whose `reason` says why).
+        help: one line for `--space` help and the docs.
+        config: the `@dataclass` a recipe stores (with a `version: int` field; validated in `__post_init__`).
+        options: the `@dataclass` of the user's restrictions of its space (validated before a study starts).
+        suggest: `(trial, context) -> config`, drawing Optuna parameters named `<name>...`.
+        to_params: `config -> trial params` that make `suggest` return that config (for enqueued trials).
+        apply: `(pipe, config, context) -> new pipe`; never mutates the pipeline it gets.
+        off: `context -> config` that turns the knob off (warm starts use it for knobs a pick leaves out);
+            `None` when every candidate must choose one (a solver, a schedule).
+        is_simulated: whether a config's latency is not a real speed-up (fake quantization).
+        stored_in_weights: how an export stores its effect; `None` means `autoeff.load` re-applies it.
+    """
+
+    name: str
+    stage: Stage
+    help: str
+    config: type[ConfigT]
+    options: type[OptionsT]
+    suggest: Callable[[Any, SpaceContext], ConfigT]
+    to_params: Callable[[ConfigT], dict[str, Any]]
+    apply: Callable[[Any, ConfigT, SpaceContext], Any]
+    off: Callable[[SpaceContext], ConfigT] | None = None
+    is_simulated: Callable[[ConfigT], bool] = _never_simulated
+    stored_in_weights: StoredInWeights | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"knob name {self.name!r} must be an identifier")
+        if not dataclasses.is_dataclass(self.config) or "version" not in {f.name for f in
+                                                                          dataclasses.fields(self.config)}:
+            raise TypeError(f"knob {self.name!r}: config must be a @dataclass with a `version` field")
+        if not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"knob {self.name!r}: options must be a @dataclass")
+
+    @property
+    def exported(self) -> str:
+        """`stored in the weights` or `re-applied on load`."""
+        return "stored in the weights" if self.stored_in_weights is not None else "re-applied on load"
+
+    def options_for(self, context: SpaceContext) -> OptionsT:
+        """This knob's options from `context.options`, validated (unknown keys and bad values refused)."""
+        return parse_options(self.name, self.options, context.options.get(self.name))
+
+
+def parse_options(knob: str, cls: type[OptionsT], raw: Mapping[str, Any] | None) -> OptionsT:
+    """`cls(**raw)`, refusing what is not a mapping, unknown keys and bad values with a one-line ConfigError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{knob} options must be an object of option -> value, got {raw!r}"[:300])
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {knob} option(s) {unknown}; known: {', '.join(names)}")
+    try:
+        return cls(**copy.deepcopy(dict(raw)))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{knob} options: {e}") from None
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """`{"_type", "_version", "_data"}` for a dataclass config (lists stay lists, tuples become lists)."""
-    if not dataclasses.is_dataclass(config):
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"{config!r} is not a dataclass config")
     data = dataclasses.asdict(config)
     version = data.pop("version", None)
     return {"_type": type(config).__name__, "_version": version, "_data": data}
 
 
-def config_from_dict(cls: type, payload: dict[str, Any]) -> Any:
+def config_from_dict(cls: type[ConfigT], payload: Any) -> ConfigT:
     """Rebuild a config of class `cls` from `config_to_dict` output, refusing anything unexpected."""
     if not isinstance(payload, dict) or set(payload) != {"_type", "_version", "_data"}:
         raise ConfigError(f"a {cls.__name__} entry must be an object with exactly _type, _version, _data")
     if payload["_type"] != cls.__name__:
         raise ConfigError(f"expected _type {cls.__name__!r}, got {payload['_type']!r}")
-    known_version = next((f.default for f in dataclasses.fields(cls) if f.name == "version"), None)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    known_version = next((f.default for f in fields if f.name == "version"), None)
     if payload["_version"] != known_version:
         raise ConfigError(
             f"{cls.__name__} version {payload['_version']!r} is not the version this autoeff reads "
@@ -73,7 +195,7 @@ def config_from_dict(cls: type, payload: dict[str, Any]) -> Any:
     data = payload["_data"]
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}._data must be an object")
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "version"}
+    names = {f.name for f in fields if f.name != "version"}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}; known: {sorted(names)}")
@@ -83,3 +205,15 @@ def config_from_dict(cls: type, payload: dict[str, Any]) -> Any:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def copy_pipeline(pipe: Any) -> Any:
+    """A new pipeline object sharing the same component modules (knobs copy what they change)."""
+    kwargs = dict(pipe.components)
+    if "requires_safety_checker" in pipe.config:  # keeps SD pipelines from warning on every copy
+        kwargs["requires_safety_checker"] = pipe.config.requires_safety_checker
+    new = type(pipe)(**kwargs)
+    cfg = getattr(pipe, "_progress_bar_config", None)
+    if cfg is not None:
+        new.set_progress_bar_config(**cfg)
+    return new

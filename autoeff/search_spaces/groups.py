@@ -40,6 +40,7 @@ _BLOCK_CONTAINERS = frozenset({"down_blocks", "mid_block", "up_blocks", "transfo
 # A group key: "re:(?:p1|p2)" + this suffix matches the prefixes' modules and everything below them.
 _SUFFIX = r")(?:\..+)?"
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+Denoiser = Any  # a diffusers ModelMixin: its blocks and config are attributes mypy cannot see
 
 
 def is_layer(module: nn.Module, fqn: str = "") -> bool:
@@ -52,7 +53,8 @@ def block_groups(denoiser: nn.Module) -> dict[str, list[str]]:
 
     Every module of the denoiser lies under exactly one group's prefixes (`group_of`).
     """
-    children = dict(denoiser.named_children())
+    # The block containers are diffusers' ModuleLists (sized); a plain nn.Module value type would hide that.
+    children: dict[str, Any] = dict(denoiser.named_children())
     body: dict[str, list[str]] = {}
     if "down_blocks" in children and "up_blocks" in children:
         for i in range(len(children["down_blocks"])):
@@ -198,7 +200,7 @@ def resolve_fqn_map(model: nn.Module, mapping: Mapping[str, V],
     return out
 
 
-def example_inputs(denoiser: nn.Module, batch: int = 1, generator: torch.Generator | None = None,
+def example_inputs(denoiser: Denoiser, batch: int = 1, generator: torch.Generator | None = None,
                    timesteps: torch.Tensor | None = None) -> dict[str, Any]:
     """Keyword inputs for one forward pass of a diffusers denoiser (for tracing and calibration).
 

@@ -32,11 +32,17 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
+from tqdm.auto import tqdm
 
-from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, StoredInWeights, copy_pipeline
 from autoeff.search_spaces.groups import (
     KEPT_GROUPS,
+    Denoiser,
     block_groups,
     denoiser_output,
     example_inputs,
@@ -44,7 +50,7 @@ from autoeff.search_spaces.groups import (
     noised_inputs,
     searched_groups,
 )
-from autoeff.search_spaces.space import copy_pipeline
+from autoeff.search_spaces.registry import register
 
 NAME = "prune"
 RATIO_CHOICES: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
@@ -108,19 +114,32 @@ def _fraction(r: float) -> str:
     return f"{r:g}"
 
 
-def _options(context: SpaceContext) -> dict[str, Any]:
-    opts = {"ratios": RATIO_CHOICES, "importance": "l2", "round_to": 8, **(context.options.get(NAME) or {})}
-    unknown = set(opts) - {"ratios", "importance", "round_to"}
-    if unknown:
-        raise ConfigError(f"unknown prune option(s) {sorted(unknown)}; known: ratios, importance, round_to")
-    ratios = [float(r) for r in opts["ratios"]]
-    if not ratios or any(not 0 <= r < 1 for r in ratios):
-        raise ConfigError(f"prune option ratios={opts['ratios']!r} must be a non-empty list of numbers "
-                          "in [0, 1)")
-    imp = opts["importance"]
-    opts["importance"] = [imp] if isinstance(imp, str) else list(imp)
-    opts["ratios"] = ratios
-    return opts
+@dataclass
+class Options:
+    """Restrictions of the prune space: `ratios` (the choices per group), `importance` (`l1`, `l2`, or a list of
+    both to search it), `round_to` (kept channel counts are multiples of it)."""
+
+    ratios: list[float] = field(default_factory=lambda: list(RATIO_CHOICES))
+    importance: str | list[str] = "l2"
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        ratios = self.ratios
+        if (not isinstance(ratios, list | tuple) or not ratios
+                or any(isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1 for r in ratios)):
+            raise ConfigError(f"prune option ratios={ratios!r} must be a non-empty list of numbers in [0, 1)")
+        self.ratios = [float(r) for r in ratios]
+        imp = [self.importance] if isinstance(self.importance, str) else self.importance
+        if not isinstance(imp, list | tuple) or not imp or any(i not in IMPORTANCES for i in imp):
+            raise ConfigError(f"prune option importance={self.importance!r} must be one of, or a list of, "
+                              f"{', '.join(IMPORTANCES)}")
+        self.importance = list(imp)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"prune option round_to={self.round_to!r} must be a positive integer")
+
+    @property
+    def importances(self) -> list[str]:
+        return [self.importance] if isinstance(self.importance, str) else list(self.importance)
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
@@ -132,9 +151,9 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     Options (`context.options["prune"]`): `ratios` (choices), `importance` (`l1`, `l2` or a list of both to
     search it as `prune.importance`), `round_to` (default 8).
     """
-    opts = _options(context)
+    opts: Options = KNOB.options_for(context)
     groups = searched_groups(context.block_groups)
-    nonzero = [r for r in opts["ratios"] if r > 0]
+    nonzero = [r for r in opts.ratios if r > 0]
     modes = ["off"] + (["uniform", "per_group"] if nonzero else [])
     mode = trial.suggest_categorical(f"{NAME}.mode", modes)
     if mode == "off":
@@ -143,11 +162,18 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
         r = float(trial.suggest_categorical(f"{NAME}.uniform.ratio", nonzero))
         ratios = {g: r for g in groups}
     else:
-        ratios = {g: float(trial.suggest_categorical(f"{NAME}.{g}", opts["ratios"])) for g in groups}
-    importance = opts["importance"][0]
-    if len(opts["importance"]) > 1:
-        importance = trial.suggest_categorical(f"{NAME}.importance", opts["importance"])
-    return Config(ratios=ratios, importance=importance, round_to=opts["round_to"])
+        ratios = {g: float(trial.suggest_categorical(f"{NAME}.{g}", opts.ratios)) for g in groups}
+    importance = opts.importances[0]
+    if len(opts.importances) > 1:
+        importance = trial.suggest_categorical(f"{NAME}.importance", opts.importances)
+    return Config(ratios=ratios, importance=importance, round_to=opts.round_to)
+
+
+def off(context: SpaceContext) -> Config:
+    """No block group pruned (with the options' importance and rounding, so `to_params` fits `suggest`)."""
+    opts: Options = KNOB.options_for(context)
+    return Config(ratios={g: 0.0 for g in searched_groups(context.block_groups)}, importance=opts.importances[0],
+                  round_to=opts.round_to)
 
 
 def to_params(config: Config) -> dict[str, Any]:
@@ -168,7 +194,6 @@ def to_params(config: Config) -> dict[str, Any]:
 
 def _ignored_modules(model: nn.Module) -> list[nn.Module]:
     """Modules whose channels are never pruned (a coupled set touching their outputs is skipped)."""
-    from diffusers.models.attention_processor import Attention
 
     name = type(model).__name__
     groups = block_groups(model)
@@ -180,7 +205,6 @@ def _ignored_modules(model: nn.Module) -> list[nn.Module]:
     if name in _UNETS:
         attention_types: tuple[type, ...] = (Attention,)
         try:
-            from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
             attention_types = (Attention, Transformer2DModel)
         except ImportError:  # pragma: no cover - older diffusers layout
@@ -189,11 +213,11 @@ def _ignored_modules(model: nn.Module) -> list[nn.Module]:
     return [m for layer in ignored for m in layer.modules()]
 
 
-def _allowed_roots(model: nn.Module) -> set[nn.Module] | None:
+def _allowed_roots(model: Denoiser) -> set[nn.Module] | None:
     """Transformers: only the first MLP projection of each block may root a pruned set; U-Nets: any layer."""
     if type(model).__name__ not in _TRANSFORMERS:
         return None
-    roots = set()
+    roots: set[nn.Module] = set()
     for block in model.transformer_blocks:
         ff = getattr(block, "ff", None)
         proj = getattr(ff.net[0], "proj", None) if ff is not None else None
@@ -251,14 +275,13 @@ def _fix_resamplers(model: nn.Module) -> None:
     They assert `hidden_states.shape[1] == self.channels`, an attribute torch-pruning cannot know about: a
     forward pass with pre-hooks reads the real input width.
     """
-    from diffusers.models.downsampling import Downsample2D
-    from diffusers.models.upsampling import Upsample2D
 
     resamplers = [m for m in model.modules() if isinstance(m, Downsample2D | Upsample2D)]
     if not resamplers:
         return
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    # `module` is a diffusers Downsample2D/Upsample2D (Any): its `channels` are plain int attributes.
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs["hidden_states"]
         module.channels = int(x.shape[1])
         conv = getattr(module, "conv", None)
@@ -398,7 +421,6 @@ def recover(pipe_pruned: Any, pipe_teacher: Any, context: SpaceContext, steps: i
     states (`groups.noised_inputs`) -- Diff-Pruning's recovery step (Fang, Ma & Wang, 2023) with the teacher's
     output in place of the data's noise, so no dataset is needed. Meant for the chosen candidate only.
     """
-    from tqdm.auto import tqdm
 
     if steps < 1 or lr <= 0 or batch_size < 1:
         raise ConfigError(f"recover needs steps >= 1, lr > 0 and batch_size >= 1 (got {steps}, {lr}, "
@@ -425,3 +447,9 @@ def recover(pipe_pruned: Any, pipe_teacher: Any, context: SpaceContext, steps: i
     new = copy_pipeline(pipe_pruned)
     new.register_modules(**{context.denoiser: student.eval().requires_grad_(False)})
     return new
+
+
+KNOB = register(Knob(
+    name=NAME, stage=Stage.STRUCTURE, config=Config, options=Options, suggest=suggest, to_params=to_params,
+    apply=apply, off=off, stored_in_weights=StoredInWeights(plan=prune_plan, restore=apply_plan),
+    help="structured channel pruning per block group (torch-pruning DepGraph), weights physically smaller"))

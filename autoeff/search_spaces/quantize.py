@@ -21,13 +21,13 @@ Backends (only real low-precision kernels count as speed):
   stored back in float with `torch.fake_quantize_per_channel_affine`). It scores *quality* only: no
   low-precision kernel runs, so `is_simulated(config)` is True and its latency must never count as a speedup.
 
-`model_size_mb` counts the bytes the weights occupy (quantized modules through their packed parameters).
+`autoeff.evaluators.size.model_size_mb` counts the bytes the weights occupy (quantized modules through their
+packed parameters; fake-quantized layers at their simulated width).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +35,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.quantization import (
+    HistogramObserver,
+    QConfig,
+    QuantWrapper,
+    convert,
+    default_per_channel_weight_observer,
+    get_default_qconfig,
+    per_channel_dynamic_qconfig,
+    prepare,
+    quantize_dynamic,
+)
 
-from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.evaluators.size import FAKE_BITS_ATTR
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.groups import (
     DEFAULT_KEY,
     check_fqn_keys,
@@ -47,7 +59,7 @@ from autoeff.search_spaces.groups import (
     resolve_fqn_map,
     searched_groups,
 )
-from autoeff.search_spaces.space import copy_pipeline
+from autoeff.search_spaces.registry import register
 
 NAME = "quantize"
 FLOAT_LEVELS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,8 +72,6 @@ BACKEND_LEVELS: dict[str, tuple[str, ...]] = {"cpu-int8": ("int8",), "torchao": 
 DEFAULT_SEARCH_LEVELS: dict[str, tuple[str, ...]] = {"cpu-int8": ("int8",), "torchao": ("int8",),
                                                      "fake": ("int8", "int4")}
 TORCHAO_INSTALL = "pip install 'autoeff[tensorrt]' (or: pip install torchao)"
-# Marks a layer whose weight was fake-quantized, with its simulated bit width (see `model_size_mb`).
-FAKE_BITS_ATTR = "_autoeff_fake_quant_bits"
 _BITS = {"int8": 8, "int4": 4, "fp8": 8}
 _CALIBRATION_SEED = 1234
 _CALIBRATION_STEPS = 8
@@ -119,15 +129,27 @@ def default_backend(device: str) -> str:
     return "torchao" if str(device).startswith("cuda") else "cpu-int8"
 
 
+@dataclass
+class Options:
+    """Restrictions of the quantize space: `backend` (default: `default_backend(device)`), `levels` (the
+    quantized levels to try; default `DEFAULT_SEARCH_LEVELS[backend]`)."""
+
+    backend: str | None = None
+    levels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ConfigError(f"quantize option backend={self.backend!r} is not known; "
+                              f"use one of {', '.join(BACKENDS)}")
+        if self.levels is not None and (not isinstance(self.levels, list | tuple) or not self.levels):
+            raise ConfigError(f"quantize option levels={self.levels!r} must be a non-empty list of levels")
+
+
 def _options(context: SpaceContext) -> tuple[str, list[str]]:
-    opts = dict(context.options.get(NAME, {}) or {})
-    backend = opts.pop("backend", None) or default_backend(context.device)
-    if backend not in BACKENDS:
-        raise ConfigError(f"quantize option backend={backend!r} is not known; "
-                          f"use one of {', '.join(BACKENDS)}")
-    levels = list(opts.pop("levels", DEFAULT_SEARCH_LEVELS[backend]))
-    if opts:
-        raise ConfigError(f"unknown quantize option(s) {sorted(opts)}; known: backend, levels")
+    """The backend and the level choices (`skip` first) for this context."""
+    opts: Options = KNOB.options_for(context)
+    backend = opts.backend or default_backend(context.device)
+    levels = list(opts.levels if opts.levels is not None else DEFAULT_SEARCH_LEVELS[backend])
     bad = [lv for lv in levels if lv not in BACKEND_LEVELS[backend]]
     if bad or not levels:
         raise ConfigError(f"quantize option levels={levels!r} must be a non-empty subset of "
@@ -162,6 +184,15 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     else:
         levels = {g: trial.suggest_categorical(f"{NAME}.{g}", choices) for g in groups}
     mapping = {group_regex(group_prefixes(g)): levels[g] for g in groups}
+    mapping[DEFAULT_KEY] = "skip"
+    return Config(mapping=mapping, backend=backend)
+
+
+def off(context: SpaceContext) -> Config:
+    """Nothing quantized, in the form `suggest` draws for this context (per group, or one `_default`)."""
+    backend, _ = _options(context)
+    groups = searched_groups(context.block_groups)
+    mapping = {group_regex(group_prefixes(g)): "skip" for g in groups}
     mapping[DEFAULT_KEY] = "skip"
     return Config(mapping=mapping, backend=backend)
 
@@ -261,13 +292,6 @@ def _calibration_batches(denoiser: nn.Module, scheduler: Any) -> list[dict[str, 
 def _static_qconfig() -> Any:
     """torch's default static qconfig for the active engine; on x86/fbgemm the same observers with the
     7-bit activation range spelled as quant_min/quant_max (its `reduce_range=True` form is deprecated)."""
-    from torch.ao.quantization import (
-        HistogramObserver,
-        QConfig,
-        default_per_channel_weight_observer,
-        get_default_qconfig,
-    )
-
     engine = torch.backends.quantized.engine
     if engine not in ("x86", "fbgemm"):
         return get_default_qconfig(engine)
@@ -277,14 +301,6 @@ def _static_qconfig() -> Any:
 
 def _cpu_int8(denoiser: nn.Module, targets: dict[str, str], scheduler: Any = None, **_: Any) -> None:
     """Static int8 Conv2d (observed on `_calibration_batches`) and dynamic int8 Linear, in place."""
-    from torch.ao.quantization import (
-        QuantWrapper,
-        convert,
-        per_channel_dynamic_qconfig,
-        prepare,
-        quantize_dynamic,
-    )
-
     if any(p.device.type != "cpu" for p in denoiser.parameters()):
         raise ConfigError("quantize backend 'cpu-int8' runs on the CPU only; use 'torchao' on CUDA")
     modules = dict(denoiser.named_modules())
@@ -298,7 +314,7 @@ def _cpu_int8(denoiser: nn.Module, targets: dict[str, str], scheduler: Any = Non
         if convs:
             qconfig = _static_qconfig()
             for fqn in convs:
-                parent_name, _, leaf = fqn.rpartition(".")
+                parent_name, _dot, leaf = fqn.rpartition(".")
                 parent = denoiser.get_submodule(parent_name) if parent_name else denoiser
                 wrapper = QuantWrapper(getattr(parent, leaf))
                 wrapper.qconfig = qconfig
@@ -316,7 +332,7 @@ def _cpu_int8(denoiser: nn.Module, targets: dict[str, str], scheduler: Any = Non
 def _torchao(denoiser: nn.Module, targets: dict[str, str], **_: Any) -> None:
     """torchao `quantize_` per level on the target Linear layers (CUDA)."""
     try:
-        from torchao.quantization import (
+        from torchao.quantization import (  # lazy: torchao is an optional extra (CUDA)
             Float8DynamicActivationFloat8WeightConfig,
             Int4WeightOnlyConfig,
             Int8DynamicActivationInt8WeightConfig,
@@ -364,63 +380,7 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     return new
 
 
-# --- size ------------------------------------------------------------------------------------------------
-
-
-def _tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor stores: quantized tensors as int values + their scales/zero points; tensor subclasses
-    (torchao) as the sum of their inner tensors."""
-    if t.is_quantized:
-        nbytes = t.numel() * t.element_size()
-        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
-                           torch.per_channel_affine_float_qparams):
-            s, z = t.q_per_channel_scales(), t.q_per_channel_zero_points()
-            return nbytes + s.numel() * s.element_size() + z.numel() * z.element_size()
-        return nbytes + 16  # one float64 scale and one int64 zero point
-    flatten = getattr(type(t), "__tensor_flatten__", None)
-    if flatten is not None and type(t) not in (torch.Tensor, nn.Parameter):
-        names, _ = t.__tensor_flatten__()
-        inner = (getattr(t, n, None) for n in names)
-        return sum(_tensor_bytes(x) for x in inner if isinstance(x, torch.Tensor))
-    return t.numel() * t.element_size()
-
-
-def model_size_mb(module: nn.Module, count_simulated: bool = True) -> float:
-    """Bytes of the weights (parameters, buffers and packed quantized weights) of `module`, in MB (1e6 bytes).
-
-    Packed int8 weights count 1 byte per value plus their scales and zero points, int4 0.5 byte, fp32 4 bytes.
-    With `count_simulated`, a fake-quantized layer's weight counts at its simulated width plus one fp32 scale
-    per output channel (what a real kernel backend would store); without it, at its actual float bytes.
-    Storage shared by several tensors is counted once.
-    """
-    total = 0
-    seen: set[tuple[int, int]] = set()
-
-    def add(t: torch.Tensor | None) -> None:
-        nonlocal total
-        if t is None:
-            return
-        if not t.is_quantized and type(t) in (torch.Tensor, nn.Parameter) and t.numel() > 0:
-            key = (t.untyped_storage().data_ptr(), t.storage_offset())
-            if key in seen:
-                return
-            seen.add(key)
-        total += _tensor_bytes(t)
-
-    for m in module.modules():
-        bits = getattr(m, FAKE_BITS_ATTR, None)
-        for name, p in m.named_parameters(recurse=False):
-            if name == "weight" and bits is not None and count_simulated:
-                total += math.ceil(p.numel() * bits / 8) + p.shape[0] * 4
-            else:
-                add(p)
-        for b in m.buffers(recurse=False):
-            add(b)
-        # torch.ao quantized modules keep weights in packed objects: quantized Conv2d and the
-        # LinearPackedParams child of a quantized Linear expose them through `_weight_bias()`.
-        weight_bias = getattr(m, "_weight_bias", None)
-        if callable(weight_bias) and not isinstance(getattr(m, "_packed_params", None), nn.Module):
-            w, b = weight_bias()
-            add(w)
-            add(b)
-    return total / 1e6
+KNOB = register(Knob(
+    name=NAME, stage=Stage.PRECISION, config=Config, options=Options, suggest=suggest, to_params=to_params,
+    apply=apply, off=off, is_simulated=is_simulated,
+    help="per-block-group weight precision (int8 on the CPU; torchao int8/int4/fp8 on CUDA)"))

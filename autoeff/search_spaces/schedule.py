@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from autoeff.search_spaces._pinned import pin_timesteps
-from autoeff.search_spaces.base import ConfigError, SpaceContext
-from autoeff.search_spaces.space import copy_pipeline
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.registry import register
 
 NAME = "schedule"
 FAMILIES: tuple[str, ...] = ("uniform", "leading", "linspace", "quadratic", "karras", "ays", "free")
@@ -110,7 +110,7 @@ class Config:
         return f"{self.family} k={self.steps}"
 
 
-def repair(values: Sequence[float], steps: int, num_train_timesteps: int) -> list[int]:
+def repair(values: Sequence[float] | np.ndarray, steps: int, num_train_timesteps: int) -> list[int]:
     """`values` as `steps` strictly decreasing integers in [0, N-1], deterministically and near the input.
 
     Sorts descending and rounds; clamps entry i into [steps-1-i, N-1-i] (the only range that leaves room
@@ -203,7 +203,8 @@ def timesteps_for(
     if config.steps > n:
         raise ConfigError(f"schedule.steps {config.steps} exceeds the {n} training timesteps; "
                           f"use at most {n}")
-    if config.family == "free" and config.timesteps[0] > n - 1:
+    # `free` configs always hold their timesteps list (checked by Config.__post_init__).
+    if config.family == "free" and cast(list[int], config.timesteps)[0] > n - 1:
         raise ConfigError(f"schedule.timesteps {config.timesteps} must lie in [0, {n - 1}]")
     return repair(_raw(config, n, family, alphas_cumprod, steps_offset), config.steps, n)
 
@@ -215,23 +216,35 @@ def timesteps_for_scheduler(config: Config, scheduler: SchedulerMixin, family: s
                          steps_offset=int(scheduler.config.get("steps_offset", 0) or 0))
 
 
-def _options(context: SpaceContext) -> tuple[list[str], tuple[float, float]]:
-    opts = dict(context.options.get(NAME, {}))
-    families = list(opts.pop("families", FAMILIES))
-    rho = tuple(opts.pop("rho", RHO_RANGE))
-    if opts:
-        raise ConfigError(f"unknown schedule option(s) {sorted(opts)}; known: families, rho")
-    bad = [f for f in families if f not in FAMILIES]
-    if bad or not families:
-        raise ConfigError(f"schedule option families={families!r} must be a non-empty subset of "
-                          f"{', '.join(FAMILIES)}")
-    if len(rho) != 2 or not 0 < rho[0] <= rho[1]:
-        raise ConfigError(f"schedule option rho={list(rho)!r} must be [low, high] with 0 < low <= high")
+@dataclass
+class Options:
+    """Restrictions of the schedule space: `families` (a subset of `FAMILIES`), `rho` ([low, high] for Karras).
+
+    The step range is not an option here: it is the search's `min_steps`/`max_steps` (the context's).
+    """
+
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    rho: list[float] = field(default_factory=lambda: list(RHO_RANGE))
+
+    def __post_init__(self) -> None:
+        fams = self.families
+        if not isinstance(fams, list | tuple) or not fams or any(f not in FAMILIES for f in fams):
+            raise ConfigError(f"schedule option families={fams!r} must be a non-empty subset of "
+                              f"{', '.join(FAMILIES)}")
+        self.families = list(fams)
+        rho = self.rho
+        if (not isinstance(rho, list | tuple) or len(rho) != 2
+                or not all(isinstance(r, int | float) and not isinstance(r, bool) for r in rho)
+                or not 0 < rho[0] <= rho[1]):
+            raise ConfigError(f"schedule option rho={rho!r} must be [low, high] with 0 < low <= high")
+        self.rho = [float(rho[0]), float(rho[1])]
+
+
+def _check_steps(context: SpaceContext) -> None:
     n = context.num_train_timesteps
     if not 1 <= context.min_steps <= context.max_steps <= n:
         raise ConfigError(f"schedule steps range [{context.min_steps}, {context.max_steps}] must satisfy "
                           f"1 <= min_steps <= max_steps <= {n}")
-    return families, (float(rho[0]), float(rho[1]))
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
@@ -243,8 +256,10 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     every k, so samplers share what they learn across step counts). The free values are sorted descending
     and repaired (`repair`), so any draw is a valid schedule and a valid schedule maps to itself.
     """
-    families, (rho_lo, rho_hi) = _options(context)
-    family = trial.suggest_categorical(f"{NAME}.family", families)
+    opts: Options = KNOB.options_for(context)
+    _check_steps(context)
+    rho_lo, rho_hi = opts.rho
+    family = trial.suggest_categorical(f"{NAME}.family", opts.families)
     steps = trial.suggest_int(f"{NAME}.steps", context.min_steps, context.max_steps, log=True)
     if family == "karras":
         return Config(family, steps, rho=trial.suggest_float(f"{NAME}.karras.rho", rho_lo, rho_hi))
@@ -261,7 +276,8 @@ def to_params(config: Config) -> dict[str, Any]:
     if config.family == "karras":
         params[f"{NAME}.karras.rho"] = config.rho
     if config.family == "free":
-        params.update({f"{NAME}.free.t{i}": t for i, t in enumerate(config.timesteps)})
+        # `free` configs always hold their timesteps list (checked by Config.__post_init__).
+        params.update({f"{NAME}.free.t{i}": t for i, t in enumerate(cast(list[int], config.timesteps))})
     return params
 
 
@@ -271,3 +287,8 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     timesteps = timesteps_for_scheduler(config, pipe.scheduler, context.family)
     new.scheduler = pin_timesteps(pipe.scheduler, timesteps)
     return new
+
+
+KNOB = register(Knob(
+    name=NAME, stage=Stage.TIMESTEPS, config=Config, options=Options, suggest=suggest, to_params=to_params,
+    apply=apply, help="which timesteps the sampler visits and how many (uniform, quadratic, Karras, AYS, free)"))

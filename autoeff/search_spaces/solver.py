@@ -35,7 +35,7 @@ When this knob runs alone, the pipeline's own `num_inference_steps` and the spac
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, EulerDiscreteScheduler
@@ -47,8 +47,8 @@ from autoeff.search_spaces._pinned import (
     TimestepUniPCMultistepScheduler,
     plain_scheduler,
 )
-from autoeff.search_spaces.base import ConfigError, SpaceContext
-from autoeff.search_spaces.space import copy_pipeline
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.registry import register
 
 NAME = "solver"
 SOLVERS: tuple[str, ...] = ("ddim", "dpmpp", "dpmpp_single", "unipc", "euler")
@@ -166,18 +166,20 @@ def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
     return cls.from_config(cfg, **overrides)
 
 
-def _options(context: SpaceContext) -> tuple[list[str], int]:
-    opts = dict(context.options.get(NAME, {}))
-    names = list(opts.pop("names", SOLVERS))
-    max_order = opts.pop("max_order", 3)
-    if opts:
-        raise ConfigError(f"unknown solver option(s) {sorted(opts)}; known: names, max_order")
-    bad = [n for n in names if n not in SOLVERS]
-    if bad or not names:
-        raise ConfigError(f"solver option names={names!r} must be a non-empty subset of {', '.join(SOLVERS)}")
-    if not isinstance(max_order, int) or not 1 <= max_order <= 3:
-        raise ConfigError(f"solver option max_order={max_order!r} must be an integer in [1, 3]")
-    return names, max_order
+@dataclass
+class Options:
+    """Restrictions of the solver space: `names` (a subset of `SOLVERS`), `max_order` (1-3)."""
+
+    names: list[str] = field(default_factory=lambda: list(SOLVERS))
+    max_order: int = 3
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if not isinstance(names, list | tuple) or not names or any(n not in SOLVERS for n in names):
+            raise ConfigError(f"solver option names={names!r} must be a non-empty subset of {', '.join(SOLVERS)}")
+        self.names = list(names)
+        if isinstance(self.max_order, bool) or not isinstance(self.max_order, int) or not 1 <= self.max_order <= 3:
+            raise ConfigError(f"solver option max_order={self.max_order!r} must be an integer in [1, 3]")
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
@@ -185,10 +187,10 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
 
     Respects `context.options["solver"]`: `names` (subset of `SOLVERS`), `max_order` (1-3).
     """
-    names, max_order = _options(context)
-    name = trial.suggest_categorical(f"{NAME}.name", names)
+    opts: Options = KNOB.options_for(context)
+    name = trial.suggest_categorical(f"{NAME}.name", opts.names)
     order = 1
-    top = min(MAX_ORDER[name], max_order)
+    top = min(MAX_ORDER[name], opts.max_order)
     if top > 1:
         order = trial.suggest_int(f"{NAME}.{name}.order", 1, top)
     lower_order_final = True
@@ -217,3 +219,8 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     new = copy_pipeline(pipe)
     new.scheduler = build_scheduler(config, pipe.scheduler)
     return new
+
+
+KNOB = register(Knob(
+    name=NAME, stage=Stage.SCHEDULER, config=Config, options=Options, suggest=suggest, to_params=to_params,
+    apply=apply, help="the solver and its order (DDIM, DPM-Solver++ 1-3M/S, UniPC 1-3, Euler)"))

@@ -1,54 +1,55 @@
-"""`SearchSpace`: the knobs chosen for a model family, composed into one Recipe per Optuna trial."""
+"""`SearchSpace`: the registered knobs chosen for a search, composed into one Recipe per Optuna trial, and the
+one loop that applies a recipe's knobs to a pipeline (used by the search, export and `autoeff.load`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
-from autoeff.search_spaces import KNOB_ORDER, knob_module
-from autoeff.search_spaces.base import SpaceContext
+from autoeff.search_spaces.base import ConfigError, SpaceContext, copy_pipeline
+from autoeff.search_spaces.registry import get_knob, knob_names, ordered
+
+# Which knobs `apply_knobs` applies: all of them, those whose effect an export stores in the weights, or the
+# others (what `autoeff.load` re-applies on top of stored weights).
+Which = Literal["all", "weights", "runtime"]
 
 
 def parse_space(text: str | Sequence[str]) -> list[str]:
-    """`"schedule,solver,cache"` -> knob names in application order; unknown names raise ValueError."""
+    """`"schedule,solver,cache"` -> knob names in application order; unknown names raise ConfigError."""
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    known = knob_names()
     if not names:
-        raise ValueError("the search space is empty; name at least one knob: " + ",".join(KNOB_ORDER))
-    unknown = [n for n in names if n not in KNOB_ORDER]
+        raise ConfigError("the search space is empty; name at least one knob: " + ",".join(known))
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown knob(s) {unknown} in the search space; known: {','.join(KNOB_ORDER)}")
-    return [n for n in KNOB_ORDER if n in names]
+        raise ConfigError(f"unknown knob(s) {unknown} in the search space; known: {','.join(known)}")
+    return [n for n in known if n in names]
 
 
-def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext, pruned_denoiser: Any = None) -> Any:
-    """Apply every knob of `recipe` to a copy of the handle's base pipeline (the base is never mutated).
-
-    `pruned_denoiser` replaces the prune knob's output (e.g. the pruned denoiser after `prune.recover`): the
-    other knobs are applied on top of it, as on a freshly pruned one.
-    """
-    pipe = copy_pipeline(handle.pipeline)
-    if pruned_denoiser is not None:
-        if "prune" not in recipe.knobs:
-            raise ValueError("pruned_denoiser given for a recipe without a prune knob")
-        pipe.register_modules(**{context.denoiser: pruned_denoiser})
-    for name in KNOB_ORDER:
-        if name in recipe.knobs and not (name == "prune" and pruned_denoiser is not None):
-            pipe = knob_module(name).apply(pipe, recipe.knobs[name], context)
+def apply_knobs(pipe: Any, recipe: Recipe, context: SpaceContext, which: Which = "all") -> Any:
+    """Apply the recipe's knobs (all, or only the weight-stored / runtime ones) in application order."""
+    for knob in ordered(recipe.knobs):
+        stored = knob.stored_in_weights is not None
+        if which == "all" or (which == "weights") == stored:
+            pipe = knob.apply(pipe, recipe.knobs[knob.name], context)
     return pipe
 
 
-def copy_pipeline(pipe: Any) -> Any:
-    """A new pipeline object sharing the same component modules (knobs copy what they change)."""
-    kwargs = dict(pipe.components)
-    if "requires_safety_checker" in pipe.config:  # keeps SD pipelines from warning on every copy
-        kwargs["requires_safety_checker"] = pipe.config.requires_safety_checker
-    new = type(pipe)(**kwargs)
-    cfg = getattr(pipe, "_progress_bar_config", None)
-    if cfg is not None:
-        new.set_progress_bar_config(**cfg)
-    return new
+def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext, weights: Any = None) -> Any:
+    """Apply every knob of `recipe` to a copy of the handle's base pipeline (the base is never mutated).
+
+    `weights` replaces the output of the knobs stored in the weights (e.g. the pruned denoiser after
+    `prune.recover`): the other knobs are applied on top of it, as on a freshly pruned one.
+    """
+    pipe = copy_pipeline(handle.pipeline)
+    if weights is None:
+        return apply_knobs(pipe, recipe, context)
+    if not any(get_knob(k).stored_in_weights is not None for k in recipe.knobs):
+        raise ConfigError("a denoiser with stored weights was given for a recipe whose knobs store none")
+    pipe.register_modules(**{context.denoiser: weights})
+    return apply_knobs(pipe, recipe, context, which="runtime")
 
 
 class SearchSpace:
@@ -60,8 +61,8 @@ class SearchSpace:
         self.context = context
 
     def suggest(self, trial: Any) -> Recipe:
-        configs = {name: knob_module(name).suggest(trial, self.context) for name in self.knobs}
+        configs = {k.name: k.suggest(trial, self.context) for k in ordered(self.knobs)}
         return Recipe(model=self.handle.spec, knobs=configs)
 
-    def build(self, recipe: Recipe, pruned_denoiser: Any = None) -> Any:
-        return build_pipeline(self.handle, recipe, self.context, pruned_denoiser=pruned_denoiser)
+    def build(self, recipe: Recipe, weights: Any = None) -> Any:
+        return build_pipeline(self.handle, recipe, self.context, weights=weights)

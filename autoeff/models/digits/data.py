@@ -19,7 +19,7 @@ def load_digits_16(split: str = "all", seed: int = 0, holdout: float = 0.2) -> t
     `split` is `all`, `train` or `test`; the train/test split is a seeded permutation (`holdout` of the data
     is the test part), so the classifier's held-out accuracy is measured on images it never saw.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: heavy, and needed once per process (the data is cached)
 
     if split not in ("all", "train", "test"):
         raise ValueError(f"split {split!r} is not one of all, train, test")

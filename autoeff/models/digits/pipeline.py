@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
 from autoeff.models.digits.data import NUM_CLASSES
+
+Denoiser = Any  # a diffusers ModelMixin: its blocks and config are attributes mypy cannot see
 
 
 def set_schedule(
@@ -47,7 +51,7 @@ def set_schedule(
 class _DigitsPipelineBase(DiffusionPipeline):
     """The shared sampling loop; subclasses say which denoiser they hold."""
 
-    def _denoiser(self) -> torch.nn.Module:
+    def _denoiser(self) -> Denoiser:
         raise NotImplementedError
 
     def _predict(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -118,7 +122,6 @@ class _DigitsPipelineBase(DiffusionPipeline):
 
     @staticmethod
     def numpy_to_pil(images: np.ndarray) -> list:
-        from PIL import Image
 
         arr = (images * 255).round().astype("uint8")
         return [Image.fromarray(a[..., 0], mode="L") for a in arr]
@@ -133,7 +136,7 @@ class DigitsPipeline(_DigitsPipelineBase):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
-    def _denoiser(self) -> torch.nn.Module:
+    def _denoiser(self) -> Denoiser:
         return self.unet
 
     def _predict(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,7 @@ class DigitsDiTPipeline(_DigitsPipelineBase):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
 
-    def _denoiser(self) -> torch.nn.Module:
+    def _denoiser(self) -> Denoiser:
         return self.transformer
 
     def _predict(self, sample: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from autoeff.models.digits.architectures import DigitsClassifier, build_dit, build_scheduler, build_unet
 from autoeff.models.digits.data import load_digits_16
+from autoeff.models.digits.pipeline import DigitsDiTPipeline, DigitsPipeline
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -73,7 +74,6 @@ def train_classifier(steps: int, seed: int, batch: int, out: Path) -> dict:
 
 def train_denoiser(kind: str, steps: int, seed: int, batch: int, lr: float, out: Path,
                    device: str = "cpu") -> dict:
-    from autoeff.models.digits.pipeline import DigitsDiTPipeline, DigitsPipeline
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -1,23 +1,22 @@
-"""Many processes, one study: Optuna's RDB storage is the only coordination (no queue of our own).
+"""The processes that run a study's trials: one on a single machine, or many sharing one RDB storage.
 
-`autoeff optimize --storage postgresql://... --study-name NAME` on one machine and `autoeff worker --storage
-... --study-name NAME` on others run trials of one Optuna study. The study's user attributes hold what a
-worker needs to rebuild the search (settings, budget, baseline, target trial count); each process asks
-Optuna for the next trial, measures it on its own device and tells the result through the storage.
+Every run goes through `run_trials`, a single-machine `autoeff optimize` too: it is the coordinator and the
+only worker. With `--storage postgresql://... --study-name NAME`, `autoeff worker` processes on other machines
+run trials of the same study; the study's stored attributes (`autoeff.study`) hold what a worker needs to
+rebuild the search, and Optuna's RDB storage is the only coordination (no queue of our own).
 
-Crashes. Every RDB storage (SQLite as well as PostgreSQL) is opened with Optuna's heartbeats
-(`RDBStorage(heartbeat_interval=..., grace_period=..., heartbeat_stale_trial_callback=...)`, see Optuna's
-"Heartbeat monitoring" tutorial): a process records a heartbeat for its running trial every interval, and a
-trial whose heartbeat is older than the grace period is failed by `optuna.storages.fail_stale_trials` (which
-every process calls before each trial) and re-enqueued with the same parameters by
-`RetryHeartbeatStaleTrialCallback`. A dead process on the same machine is noticed at once, without waiting
-for the grace period: with SQLite through a registry of per-process lock files next to the database, with
-any storage through the owner's process id recorded on the trial. So a rerun right after `kill -9` resumes
-at once, and a live worker's trial is never failed.
+Crashes. Every storage is opened with Optuna's heartbeats (`open_storage`; Optuna's "Heartbeat monitoring"
+tutorial): a process records a heartbeat for its running trial every interval, and a trial whose heartbeat is
+older than the grace period is failed by `optuna.storages.fail_stale_trials` (which every process calls before
+each trial) and re-enqueued with the same parameters (`RetryStaleTrial`). A dead process on the same machine
+is noticed at once, without waiting for the grace period: with SQLite through a registry of per-process lock
+files next to the database, with any storage through the owner's process id recorded on the trial
+(`reclaim_orphans`). So a rerun right after `kill -9` resumes at once, and a live worker's trial is never
+failed.
 
-Counting. A failed trial that was retried is the same candidate as its retry; the finished count (the
-target `--trials`) counts COMPLETE, PRUNED and FAIL trials, minus the FAIL trials some retry supersedes
-(Optuna's `retry_history`), so no candidate is counted twice.
+Counting. A failed trial that was retried is the same candidate as its retry; the finished count (the target
+`--trials`) counts COMPLETE, PRUNED and FAIL trials, minus the FAIL trials some retry supersedes (Optuna's
+`retry_history`), so no candidate is counted twice.
 """
 
 from __future__ import annotations
@@ -30,62 +29,44 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 from filelock import FileLock, Timeout
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from autoeff.budget import parse_budget
-from autoeff.search import SearchError, SearchSettings
+from autoeff.errors import SearchError
+from autoeff.optuna_compat import StaleTrialsStorage, has_heartbeat, storage_of, trial_id
+from autoeff.settings import GRACE_FACTOR, HEARTBEAT_INTERVAL_S
+from autoeff.storage import mask_url, normalize_storage_url, sqlite_path
+from autoeff.study import (
+    StoredStudy,
+    candidate_attrs,
+    fail_trial,
+    set_fail_reason,
+    set_fail_reason_by_id,
+    set_worker,
+    worker_of,
+)
 
 __all__ = [
-    "GRACE_FACTOR", "HEARTBEAT_INTERVAL_S", "MAX_RETRY", "STALE_REASON", "HeartbeatStorage", "RetryStaleTrial",
-    "TrialCounts", "WorkerRegistry", "fail_stale_trials", "mask_url", "open_storage", "recover_orphans",
-    "run_trials", "study_settings", "trial_counts", "worker_id",
+    "MAX_RETRY", "STALE_REASON", "HeartbeatStorage", "RetryStaleTrial", "TrialCounts", "WorkerRegistry",
+    "fail_stale_trials", "open_storage", "reclaim_orphans", "retry_trial", "run_trials", "trial_counts",
+    "worker_id", "worker_seed",
 ]
 
-HEARTBEAT_INTERVAL_S = 20
-GRACE_FACTOR = 3  # default grace period: this many heartbeat intervals
 MAX_RETRY = 3
 STALE_REASON = "stale: worker stopped heartbeating"
 INTERRUPTED_REASON = "interrupted: process {owner} stopped mid-trial"
 CTRL_C_REASON = "interrupted: stopped by the user (Ctrl-C) mid-trial"
-WORKER_ATTR = "worker"
-TARGET_ATTR = "target_trials"
-SETTINGS_ATTR = "settings"
-HEARTBEAT_ATTR = "heartbeat"
-# User attributes that describe one attempt, not the candidate: a retry starts without them.
-_ATTEMPT_ATTRS = frozenset({"fail_reason", WORKER_ATTR, "recipe", "measurement", "constraint"})
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def mask_url(url: str) -> str:
-    """The storage URL with its password hidden, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy parses: show it as given
-        return url
-
-
-def _sqlite_path(url: str) -> Path | None:
-    """The database file of a `sqlite:///...` URL (None for other back ends and in-memory SQLite)."""
-    if not url.startswith("sqlite"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    db = make_url(url).database
-    if not db or db == ":memory:":
-        return None
-    return Path(db).resolve()
-
-
+# -- retries ----------------------------------------------------------------------------------------------
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial (a new WAITING trial with the same params and `retry_history`), except
     that the retry does not inherit the failed attempt's own attributes (its reason, owner, measurement)."""
@@ -101,55 +82,36 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None =
     system_attrs["retry_history"] = [*system_attrs.get("retry_history", []), trial.number]
     if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
         return False
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
     study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params,
-                                        distributions=trial.distributions, user_attrs=user_attrs,
+                                        distributions=trial.distributions, user_attrs=candidate_attrs(trial),
                                         system_attrs=system_attrs))
     return True
 
 
-class HeartbeatStorage(RDBStorage):
+# -- the storage every process opens ----------------------------------------------------------------------
+class HeartbeatStorage(StaleTrialsStorage):
     """Optuna's RDBStorage, with two additions to its stale-trial detection:
 
-    - a stale trial gets the user attribute `fail_reason` ("stale: worker stopped heartbeating") before
-      `fail_stale_trials` marks it FAIL (a finished trial's attributes cannot be set any more);
+    - a stale trial gets its fail reason ("stale: worker stopped heartbeating") before `fail_stale_trials`
+      marks it FAIL (a finished trial's attributes cannot be set any more);
     - a RUNNING trial that never recorded a heartbeat (its process died between taking the trial and
       starting the heartbeat thread), started longer than the grace period ago, is stale too; Optuna skips
       those and they would stay RUNNING forever. Its start time is the asking machine's clock.
     """
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = list(super()._get_stale_trial_ids(study_id))
+    def more_stale_trials(self, study_id: int, stale: list[int]) -> list[int]:
         assert self.heartbeat_interval is not None
         grace = self.grace_period or 2 * self.heartbeat_interval
         cutoff = datetime.now() - timedelta(seconds=grace)
         for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            if (t._trial_id not in stale and t.datetime_start is not None and t.datetime_start < cutoff
-                    and not self._has_heartbeat(t._trial_id)):
-                stale.append(t._trial_id)
-        for trial_id in stale:
+            tid = trial_id(t)
+            if (tid not in stale and t.datetime_start is not None and t.datetime_start < cutoff
+                    and not has_heartbeat(self, tid)):
+                stale.append(tid)
+        for tid in stale:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
+                set_fail_reason_by_id(self, tid, STALE_REASON)
         return stale
-
-    def _has_heartbeat(self, trial_id: int) -> bool:
-        # Optuna offers no public read of the heartbeat table; this is the query its own check uses.
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
-            return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
-
-
-def normalize_storage_url(url: str) -> str:
-    """`postgresql://...` -> `postgresql+psycopg2://...` when psycopg 3 (SQLAlchemy 2.1's default driver) is
-    missing but psycopg2 (the `postgres` extra) is installed; any other URL is returned unchanged."""
-    import importlib.util
-
-    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -187,6 +149,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+# -- counting -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrialCounts:
     """Trials of a study, each candidate counted once.
@@ -235,6 +198,12 @@ def worker_id() -> str:
     return os.environ.get("AUTOEFF_WORKER_ID") or f"{_host()}/{_pid_namespace()}/{os.getpid()}"
 
 
+def worker_seed(seed: int, token: str) -> int:
+    """A sampler seed per worker: the study's seed shifted by a hash of the worker's name, so that workers
+    sampling at the same moment do not propose the same candidates."""
+    return (seed + 1 + int(hashlib.sha256(token.encode()).hexdigest()[:8], 16)) % (2**31)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -276,8 +245,8 @@ class WorkerRegistry:
 
     @classmethod
     def for_storage(cls, url: str, study_name: str) -> WorkerRegistry:
-        db = _sqlite_path(url)
-        folder = None if db is None else db.with_name(db.name + ".workers") / _safe(study_name)
+        db = sqlite_path(url)
+        folder = None if db is None else db.resolve().with_name(db.name + ".workers") / _safe(study_name)
         return cls(folder)
 
     def __enter__(self) -> WorkerRegistry:
@@ -320,19 +289,7 @@ class WorkerRegistry:
         return live
 
 
-def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:  # its owner (or another process) finished it first
-        return False
-    retry_trial(study, storage.get_trial(trial._trial_id), max_retry)
-    return True
-
-
-def recover_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: int | None = MAX_RETRY) -> list[int]:
+def reclaim_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: int | None = MAX_RETRY) -> list[int]:
     """Fail, and retry with the same params, trials left RUNNING by processes that are gone, without waiting
     for the heartbeat grace period. Returns their numbers.
 
@@ -346,27 +303,20 @@ def recover_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: in
         return []
     failed = []
     for t in running:
-        owner = t.user_attrs.get(WORKER_ATTR)
+        owner = worker_of(t)
         if owner == registry.token:
             continue
         if others is not None:
             dead = (not others) if owner is None else _safe(owner) not in others
         else:
             dead = owner is not None and _dead_here(owner)
-        if dead and _fail_and_retry(study, t, INTERRUPTED_REASON.format(owner=owner or "unknown"), max_retry):
+        if dead and fail_trial(study, t, INTERRUPTED_REASON.format(owner=owner or "unknown")):
+            retry_trial(study, storage_of(study).get_trial(trial_id(t)), max_retry)
             failed.append(t.number)
     return failed
 
 
 # -- the loop every process runs --------------------------------------------------------------------------
-def target_trials(study: optuna.Study) -> int:
-    target = study.user_attrs.get(TARGET_ATTR)
-    if not isinstance(target, int) or target < 1:
-        raise SearchError(f"study {study.study_name!r} has no target trial count; it was not created by "
-                          "`autoeff optimize`")
-    return target
-
-
 @contextlib.contextmanager
 def _quiet_heartbeat_warning() -> Iterator[None]:
     with warnings.catch_warnings():
@@ -396,32 +346,34 @@ def run_trials(
     are retried (possibly by this process), so that selection sees every trial.
     """
     token = registry.token
+    stored = StoredStudy(study)
     interrupted: list[int] = []
 
     def owned(trial: optuna.Trial) -> Any:
-        trial.set_user_attr(WORKER_ATTR, token)
+        set_worker(trial, token)
         try:
             return objective(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", CTRL_C_REASON)
-            interrupted.append(trial._trial_id)
+            set_fail_reason(trial, CTRL_C_REASON)
+            interrupted.append(trial_id(trial))
             raise
 
-    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL_S
+    storage = storage_of(study)
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)() or HEARTBEAT_INTERVAL_S
     poll = poll_s if poll_s is not None else min(5.0, float(interval))
     ran = 0
     while True:
-        recover_orphans(study, registry, max_retry)
+        reclaim_orphans(study, registry, max_retry)
         fail_stale_trials(study)
         counts = trial_counts(study)
-        target = target_trials(study)
+        target = stored.target_trials
         if counts.done + counts.running < target:
             try:
                 with _quiet_heartbeat_warning():
                     study.optimize(owned, n_trials=1, catch=catch, callbacks=list(callbacks), gc_after_trial=True)
             except KeyboardInterrupt:  # Ctrl-C mid-trial: Optuna failed the trial; the rerun measures it again
-                for trial_id in interrupted:
-                    frozen = study._storage.get_trial(trial_id)
+                for tid in interrupted:
+                    frozen = storage.get_trial(tid)
                     if frozen.state == TrialState.FAIL:
                         retry_trial(study, frozen, max_retry)
                 raise
@@ -432,28 +384,3 @@ def run_trials(
         if on_wait is not None:
             on_wait(counts, target)
         time.sleep(poll)
-
-
-def study_settings(study: optuna.Study) -> tuple[SearchSettings, float]:
-    """Rebuild the SearchSettings and the budget in seconds stored by `autoeff optimize` in the study."""
-    attrs = study.user_attrs
-    missing = [k for k in ("settings_identity", SETTINGS_ATTR, "budget", TARGET_ATTR) if k not in attrs]
-    if missing:
-        raise SearchError(f"study {study.study_name!r} lacks {', '.join(missing)}: it was not created by "
-                          "`autoeff optimize` (or by an older autoeff); start it with `autoeff optimize "
-                          "--storage ... --study-name ...`")
-    if "budget_s" not in attrs:
-        raise SearchError(f"study {study.study_name!r} has no budget yet: `autoeff optimize` is still measuring "
-                          "the baseline; start workers once it shows trials running")
-    stored = dict(attrs[SETTINGS_ATTR])
-    known = {f.name for f in fields(SearchSettings)}
-    kwargs = {k: v for k, v in stored.items() if k in known}
-    kwargs["budget"] = parse_budget(attrs["budget"])
-    kwargs["trials"] = int(attrs[TARGET_ATTR])
-    return SearchSettings(**kwargs), float(attrs["budget_s"])
-
-
-def worker_seed(seed: int, token: str) -> int:
-    """A sampler seed per worker: the study's seed shifted by a hash of the worker's name, so that workers
-    sampling at the same moment do not propose the same candidates."""
-    return (seed + 1 + int(hashlib.sha256(token.encode()).hexdigest()[:8], 16)) % (2**31)

@@ -30,13 +30,14 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from autoeff.search_spaces.base import ConfigError
-from autoeff.search_spaces.cache import CachedDenoiser, Config
+from autoeff.search_spaces.cache.base import CachedDenoiser, Config
 
 
 class _DeepCacheUNetBase(CachedDenoiser):
     """Shared state: the cached deep feature map and how many skip residuals the shallow up blocks read."""
 
-    def __init__(self, unet: torch.nn.Module, config: Config,
+    # `unet` is a diffusers U-Net (Any): its blocks and config are attributes mypy cannot see.
+    def __init__(self, unet: Any, config: Config,
                  run_length: Callable[[], int | None] | None = None) -> None:
         super().__init__(unet, config, run_length)
         if len(unet.up_blocks) != len(unet.down_blocks):
@@ -115,7 +116,7 @@ class DeepCacheUNet2D(_DeepCacheUNetBase):
 
         sample = u.conv_in(sample)
 
-        down_block_res_samples = (sample,)
+        down_block_res_samples: tuple[torch.Tensor, ...] = (sample,)
         for downsample_block in u.down_blocks if full else u.down_blocks[: self.branch]:
             sample, res_samples = downsample_block(hidden_states=sample, temb=emb)
             down_block_res_samples += res_samples
@@ -219,7 +220,7 @@ class DeepCacheUNet2DCondition(_DeepCacheUNetBase):
 
         sample = u.conv_in(sample)
 
-        down_block_res_samples = (sample,)
+        down_block_res_samples: tuple[torch.Tensor, ...] = (sample,)
         for downsample_block in u.down_blocks if full else u.down_blocks[: self.branch]:
             if hasattr(downsample_block, "has_cross_attention") and downsample_block.has_cross_attention:
                 sample, res_samples = downsample_block(

@@ -27,7 +27,7 @@ from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from autoeff.search_spaces.base import ConfigError
-from autoeff.search_spaces.cache import CachedDenoiser, Config
+from autoeff.search_spaces.cache.base import CachedDenoiser, Config
 
 
 class _BlockCacheBase(CachedDenoiser):
@@ -51,7 +51,8 @@ class _BlockCacheBase(CachedDenoiser):
                     kept = hidden_states
                 hidden_states = block(hidden_states, **block_kwargs)
             if self.stores_cache:
-                self._residual = hidden_states - kept
+                # kept is set: branch < len(blocks) (wrap_denoiser checks it); else this raises TypeError
+                self._residual = hidden_states - kept  # type: ignore[operator]
             return hidden_states
         if self._residual is None:
             raise RuntimeError("the block cache has no residual for a cached step; call reset() before a run")
@@ -74,7 +75,8 @@ class BlockCacheDiT(_BlockCacheBase):
         cross_attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
-        full = self.schedule.next_call(timestep)
+        # `timestep` is optional only to mirror diffusers' signature; pipelines always pass one
+        full = self.schedule.next_call(timestep)  # type: ignore[arg-type]
         m = self.base
         # Mirrors diffusers 0.42.1 DiTTransformer2DModel.forward (inference path).
         hidden_states = m.pos_embed(hidden_states)
@@ -117,7 +119,8 @@ class BlockCachePixArt(_BlockCacheBase):
         if m.use_additional_conditions and added_cond_kwargs is None:
             raise ValueError("`added_cond_kwargs` cannot be None when using additional conditions for "
                              "`adaln_single`.")
-        full = self.schedule.next_call(timestep)
+        # `timestep` is optional only to mirror diffusers' signature; pipelines always pass one
+        full = self.schedule.next_call(timestep)  # type: ignore[arg-type]
         # Mirrors diffusers 0.42.1 PixArtTransformer2DModel.forward (inference path).
         if attention_mask is not None and attention_mask.ndim == 2:
             attention_mask = (1 - attention_mask.to(hidden_states.dtype)) * -10000.0

@@ -1,0 +1,162 @@
+"""How a candidate is measured: the evaluators of `autoeff/evaluators/`, wired to one model and one
+`EvaluationSpec` (metric, device, seed, batch, sample counts).
+
+This module knows the sample sets (common random numbers: every candidate sees the same seeds, noise, labels
+or prompts), the latency call and the quality metric; it never knows which knobs built the pipeline it is
+given. It returns the typed records of `autoeff.measurement`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autoeff.evaluators.latency import LatencyResult, cpu_thread_setup, measure_latency
+from autoeff.evaluators.lock import device_lock
+from autoeff.evaluators.quality import METRICS, QualityResult, make_quality, score
+from autoeff.evaluators.size import model_size_mb
+from autoeff.evaluators.validity import check_images
+from autoeff.measurement import Baseline, Measurement
+from autoeff.models.generate import SampleSpec, call_pipeline, default_spec
+from autoeff.models.handle import ModelHandle
+from autoeff.settings import SearchSettings
+
+# The three sample sets of a search never overlap: the search's proxy, the finalists' larger sample, latency.
+PROXY_SEED, FINAL_SEED, LATENCY_SEED = 0, 1, 2
+QUALITY_BATCH = 128
+
+
+def sample_seed(seed: int, which: int) -> int:
+    """The first seed of sample set `which` (`PROXY_SEED`, `FINAL_SEED`, `LATENCY_SEED`) of search seed `seed`."""
+    return seed * 10 + which
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """What every measurement of a search shares: the metric, the device, the seed of the sample sets, the
+    images per timed call and the sample counts of the proxy and the finalists."""
+
+    metric: str
+    device: str = "cpu"
+    seed: int = 0
+    batch_size: int = 1
+    proxy_samples: int = 128
+    final_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"--metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.proxy_samples < 2 or self.final_samples < 2 or self.batch_size < 1:
+            raise ValueError("an evaluation needs at least 2 images per sample set and 1 per call")
+
+    @classmethod
+    def of(cls, settings: SearchSettings) -> EvaluationSpec:
+        """The spec of resolved search settings."""
+        if settings.metric is None:
+            raise ValueError("the settings are not resolved for a model (metric is None)")
+        return cls(metric=settings.metric, device=settings.device, seed=settings.seed,
+                   batch_size=settings.batch_size, proxy_samples=settings.proxy_n, final_samples=settings.final_n)
+
+
+def denoiser_size_mb(pipe: Any, handle: ModelHandle) -> float:
+    """Storage of the denoiser's weights in MB (packed low-precision weights counted at their real size)."""
+    return float(model_size_mb(getattr(pipe, handle.denoiser_name)))
+
+
+class Evaluator:
+    """Latency and quality of pipelines built from one model, on the fixed sample sets of `spec`.
+
+    `noise_floor`: the baseline's relative latency spread, reported with every measurement (set by `baseline()`,
+    or given when a study resumes with a stored baseline).
+    """
+
+    def __init__(self, handle: ModelHandle, spec: EvaluationSpec, threads: int | None = None,
+                 noise_floor: float | None = None) -> None:
+        self.handle = handle
+        self.spec = spec
+        self.device = spec.device
+        self.threads = threads
+        self.thread_setup = cpu_thread_setup(threads) if not str(self.device).startswith("cuda") else {}
+        qb = min(QUALITY_BATCH, spec.final_samples)
+        self.proxy_spec = default_spec(handle, spec.proxy_samples, seed=sample_seed(spec.seed, PROXY_SEED),
+                                       batch_size=min(qb, spec.proxy_samples))
+        self.final_spec = default_spec(handle, spec.final_samples, seed=sample_seed(spec.seed, FINAL_SEED),
+                                       batch_size=qb)
+        self.latency_spec = default_spec(handle, spec.batch_size, seed=sample_seed(spec.seed, LATENCY_SEED),
+                                         batch_size=spec.batch_size)
+        self.metric = make_quality(spec.metric, handle, device=self.device)
+        self.noise_floor = noise_floor
+
+    # -- latency -------------------------------------------------------------------------------------
+    def latency(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
+                deadline: float | None = None) -> LatencyResult:
+        """One pipeline call at the search's batch size, timed with warm-up and repeats under the device lock.
+
+        A candidate far over budget stops being timed after a few seconds (its median is still honest,
+        from fewer repeats).
+        """
+        spec = self.latency_spec
+
+        def call() -> torch.Tensor:
+            return call_pipeline(self.handle, pipe, spec, 0, len(spec))
+
+        max_seconds = None if budget_s is None else max(3.0, 6.0 * budget_s)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("candidate ran past the per-trial time limit before it was timed")
+            max_seconds = left if max_seconds is None else min(max_seconds, left)
+        res = measure_latency(call, self.device, warmup=2, min_repeats=5, max_repeats=30, rel_spread=0.03,
+                              max_seconds=max_seconds, threads=self.threads)
+        res.simulated = simulated
+        return res
+
+    def size_mb(self, pipe: Any) -> float:
+        return denoiser_size_mb(pipe, self.handle)
+
+    # -- quality -------------------------------------------------------------------------------------
+    def quality(self, pipe: Any, final: bool = False, deadline: float | None = None) -> QualityResult:
+        """The search metric on the proxy sample set (or the finalists' set)."""
+        return self.quality_on(pipe, self.final_spec if final else self.proxy_spec, deadline=deadline)
+
+    def generate(self, pipe: Any, spec: SampleSpec, deadline: float | None = None) -> torch.Tensor:
+        """All images of `spec`, one pipeline call per batch. Each call holds the device lock, so another
+        process never times its candidate while this one computes on the same device; the per-trial
+        `deadline` (time.monotonic) is checked between calls."""
+        chunks = []
+        for start in range(0, len(spec), spec.batch_size):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("candidate ran past the per-trial time limit while generating images")
+            with device_lock(str(self.device)):
+                chunks.append(call_pipeline(self.handle, pipe, spec, start, min(len(spec), start + spec.batch_size)))
+        return torch.cat(chunks)
+
+    def quality_on(self, pipe: Any, spec: SampleSpec, deadline: float | None = None) -> QualityResult:
+        images = self.generate(pipe, spec, deadline=deadline)
+        check_images(images)
+        q = self.metric(images, spec)
+        if not math.isfinite(score(q)):
+            raise ValueError(f"quality {q.metric} is not finite ({q.value})")
+        return q
+
+    # -- composite -----------------------------------------------------------------------------------
+    def baseline(self) -> Baseline:
+        """The base pipeline as the user runs it today: latency, proxy quality and final quality."""
+        pipe = self.handle.pipeline
+        lat = self.latency(pipe)
+        self.noise_floor = lat.rel_spread
+        return Baseline(latency_s=lat.median_s, latency=lat, quality=self.quality_on(pipe, self.proxy_spec),
+                        final_quality=self.quality_on(pipe, self.final_spec), size_mb=self.size_mb(pipe),
+                        steps=self.handle.default_steps, scheduler=type(pipe.scheduler).__name__)
+
+    def remeasure(self, pipe: Any, budget_s: float, simulated: bool = False) -> Measurement:
+        """A finalist: re-timed, and scored on the larger final sample with fresh seeds."""
+        lat = self.latency(pipe, simulated=simulated)
+        q = self.quality_on(pipe, self.final_spec)
+        return Measurement(latency_s=lat.median_s, latency=lat, quality=q, score=score(q),
+                           size_mb=self.size_mb(pipe), simulated=simulated,
+                           over_budget=lat.median_s > budget_s, budget_s=budget_s, noise_floor=self.noise_floor)

@@ -1,0 +1,120 @@
+"""Every check a search makes before it writes anything, in one place for the CLI and the API.
+
+`preflight(model, settings, run)` refuses, with one line: a device this machine lacks, an `--out` that is a
+file, a storage URL that cannot hold a study (read-only check), a model that cannot be loaded, a metric that
+does not fit the model, knob options that are unknown or out of range, a search space that cannot draw a
+candidate for this model (a step range beyond its training timesteps, say), and a study of that name made for
+another model, budget or space. It returns the `Preflight` a run (`autoeff.run.optimize`) starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoeff.devices import validate_device
+from autoeff.errors import IncompatibleStudyError, SearchError, SettingsError
+from autoeff.evaluators.quality import make_quality
+from autoeff.models.handle import ModelHandle
+from autoeff.models.registry import resolve_model
+from autoeff.search import context_for
+from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.registry import get_knob
+from autoeff.search_spaces.space import SearchSpace
+from autoeff.settings import RunOptions, SearchSettings
+from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url
+from autoeff.study import StoredStudy, incompatibility
+
+
+@dataclass
+class Preflight:
+    """A checked request: the loaded model, the settings resolved for it, how to run, and what it will create.
+
+    `creates`: paths that do not exist yet and the run would create (a new --out, a new SQLite file); a run
+    that fails before its first trial removes them again.
+    """
+
+    handle: ModelHandle
+    settings: SearchSettings
+    run: RunOptions
+    storage_url: str
+    context: SpaceContext
+    creates: list[Path]
+
+
+def check_metric(metric: str, handle: ModelHandle, device: str) -> None:
+    """Build the metric once: it must fit the model, and its weights must be here."""
+    try:
+        make_quality(metric, handle, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        raise SettingsError(f"--metric {metric}: {' '.join(str(e).split())}") from None
+    except ImportError as e:
+        raise SettingsError(f"--metric {metric} needs {e.name or 'an optional package'}, which is not installed; "
+                            "pip install 'autoeff[clip]'") from None
+
+
+def check_space(handle: ModelHandle, settings: SearchSettings, context: SpaceContext) -> None:
+    """Every knob's options parse, and the space draws one candidate for this model (nothing is built)."""
+    for name in sorted(set(settings.space) | set(settings.options)):
+        try:
+            get_knob(name).options_for(context)
+        except ConfigError as e:
+            raise SettingsError(f"options: {e}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=settings.seed)).ask()
+    try:
+        SearchSpace(handle, settings.space, context).suggest(trial)
+    except ConfigError as e:
+        raise SettingsError(f"the search space cannot draw a candidate for this model: {e}") from None
+
+
+def check_existing_study(url: str, run: RunOptions, settings: SearchSettings, model_identity: str) -> None:
+    """Refuse to resume (or join) a study made for another model, budget or settings; reads only."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=run.study_name, storage=url)
+    except KeyError:
+        if run.join:
+            raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
+                              f"`autoeff optimize --storage ... --study-name {run.study_name}`") from None
+        return
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SearchError(f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {first}") from None
+    stored = StoredStudy(study)
+    if stored.identity is None and not run.join:
+        return  # a study nobody initialized yet (its creator stopped at once): this run initializes it
+    why = incompatibility(stored, settings, model_identity, mask_url(url))
+    if why is not None:
+        raise IncompatibleStudyError(why)
+
+
+def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, run: RunOptions) -> Preflight:
+    """Check a request (see the module docstring); nothing is created or written."""
+    settings = dataclasses.replace(settings, device=validate_device(settings.device))
+    if run.out.exists() and not run.out.is_dir():
+        raise SettingsError(f"--out {str(run.out)!r} is a file; give a folder")
+    url = storage_url(run.storage, run.out)
+    has_studies = check_storage(url, "--storage" if run.storage else "the study in --out",
+                                new_parent_must_exist=run.storage is not None)
+    if run.join and not has_studies:
+        raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
+                          f"`autoeff optimize --storage ... --study-name {run.study_name}`")
+    handle = resolve_model(model, model_path=run.model_path, device=settings.device)  # model errors before output
+    if settings.metric is not None:
+        check_metric(settings.metric, handle, settings.device)
+    settings = settings.resolved(handle)
+    context = context_for(handle, settings)
+    check_space(handle, settings, context)
+    if has_studies:
+        check_existing_study(url, run, settings, handle.identity)
+    db = sqlite_path(url)
+    creates = [p for p in (run.out, db) if p is not None and not p.exists()]
+    return Preflight(handle=handle, settings=settings, run=run, storage_url=url, context=context, creates=creates)
+
+
+__all__ = ["Preflight", "preflight", "check_metric", "check_space", "check_existing_study"]

@@ -1,0 +1,334 @@
+"""A search, stage by stage. `autoeff.optimize` (and `autoeff optimize`) is `optimize(preflight(...))`:
+
+1. **open**: the storage (with heartbeats) and the study; a coordinator records its settings and target.
+2. **baseline**: the base pipeline measured once (latency, proxy and final quality), stored in the study.
+3. **budget**: the budget in seconds, resolved against the baseline (`10%`) and stored.
+4. **reclaim**: trials left running by a dead process are failed and retried (`workers.reclaim_orphans`).
+5. **step cap**: the schedule's step range cut to what can meet the budget (from the stored baseline only,
+   so a resumed run and every worker cut it the same way).
+6. **warm start**: hand-picked configurations enqueued once (`warm_start.py`).
+7. **trials**: `workers.run_trials` until the study has its trial count; the coordinator waits for trials
+   other workers still run.
+8. **selection**: finalists re-measured on the final sample, the winner chosen (`selection.py`).
+9. **recovery** (optional): the winner's pruned denoiser distilled towards the unpruned one, kept if not worse.
+10. **summary and export**: `summary.json`, then the winner's frozen folder, or the no-feasible policy
+    (`--best-effort` exports the fastest; otherwise `NoFeasibleCandidateError`, which carries the result).
+
+`work` is the same loop for an `autoeff worker` joining a study someone else coordinates (stages 1, 5, 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoeff.devices import validate_device
+from autoeff.errors import NoFeasibleCandidateError, SearchError
+from autoeff.measure import EvaluationSpec, Evaluator
+from autoeff.measurement import Baseline
+from autoeff.models.registry import resolve_model
+from autoeff.preflight import Preflight
+from autoeff.result import OptimizeResult, Recovery
+from autoeff.search import CandidateFailed, Objective, context_for, directions, make_sampler
+from autoeff.search_spaces import prune
+from autoeff.search_spaces.base import SpaceContext
+from autoeff.search_spaces.space import SearchSpace
+from autoeff.selection import Finalist, pareto_front, select
+from autoeff.settings import SearchSettings
+from autoeff.study import StoredStudy, TrialRecord, fail_reason, load_existing, open_study
+from autoeff.warm_start import warm_start_params
+from autoeff.workers import (
+    WorkerRegistry,
+    open_storage,
+    reclaim_orphans,
+    run_trials,
+    trial_counts,
+    worker_id,
+    worker_seed,
+)
+
+# How many times more steps than fit the budget plainly the search still tries: the other knobs together
+# (DeepCache N=5 ~2x, int8 and pruning 1.1-1.3x on the digits U-Net, BENCHMARKS.md) cannot buy back more.
+STEP_HEADROOM = 3.0
+SUMMARY_JSON = "summary.json"
+
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a running search reports after every trial (and while it waits for other workers)."""
+
+    done: int
+    total: int
+    feasible: int
+    best_score: float | None
+    elapsed_s: float
+    last_state: str
+    last_reason: str | None
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+def stage_baseline(stored: StoredStudy, evaluator: Evaluator) -> Baseline:
+    """The stored baseline, or measure it once and store it."""
+    baseline = stored.baseline
+    if baseline is None:
+        baseline = evaluator.baseline()
+        stored.set_baseline(baseline)
+    evaluator.noise_floor = baseline.noise_floor
+    return baseline
+
+
+def plain_steps_that_fit(baseline: Baseline, default_steps: int, budget_s: float) -> int:
+    """Plain denoising steps that fit the budget, from the baseline's per-step latency (its fixed overhead
+    included)."""
+    per_step_s = baseline.latency_s / max(1, default_steps)
+    return int(budget_s / per_step_s) if per_step_s > 0 else default_steps
+
+
+def stage_step_cap(context: SpaceContext, fit_steps: int) -> SpaceContext:
+    """The context with the schedule's step range cut to what can meet the budget.
+
+    Step counts far above `fit_steps` are over budget whatever else a candidate does; drawing them spends
+    trials on certain failures (a 10 % budget of a 50-step baseline leaves ~5 steps, and a search over
+    2..50 drew 28 and 31).
+    """
+    cap = max(context.min_steps, min(context.max_steps, math.ceil(STEP_HEADROOM * max(1, fit_steps))))
+    return dataclasses.replace(context, max_steps=cap)
+
+
+def stage_warm_start(stored: StoredStudy, settings: SearchSettings, context: SpaceContext, fit_steps: int) -> None:
+    """Enqueue the hand-picked configurations, once per study."""
+    if settings.warm_start and not stored.warm_started:
+        for params in warm_start_params(settings.space, context, fit_steps=fit_steps):
+            stored.enqueue(params)
+        stored.mark_warm_started()
+
+
+def stage_recovery(result: OptimizeResult, evaluator: Evaluator, space: SearchSpace, steps: int) -> None:
+    """Distil the winner's pruned denoiser towards the unpruned one, re-measure, keep it if not worse.
+
+    Recovery is for the chosen candidate only (a search over recovered candidates would cost `steps` training
+    steps per trial). The recovered pipeline is re-measured on the same final sample and re-timed; it replaces
+    the winner's figures only when it still meets the budget and scores at least as well, so `--recover-steps`
+    can never make the exported pipeline worse than the search's pick.
+    """
+    best = result.best
+    assert best is not None
+    cfg = best.record.recipe.knobs.get(prune.NAME)
+    if cfg is None or cfg.is_identity():
+        result.recovery = Recovery(steps=steps, applied=False, reason="the chosen candidate prunes nothing")
+        return
+    base = result.handle.pipeline
+    started = time.monotonic()
+    try:
+        pruned = prune.apply(base, cfg, result.context)  # a copy: the base is untouched
+        recovered = prune.recover(pruned, base, result.context, steps=steps, seed=result.settings.seed)
+        denoiser = getattr(recovered, result.context.denoiser)
+        after = evaluator.remeasure(space.build(best.record.recipe, weights=denoiser), result.budget_s,
+                                    simulated=best.record.recipe.is_simulated())
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # recovery is an extra: its failure keeps the search's winner as measured
+        result.recovery = Recovery(steps=steps, applied=False, reason=f"{type(e).__name__}: {e}"[:500])
+        return
+    kept = (after.score is not None and best.final.score is not None and after.score >= best.final.score
+            and after.latency_s <= result.budget_s)
+    result.recovery = Recovery(steps=steps, applied=True, kept=kept, wall_s=time.monotonic() - started,
+                               before=best.final, after=after)
+    if kept:
+        result.best = Finalist(best.record, after)
+        result.recovered_denoiser = denoiser
+
+
+def no_feasible(result: OptimizeResult, out: Path, best_effort: bool, export: bool) -> NoFeasibleCandidateError:
+    """The error for a search whose finalists all missed the budget (after `--best-effort`'s export)."""
+    records, budget_s = result.records, result.budget_s
+    fastest = min(records, key=lambda r: r.latency_s, default=None)
+    retimed = [f for f in result.finalists if f.final.score is not None]
+    if retimed:  # every finalist met the budget in the search but not when re-timed
+        quickest = min(retimed, key=lambda f: f.final.latency_s)
+        if best_effort and export:
+            result.best = max(retimed, key=lambda f: f.final_score)
+            result.export(out / "optimized")
+            result.best = None
+        return NoFeasibleCandidateError(
+            f"{len(retimed)} finalist(s) met the budget of {budget_s * 1000:.1f} ms in the search but not when "
+            f"re-timed (the quickest, trial {quickest.record.number}, took {quickest.final.latency_s * 1000:.1f} "
+            "ms); measure on a quiet machine, raise the budget, or pass --best-effort", quickest.record, result)
+    if best_effort and fastest is not None and export:
+        result.export(out / "optimized", record=fastest)
+    feasible = [r for r in records if r.score is not None and r.feasible(budget_s)]
+    if feasible:
+        return NoFeasibleCandidateError(
+            f"{len(feasible)} candidate(s) met the budget in the search, but every finalist failed when "
+            "re-measured on the final sample; see summary.json for the reasons", fastest, result)
+    msg = "no candidate met the budget of " + f"{budget_s * 1000:.1f} ms"
+    if fastest is not None:
+        msg += (f"; the fastest found was trial {fastest.number} at {fastest.latency_s * 1000:.1f} ms "
+                f"({fastest.recipe.describe()})")
+    return NoFeasibleCandidateError(msg, fastest, result)
+
+
+# -- the whole run --------------------------------------------------------------------------------------
+def optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback] = (),
+             progress: Callable[[Progress], None] | None = None) -> OptimizeResult:
+    """Run every stage for a checked request (see the module docstring). What the run created (a new --out,
+    a new SQLite file) is removed again if it fails before its first trial finished; never what existed."""
+    finished = [0]
+
+    def count(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished[0] += 1
+
+    try:
+        return _optimize(pre, callbacks=[count, *callbacks], progress=progress)
+    except NoFeasibleCandidateError:
+        raise
+    except Exception:  # not KeyboardInterrupt: Ctrl-C keeps what was measured, for the rerun to resume
+        if not finished[0] and not (pre.run.out / SUMMARY_JSON).exists():
+            for p in pre.creates:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+        raise
+
+
+def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
+              progress: Callable[[Progress], None] | None) -> OptimizeResult:
+    handle, settings, run = pre.handle, pre.settings, pre.run
+    run.out.mkdir(parents=True, exist_ok=True)
+    # 1. open
+    rdb = open_storage(pre.storage_url, heartbeat_interval=run.heartbeat_interval, grace_period=run.grace_period)
+    seed = worker_seed(settings.seed, worker_id()) if run.join else settings.seed
+    study = open_study(rdb, run.study_name, settings, handle.identity, directions=directions(settings),
+                       sampler=make_sampler(settings.sampler, seed), create=not run.join)
+    stored = StoredStudy(study)
+    if not run.join:  # a joiner runs the coordinator's study as stored; it never rewrites its settings
+        assert rdb.heartbeat_interval is not None and rdb.grace_period is not None
+        stored.set_run(settings, rdb.heartbeat_interval, rdb.grace_period)
+    with WorkerRegistry.for_storage(pre.storage_url, run.study_name) as registry:
+        evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=run.threads)
+        # 2-3. baseline, budget
+        baseline = stage_baseline(stored, evaluator)
+        budget_s = settings.budget.resolve(baseline.latency_s)
+        stored.set_budget_s(budget_s)
+        # 4. reclaim
+        reclaim_orphans(study, registry)
+        # 5. step cap
+        fit_steps = plain_steps_that_fit(baseline, handle.default_steps, budget_s)
+        context = stage_step_cap(pre.context, fit_steps)
+        stored.set_steps_searched(context.min_steps, context.max_steps)
+        # 6. warm start
+        stage_warm_start(stored, settings, context, fit_steps)
+        # 7. trials
+        space = SearchSpace(handle, settings.space, context)
+        objective = Objective(space, evaluator, budget_s, settings)
+        started = time.monotonic()
+
+        def report(state: str, reason: str | None) -> None:
+            if progress is None:
+                return
+            feasible = [r for r in stored.records() if r.feasible(budget_s) and r.score is not None]
+            progress(Progress(done=trial_counts(study).done, total=settings.trials, feasible=len(feasible),
+                              best_score=max((r.score for r in feasible if r.score is not None), default=None),
+                              elapsed_s=time.monotonic() - started, last_state=state, last_reason=reason))
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            report(trial.state.name, fail_reason(trial))
+
+        run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
+                   callbacks=[after_trial, *callbacks],
+                   on_wait=lambda counts, target: report(
+                       "WAITING", f"waiting for {counts.running} trial(s) running on other workers"))
+    # 8. selection
+    records = stored.records()
+    result = OptimizeResult(handle=handle, settings=settings, context=context, study=study, records=records,
+                            pareto=pareto_front(records, budget_s), baseline=baseline, budget_s=budget_s,
+                            failed=stored.failures())
+
+    def remeasure(rec: TrialRecord) -> Any:
+        return evaluator.remeasure(space.build(rec.recipe), budget_s, simulated=rec.recipe.is_simulated())
+
+    chosen = select(records, budget_s, top_k=settings.top_k, final_samples=settings.final_n, remeasure=remeasure,
+                    stored=stored)
+    result.finalists, result.best, result.proxy_final_tau = chosen.finalists, chosen.best, chosen.proxy_final_tau
+    result.failed.extend(chosen.failed)
+    # 9. recovery
+    if run.recover_steps and result.best is not None:
+        stage_recovery(result, evaluator, space, run.recover_steps)
+    # 10. summary and export
+    (run.out / SUMMARY_JSON).write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
+    if result.best is None:
+        raise no_feasible(result, run.out, run.best_effort, run.export)
+    if run.export:
+        result.export(run.out / "optimized")
+    return result
+
+
+# -- a worker joining someone else's study ------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkResult:
+    """What `work` did: trials this process ran, the study's finished count and target, this worker's name."""
+
+    ran: int
+    done: int
+    target: int
+    worker: str
+
+
+def work(storage: str, study_name: str = "autoeff", *, model_path: str | None = None, threads: int | None = None,
+         heartbeat_interval: int | None = None, grace_period: int | None = None,
+         callbacks: Sequence[TrialCallback] = ()) -> WorkResult:
+    """Run trials of an existing study until it reaches its target trial count (`autoeff worker`).
+
+    The study must have been created by `optimize` (on any machine) and hold its settings, budget and target;
+    this process resolves the same model itself (refusing one whose identity differs), measures trials on the
+    study's device, and stops once the study's finished count reaches the target. The heartbeat settings
+    default to the ones the coordinator stored.
+    """
+    plain = StoredStudy(load_existing(storage, study_name))
+    settings = plain.settings()
+    budget_s = plain.budget_s
+    if budget_s is None:
+        raise SearchError(f"study {study_name!r} has no budget yet: `autoeff optimize` is still measuring "
+                          "the baseline; start workers once it shows trials running")
+    stored_identity = plain.identity or {}
+    interval, grace = plain.heartbeat
+    rdb = open_storage(storage, heartbeat_interval=heartbeat_interval or interval,
+                       grace_period=grace_period or (None if heartbeat_interval else grace))
+    validate_device(settings.device)  # a one-line error on a machine without the study's device
+    handle = resolve_model(settings.model, model_path=model_path, device=settings.device)
+    if handle.identity != stored_identity.get("model_identity"):
+        raise SearchError(f"model {settings.model!r} loaded here (identity {handle.identity}) differs from the one "
+                          f"study {study_name!r} searches ({stored_identity.get('model_identity')}); pass "
+                          "--model-path to the same weights")
+    with WorkerRegistry.for_storage(storage, study_name) as registry:
+        study = open_study(rdb, study_name, settings, handle.identity, directions=directions(settings),
+                           sampler=make_sampler(settings.sampler, worker_seed(settings.seed, worker_id())),
+                           create=False)
+        stored = StoredStudy(study)
+        context = context_for(handle, settings)
+        steps = stored.steps_searched  # the coordinator's cut of the step range (stage 5)
+        if steps is not None:
+            context = dataclasses.replace(context, min_steps=steps[0], max_steps=steps[1])
+        baseline = stored.baseline
+        evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=threads,
+                              noise_floor=None if baseline is None else baseline.noise_floor)
+        objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
+        ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
+                         callbacks=list(callbacks))
+        counts = trial_counts(study)
+    return WorkResult(ran=ran, done=counts.done, target=settings.trials, worker=registry.token)
+
+
+__all__ = ["optimize", "work", "Progress", "WorkResult", "STEP_HEADROOM", "plain_steps_that_fit", "stage_step_cap"]

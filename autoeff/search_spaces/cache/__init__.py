@@ -1,0 +1,206 @@
+"""The `cache` knob: reuse the expensive part of the denoiser across denoising steps.
+
+Two techniques, one per file, behind one config:
+
+- U-Nets (`UNet2DModel`, `UNet2DConditionModel`): DeepCache (Ma, Fang & Wang, 2024, "DeepCache: Accelerating
+  Diffusion Models for Free"), in `deepcache_unet.py`. The deep part of the U-Net runs on one step of every
+  `interval`; the steps between rerun only the shallow branch and reuse the deep features.
+- Transformers (`DiTTransformer2DModel`, `PixArtTransformer2DModel`): block-residual reuse in the spirit of
+  FORA (Selvaraju et al., 2024) and Delta-DiT (Chen et al., 2024), in `block_cache_transformer.py`. All
+  blocks run on one step of every `interval`; between, the first `branch` blocks run and the residual that
+  the remaining blocks added on the last full step is added again.
+
+`branch` is the depth of the part recomputed on every step:
+
+- U-Net with D down blocks: `1 <= branch <= D`. The shallow branch is conv_in, the first `branch` down blocks,
+  the last `branch` up blocks and conv_out (plus the time/class/text embeddings). The cached tensor is the
+  input of up block `D - branch` (for `branch == D`, the mid block's output). `branch=1` saves the most.
+- Transformer with L blocks: `1 <= branch <= L - 1`. Blocks `0..branch-1` run on every step, the residual of
+  blocks `branch..L-1` is reused; patch embedding and the output layer always see the new timestep.
+
+Which steps are full (`full_step_indices`): `uniform` computes steps 0, N, 2N, ...; `nonuniform` computes as
+many steps, ceil(k / N) of k, placed at `floor(k * (i / K) ** power)`, denser at the start of sampling (high
+noise), where the features change fastest. DeepCache's own non-uniform 1:N strategy samples full steps
+quadratically around a center step; the one-parameter power law here is a simpler shape of the same idea.
+Interval 1 is "no caching": `apply` then returns the pipeline uncached.
+
+Step counting is done inside the wrapper (`CacheSchedule`): a call whose timestep is higher than the previous
+call's, or the call after a complete run (the pipeline scheduler's `len(timesteps)` calls), starts a new run.
+Equal timesteps stay in the run (PNDM and Heun call the model twice at one timestep). `wrapper.reset()` forces
+a new run; `wrapper.stats` counts full and shallow calls.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage
+from autoeff.search_spaces.cache.base import (
+    SCHEDULES,
+    CachedDenoiser,
+    CacheSchedule,
+    CacheStats,
+    Config,
+    _block_counts,
+    _is_int,
+    branch_range,
+    full_step_indices,
+)
+from autoeff.search_spaces.cache.block_cache_transformer import wrap_transformer
+from autoeff.search_spaces.cache.deepcache_unet import wrap_unet
+from autoeff.search_spaces.registry import register
+
+NAME = "cache"
+# The number of down blocks (U-Net) or transformer blocks of the real models, used by `suggest` only when
+# neither the options nor the context's block groups say how deep the denoiser is.
+_FAMILY_DEPTH: dict[str, int] = {"digits": 3, "sd15": 4, "sdxl": 3, "digits-dit": 6, "pixart": 28}
+
+
+def _depth_from_context(context: SpaceContext) -> tuple[int, int] | None:
+    """Branch range from `context.block_groups` (`groups.block_groups` names `down.<i>`, `blocks.<a>-<b>`)."""
+    pattern = r"down\.(\d+)" if context.denoiser == "unet" else r"blocks\.(?:\d+-)?(\d+)"
+    found = [int(m.group(1)) for g in context.block_groups if (m := re.fullmatch(pattern, str(g)))]
+    if not found:
+        return None
+    n = max(found) + 1
+    return (1, n) if context.denoiser == "unet" else (1, max(1, n - 1))
+
+
+@dataclass
+class Options:
+    """Restrictions of the cache space: `max_interval` (default 5), `min_branch`/`max_branch` (default: the
+    denoiser's depth), `schedules` (default both), `max_power` (the nonuniform exponent's upper bound)."""
+
+    max_interval: int = 5
+    min_branch: int | None = None
+    max_branch: int | None = None
+    schedules: list[str] = field(default_factory=lambda: list(SCHEDULES))
+    max_power: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_interval) or self.max_interval < 1:
+            raise ConfigError(f"cache option max_interval={self.max_interval!r} must be an integer >= 1")
+        bad = [s for s in self.schedules if s not in SCHEDULES] if isinstance(self.schedules, list | tuple) else [1]
+        if bad or not self.schedules:
+            raise ConfigError(f"cache option schedules={self.schedules!r} must be a non-empty subset of "
+                              f"{list(SCHEDULES)}")
+        self.schedules = list(self.schedules)
+        if isinstance(self.max_power, bool) or not isinstance(self.max_power, int | float) or self.max_power < 1.0:
+            raise ConfigError(f"cache option max_power={self.max_power!r} must be a number >= 1")
+        for name in ("min_branch", "max_branch"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ConfigError(f"cache option {name}={value!r} must be an integer >= 1")
+
+
+def _branch_range(context: SpaceContext, opts: Options) -> tuple[int, int]:
+    """The branch values `suggest` draws from: the options', else the denoiser's depth."""
+    lo, hi = _depth_from_context(context) or _family_range(context)
+    lo = opts.min_branch if opts.min_branch is not None else lo
+    hi = opts.max_branch if opts.max_branch is not None else hi
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"cache branch range {lo!r}..{hi!r} is empty or invalid; set the options "
+                          "min_branch/max_branch to integers with 1 <= min_branch <= max_branch")
+    return lo, hi
+
+
+def _family_range(context: SpaceContext) -> tuple[int, int]:
+    depth = _FAMILY_DEPTH.get(context.family)
+    if depth is None:
+        raise ConfigError(f"cannot tell how deep the {context.family!r} denoiser is; set the cache options "
+                          "min_branch/max_branch (see cache.branch_range(denoiser))")
+    return (1, depth) if context.denoiser == "unet" else (1, max(1, depth - 1))
+
+
+def suggest(trial: Any, context: SpaceContext) -> Config:
+    """Draw a cache config; interval 1 (no caching) is always in the space.
+
+    Options (`context.options["cache"]`): `max_interval` (default 5), `min_branch`/`max_branch` (default:
+    the denoiser's depth from `context.block_groups`, else the real family's), `schedules` (default both),
+    `max_power` (default 3.0).
+    """
+    opts: Options = KNOB.options_for(context)
+    interval = trial.suggest_int("cache_interval", 1, opts.max_interval)
+    lo, hi = _branch_range(context, opts)  # checked on every draw, so an empty range fails before a study runs
+    if interval == 1:
+        return Config()
+    branch = trial.suggest_int("cache_branch", lo, hi)
+    schedule = trial.suggest_categorical("cache_schedule", list(opts.schedules))
+    power = 1.0
+    if schedule == "nonuniform":
+        power = trial.suggest_float("cache_power", 1.0, float(opts.max_power))
+    return Config(interval=interval, branch=branch, schedule=schedule, power=power)
+
+
+def off(context: SpaceContext) -> Config:
+    """Interval 1: every step computes the whole denoiser."""
+    return Config()
+
+
+def to_params(config: Config) -> dict[str, Any]:
+    """The Optuna params that make `suggest(optuna.trial.FixedTrial(params), context)` return `config`."""
+    params: dict[str, Any] = {"cache_interval": config.interval}
+    if config.interval > 1:
+        params["cache_branch"] = config.branch
+        params["cache_schedule"] = config.schedule
+        if config.schedule == "nonuniform":
+            params["cache_power"] = config.power
+    return params
+
+
+def wrap_denoiser(denoiser: nn.Module, config: Config,
+                  run_length: Callable[[], int | None] | None = None) -> CachedDenoiser:
+    """A caching wrapper around `denoiser` (which is only referenced, never modified)."""
+    if isinstance(denoiser, CachedDenoiser):
+        raise ConfigError("this denoiser is already cached; apply the cache knob once, to an uncached one")
+    kind, count = _block_counts(denoiser)
+    lo, hi = branch_range(denoiser)
+    if not lo <= config.branch <= hi:
+        what = "down blocks" if kind == "unet" else "transformer blocks"
+        raise ConfigError(f"cache.branch={config.branch} is out of range for this {type(denoiser).__name__} "
+                          f"({count} {what}); use {lo}..{hi}")
+    return (wrap_unet if kind == "unet" else wrap_transformer)(denoiser, config, run_length)
+
+
+def _scheduler_run_length(pipe: Any) -> Callable[[], int | None]:
+    ref = weakref.ref(pipe)
+
+    def run_length() -> int | None:
+        p = ref()
+        timesteps = getattr(getattr(p, "scheduler", None), "timesteps", None)
+        return None if timesteps is None else len(timesteps)
+
+    return run_length
+
+
+def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
+    """A new pipeline whose denoiser (`context.denoiser`) is the caching wrapper; `pipe` is not modified.
+
+    Interval 1 returns a plain copy of the pipeline (no wrapper, no overhead).
+    """
+    components = dict(pipe.components)
+    if context.denoiser not in components:
+        raise ConfigError(f"the pipeline {type(pipe).__name__} has no {context.denoiser!r} component")
+    if config.interval > 1:
+        components[context.denoiser] = wrap_denoiser(components[context.denoiser], config)
+    new = type(pipe)(**components)
+    progress = getattr(pipe, "_progress_bar_config", None)
+    if progress is not None:
+        new.set_progress_bar_config(**progress)
+    if config.interval > 1:
+        components[context.denoiser].schedule.run_length = _scheduler_run_length(new)
+    return new
+
+
+KNOB = register(Knob(
+    name=NAME, stage=Stage.WRAP, config=Config, options=Options, suggest=suggest, to_params=to_params,
+    apply=apply, off=off, help="reuse deep features across steps (DeepCache on U-Nets, block caching on DiTs)"))
+
+__all__ = ["NAME", "KNOB", "Config", "Options", "SCHEDULES", "CachedDenoiser", "CacheSchedule", "CacheStats",
+           "branch_range", "full_step_indices", "suggest", "to_params", "off", "apply", "wrap_denoiser"]

@@ -1,0 +1,281 @@
+"""One schema for a search: the CLI's `optimize` options, the API's keywords and what a study stores.
+
+`SearchSettings` is what defines a search (stored in the study; its `IDENTITY_FIELDS` must match to resume).
+`RunOptions` is how this process runs it (where it writes, which storage, threads, heartbeats). Each field
+carries its CLI flag and help in its metadata: `autoeff.cli` builds the `optimize` options from these two
+dataclasses, and `autoeff.api.optimize` takes the same names as keywords (a test keeps them equal). Every
+value is checked here, once, in `__post_init__`, before anything is loaded or written; a bad value raises
+`SettingsError` naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoeff.budget import Budget, parse_budget
+from autoeff.errors import SettingsError
+from autoeff.evaluators.metric_names import METRICS
+from autoeff.models.handle import ModelHandle
+
+SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")
+DEFAULT_SPACE: tuple[str, ...] = ("solver", "schedule", "cache")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+# Optuna heartbeats of every RDB storage: a running trial beats every interval; one silent for the grace period
+# (default: this many intervals) is failed and retried (`autoeff.storage`, `autoeff.workers`).
+HEARTBEAT_INTERVAL_S = 20
+GRACE_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a settings field appears on the command line.
+
+    `kind`: `int`, `float`, `str`, `dir` (a folder path), `choice` (from `choices`), `flag` (on when given),
+    `off-flag` (the field is True unless the flag is given), `space` (comma-separated knob names).
+    """
+
+    name: str
+    help: str
+    kind: str = "str"
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+
+def _flag(name: str, help: str, kind: str = "str", **kw: Any) -> dict[str, Flag]:
+    return {"flag": Flag(name, help, kind, **kw)}
+
+
+def flag_of(cls: type, name: str) -> Flag | None:
+    """The CLI flag of field `name` of a settings dataclass, if it has one."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    return None if f is None else f.metadata.get("flag")
+
+
+def _whole(value: Any, flag: str, least: int, most: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{flag} {value!r} must be a whole number")
+    if value < least:
+        raise SettingsError(f"{flag} {value} must be at least {least}")
+    if most is not None and value > most:
+        raise SettingsError(f"{flag} {value} must be at most {most}")
+
+
+def default_metric(handle: ModelHandle) -> str:
+    """FID against the real data for the built-in models; fidelity (SSIM to the baseline's own images on the
+    same seeds and prompts) for others, which needs no extra weights and no data set."""
+    return "fid" if handle.family in ("digits", "digits-dit") else "fidelity"
+
+
+def default_samples(handle: ModelHandle) -> tuple[int, int]:
+    """Images scored per trial and per finalist when the user gives none: `(proxy, final)`."""
+    return (128, 1000) if handle.family.startswith("digits") else (16, 64)
+
+
+@dataclass
+class SearchSettings:
+    """Everything that defines a search. Fields in `IDENTITY_FIELDS` must match to resume a study.
+
+    `metric`, `proxy_samples` and `final_samples` may be left `None` and are filled per model by `resolved`;
+    a stored study always holds resolved settings.
+    """
+
+    model: str = field(metadata=_flag("--model", "digits, digits-dit, sd15, sd21, sdxl, pixart or a folder.",
+                                      required=True))
+    budget: Budget = field(metadata=_flag("--budget", "Latency of one pipeline call: 200ms, 0.2s, or 10% of "
+                                          "baseline.", required=True))
+    device: str = field(default="cpu", metadata=_flag("--device", "cpu, cuda or cuda:N."))
+    space: list[str] = field(default_factory=lambda: list(DEFAULT_SPACE),
+                             metadata=_flag("--space", "Knobs to search, comma-separated.", "space"))
+    metric: str | None = field(default=None, metadata=_flag(
+        "--metric", f"{', '.join(METRICS)} (default per model)."))
+    trials: int = field(default=30, metadata=_flag("--trials", "Candidates measured.", "int"))
+    sampler: str = field(default="nsga2", metadata=_flag("--sampler", "Optuna sampler.", "choice",
+                                                         choices=SAMPLERS))
+    seed: int = field(default=0, metadata=_flag("--seed", "Sampler seed and sample-set seed.", "int"))
+    batch_size: int = field(default=1, metadata=_flag("--batch", "Images per call.", "int"))
+    proxy_samples: int | None = field(default=None, metadata=_flag("--proxy-samples", "Images scored per trial.",
+                                                                   "int"))
+    final_samples: int | None = field(default=None, metadata=_flag("--final-samples",
+                                                                   "Images scored per finalist.", "int"))
+    top_k: int = field(default=3, metadata=_flag("--top-k", "Finalists re-measured.", "int"))
+    size_objective: bool = field(default=False, metadata=_flag("--size-objective", "Also minimize model size.",
+                                                               "flag"))
+    min_steps: int = field(default=2, metadata=_flag("--min-steps", "Fewest denoising steps searched.", "int"))
+    max_steps: int = field(default=50, metadata=_flag("--max-steps", "Most denoising steps searched.", "int"))
+    warm_start: bool = field(default=True, metadata=_flag("--no-warm-start", "Do not enqueue hand-picked "
+                                                          "configurations first.", "off-flag"))
+    trial_timeout_s: float | None = field(default=None, metadata=_flag(
+        "--trial-timeout", "Seconds; a slower candidate fails its trial.", "float"))
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    IDENTITY_FIELDS = ("model", "device", "space", "metric", "batch_size", "proxy_samples", "size_objective",
+                       "min_steps", "max_steps", "options", "seed")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, str):
+            self.budget = parse_budget(self.budget)
+        elif not isinstance(self.budget, Budget):
+            raise SettingsError(f"budget={self.budget!r} must be a latency string such as '200ms', '0.2s' or "
+                                "'10%' (of the baseline)")
+        # lazy: the knob registry imports torch and diffusers, and the CLI builds its options from this module
+        from autoeff.search_spaces.base import ConfigError
+        from autoeff.search_spaces.registry import knob_names
+        from autoeff.search_spaces.space import parse_space
+
+        raw_space = self.space
+        try:
+            self.space = parse_space(raw_space)
+        except ConfigError as e:
+            text = raw_space if isinstance(raw_space, str) else ",".join(map(str, raw_space))
+            raise SettingsError(f"--space {text!r}: {e}") from None
+        for name in ("trials", "top_k", "batch_size", "proxy_samples", "final_samples", "min_steps", "max_steps",
+                     "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                least = {"proxy_samples": 2, "final_samples": 2, "seed": 0}.get(name, 1)
+                _whole(value, self._flag(name), least, MAX_SEED if name == "seed" else None)
+        if self.proxy_samples is not None and self.final_samples is not None and \
+                self.final_samples < self.proxy_samples:
+            raise SettingsError(f"--final-samples {self.final_samples} is below --proxy-samples "
+                                f"{self.proxy_samples}; the finalists need at least as many images as the search")
+        if self.max_steps < self.min_steps:
+            raise SettingsError(f"--max-steps {self.max_steps} is below --min-steps {self.min_steps}; give "
+                                "--max-steps >= --min-steps")
+        t = self.trial_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf):
+            raise SettingsError(f"--trial-timeout {t} must be a positive number of seconds")
+        if self.metric is not None and self.metric not in METRICS:
+            raise SettingsError(f"--metric {self.metric!r} is not known; use one of {', '.join(METRICS)}")
+        if self.sampler not in SAMPLERS:
+            raise SettingsError(f"--sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise SettingsError(f"--device {self.device!r} must be cpu, cuda or cuda:N")
+        if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
+            raise SettingsError("options must map knob names to objects of that knob's options, e.g. "
+                                "{'solver': {'names': ['dpmpp']}}")
+        unknown = sorted(set(self.options) - set(knob_names()))
+        if unknown:
+            raise SettingsError(f"options name unknown knob(s) {unknown}; known knobs: {', '.join(knob_names())}")
+
+    @staticmethod
+    def _flag(name: str) -> str:
+        flag = flag_of(SearchSettings, name)
+        return flag.name if flag is not None else name
+
+    def resolved(self, handle: ModelHandle) -> SearchSettings:
+        """These settings with the per-model defaults filled in (metric, sample counts) and the model's spec."""
+        proxy, final = default_samples(handle)
+        proxy = self.proxy_samples if self.proxy_samples is not None else proxy
+        final = self.final_samples if self.final_samples is not None else max(final, proxy)
+        return dataclasses.replace(self, model=handle.spec, metric=self.metric or default_metric(handle),
+                                   proxy_samples=proxy, final_samples=final, space=list(self.space),
+                                   options=dict(self.options))
+
+    @property
+    def proxy_n(self) -> int:
+        """The proxy sample count of resolved settings."""
+        if self.proxy_samples is None:
+            raise SettingsError("settings are not resolved for a model (proxy_samples is None)")
+        return self.proxy_samples
+
+    @property
+    def final_n(self) -> int:
+        """The final sample count of resolved settings."""
+        if self.final_samples is None:
+            raise SettingsError("settings are not resolved for a model (final_samples is None)")
+        return self.final_samples
+
+    def identity(self, model_identity: str) -> dict[str, Any]:
+        """What must match for trials to be comparable (budget excluded: feasibility is recomputed)."""
+        d = {k: getattr(self, k) for k in self.IDENTITY_FIELDS}
+        d["model_identity"] = model_identity
+        return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+    def identity_hash(self, model_identity: str) -> str:
+        return hashlib.sha256(json.dumps(self.identity(model_identity), sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (the budget as the text the user gave)."""
+        d = dataclasses.asdict(self)
+        d["budget"] = self.budget.text
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
+        """Settings stored by `to_dict` (fields a newer autoeff added are refused, older missing ones default)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"stored settings have unknown field(s) {unknown}; upgrade autoeff")
+        return cls(**data)
+
+
+@dataclass
+class RunOptions:
+    """How this process runs a search: where it writes, which storage, and its own resources."""
+
+    out: Path = field(default=Path("autoeff-out"), metadata=_flag("--out", "Output folder (study, export).", "dir"))
+    storage: str | None = field(default=None, metadata=_flag("--storage", "Optuna storage URL (default: SQLite in "
+                                                              "--out)."))
+    study_name: str = field(default="autoeff", metadata=_flag("--study-name", "The study's name in the storage."))
+    model_path: str | None = field(default=None, metadata=_flag("--model-path", "Local folder holding the weights "
+                                                                 "of a named model."))
+    threads: int | None = field(default=None, metadata=_flag("--threads", "CPU threads used for timing (default: "
+                                                              "torch's).", "int"))
+    join: bool = field(default=False, metadata=_flag("--join", "Join an existing --storage/--study-name study; "
+                                                      "never create one.", "flag"))
+    heartbeat_interval: int | None = field(default=None, metadata=_flag(
+        "--heartbeat-interval", "Seconds between a running trial's heartbeats (default 20).", "int"))
+    grace_period: int | None = field(default=None, metadata=_flag(
+        "--grace-period", "Seconds without a heartbeat before a trial is failed and retried (default 3 "
+        "intervals).", "int"))
+    best_effort: bool = field(default=False, metadata=_flag("--best-effort", "Export the fastest candidate when "
+                                                             "none meets the budget.", "flag"))
+    recover_steps: int = field(default=0, metadata=_flag(
+        "--recover-steps", "Distil the chosen candidate's pruned denoiser towards the unpruned one for this many "
+        "steps (kept only if it scores at least as well).", "int"))
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.threads is not None:
+            _whole(self.threads, "--threads", 1)
+        _whole(self.recover_steps, "--recover-steps", 0)
+        if self.heartbeat_interval is not None:
+            _whole(self.heartbeat_interval, "--heartbeat-interval", 1)
+        if self.grace_period is not None:
+            _whole(self.grace_period, "--grace-period", 1)
+            interval = self.heartbeat_interval or HEARTBEAT_INTERVAL_S
+            if self.grace_period <= interval:
+                raise SettingsError(f"--grace-period {self.grace_period} must be longer than the heartbeat "
+                                    f"interval ({interval} s); e.g. {GRACE_FACTOR * interval}")
+        if not isinstance(self.study_name, str) or not self.study_name:
+            raise SettingsError("--study-name must be a non-empty name")
+
+
+
+def settings_fields() -> list[str]:
+    """The keyword names of `autoeff.api.optimize` besides `model`: every settings and run-option field."""
+    names = [f.name for f in dataclasses.fields(SearchSettings) if f.name != "model"]
+    return names + [f.name for f in dataclasses.fields(RunOptions)]
+
+
+def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`values` split into SearchSettings keywords and RunOptions keywords (anything else is refused)."""
+    s_names = {f.name for f in dataclasses.fields(SearchSettings)}
+    r_names = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(values) - s_names - r_names)
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}")
+    return ({k: v for k, v in values.items() if k in s_names}, {k: v for k, v in values.items() if k in r_names})
+
+
+__all__ = ["SearchSettings", "RunOptions", "Flag", "flag_of", "SAMPLERS", "DEFAULT_SPACE", "default_metric",
+           "default_samples", "settings_fields", "split_fields",
+           "HEARTBEAT_INTERVAL_S", "GRACE_FACTOR"]

@@ -1,0 +1,116 @@
+"""Where studies live: storage URLs (normalized, masked, the SQLite default in `--out`) and the read-only check
+that a URL can hold a study before anything is written. Opening a storage with heartbeats is
+`autoeff.workers.open_storage`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from autoeff.errors import SearchError
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def mask_url(url: str) -> str:
+    """The storage URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: show it as given
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///path` URL (None for other back ends, bad URLs and in-memory SQLite)."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def normalize_storage_url(url: str) -> str:
+    """`postgresql://...` -> `postgresql+psycopg2://...` when psycopg 3 (SQLAlchemy 2.1's default driver) is
+    missing but psycopg2 (the `postgres` extra) is installed; any other URL is returned unchanged."""
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def default_storage(out: Path) -> str:
+    """The SQLite study of an output folder."""
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def storage_url(storage: str | None, out: Path) -> str:
+    """The URL a run uses: `storage` (normalized) or the SQLite file in `out`."""
+    return normalize_storage_url(storage) if storage else default_storage(out)
+
+
+def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bool:
+    """Refuse a storage URL that cannot hold a study, reading only (nothing is created or written).
+
+    `what` names the URL in messages (`--storage`, `the study in --out`). Returns whether it already holds
+    Optuna's tables (so a study of that name may exist). Raises SearchError with one line.
+    """
+    try:
+        u = make_url(url)
+    except Exception as e:  # sqlalchemy ArgumentError (and ValueError for a bad port)
+        raise SearchError(f"{what} {mask_url(url)!r} is not a database URL ({' '.join(str(e).split())}); write "
+                          "sqlite:///path/study.db or postgresql://user@host/db") from None
+    if u.get_backend_name() == "sqlite":
+        path = sqlite_path(url)
+        if path is None:
+            raise SearchError(f"{what} {mask_url(url)!r} keeps the study in memory, where it is lost at exit; write "
+                              "sqlite:///path/study.db")
+        if not path.exists():
+            if new_parent_must_exist and not path.parent.is_dir():
+                raise SearchError(f"{what} {mask_url(url)!r}: folder {path.parent} does not exist; create it or "
+                                  "choose another path")
+            return False
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head:
+            return False  # an empty file is an empty SQLite database
+        if head != _SQLITE_MAGIC:
+            raise SearchError(f"{what} {mask_url(url)!r}: {path} is not an SQLite database; give a new file or an "
+                              "Optuna study database")
+        try:
+            with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as con:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.Error as e:
+            raise SearchError(f"{what} {mask_url(url)!r}: {path} cannot be read as SQLite ({e})") from None
+        if tables and "studies" not in tables:
+            raise SearchError(f"{what} {mask_url(url)!r}: {path} is another program's SQLite database (no Optuna "
+                              "tables); give a new file")
+        return "studies" in tables
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except ImportError as e:
+        raise SearchError(f"{what} {mask_url(url)!r} needs the database driver {e.name!r}, which is not installed; "
+                          "pip install it, or name an installed driver in the URL (e.g. postgresql+psycopg2://)"
+                          ) from None
+    except Exception as e:  # unknown dialect (NoSuchModuleError), bad URL
+        raise SearchError(f"{what} {mask_url(url)!r} cannot be used: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())}; write sqlite:///path/study.db or postgresql://user@host/db"
+                          ) from None
+    try:
+        with engine.connect() as con:
+            return bool(sqlalchemy.inspect(con).has_table("studies"))
+    except Exception as e:  # unreachable server, refused login, ...
+        raise SearchError(f"{what} {mask_url(url)!r}: cannot connect ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]})") from None
+    finally:
+        engine.dispose()
+
+
+__all__ = ["mask_url", "sqlite_path", "normalize_storage_url", "default_storage", "storage_url", "check_storage"]

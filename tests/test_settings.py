@@ -1,0 +1,103 @@
+"""One settings schema: the API's keywords, the CLI's flags and the stored study all come from
+`autoeff.settings`, and every value is checked there before anything loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+import autoeff
+import autoeff.api
+from autoeff.budget import BudgetError
+from autoeff.cli import optimize as optimize_command
+from autoeff.errors import SettingsError
+from autoeff.settings import RunOptions, SearchSettings, flag_of, settings_fields
+
+
+def test_autoeff_optimize_is_the_typed_api_function_with_every_setting_as_a_keyword():
+    assert autoeff.optimize is autoeff.api.optimize
+    params = inspect.signature(autoeff.optimize).parameters
+    assert list(params)[0] == "model"
+    keywords = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert sorted(keywords) == sorted([*settings_fields(), "callbacks", "progress"])
+    for f in dataclasses.fields(SearchSettings) + dataclasses.fields(RunOptions):
+        if f.name == "model":
+            continue
+        default = params[f.name].default
+        expected = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
+        if f.name == "space":
+            default = list(default)
+        if f.name == "options":
+            default = default or {}
+        assert default == expected or str(default) == str(expected), f.name
+        assert params[f.name].annotation != inspect.Parameter.empty
+
+
+def test_the_cli_options_are_the_schema_fields_with_a_flag():
+    options = {p.name: p for p in optimize_command.params}
+    for cls in (SearchSettings, RunOptions):
+        for f in dataclasses.fields(cls):
+            flag = flag_of(cls, f.name)
+            if flag is None:
+                assert f.name not in options
+                continue
+            assert flag.name in options[f.name].opts
+    assert set(options) == {f.name for cls in (SearchSettings, RunOptions) for f in dataclasses.fields(cls)
+                            if flag_of(cls, f.name) is not None}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"trials": 0}, "--trials 0 must be at least 1"),
+    ({"trials": 1.0}, "--trials 1.0 must be a whole number"),
+    ({"seed": -1}, "--seed -1 must be at least 0"),
+    ({"seed": 2**32}, f"--seed {2**32} must be at most {2**32 - 1}"),
+    ({"batch_size": 0}, "--batch 0 must be at least 1"),
+    ({"proxy_samples": 64, "final_samples": 32}, "--final-samples 32 is below --proxy-samples 64"),
+    ({"min_steps": 20, "max_steps": 10}, "--max-steps 10 is below --min-steps 20"),
+    ({"metric": "bogus"}, "--metric 'bogus' is not known"),
+    ({"sampler": "grid"}, "--sampler 'grid' is not one of"),
+    ({"space": "solver,warp"}, r"--space 'solver,warp': unknown knob\(s\) \['warp'\]"),
+    ({"trial_timeout_s": -1.0}, "--trial-timeout -1.0 must be a positive number"),
+    ({"budget": 0.2}, "budget=0.2 must be a latency string"),
+    ({"options": {"solver": "dpmpp"}}, "options must map knob names to objects"),
+])
+def test_settings_refuse_bad_values_naming_the_flag(changes, message):
+    with pytest.raises(SettingsError, match=message):
+        SearchSettings(**{"model": "digits", "budget": "10%", **changes})
+
+
+def test_a_budget_string_is_parsed_and_refused_like_the_cli_does():
+    assert SearchSettings(model="digits", budget="200ms").budget.seconds == pytest.approx(0.2)
+    with pytest.raises(BudgetError, match="has no unit"):
+        SearchSettings(model="digits", budget="200")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"threads": 0}, "--threads 0 must be at least 1"),
+    ({"recover_steps": -5}, "--recover-steps -5 must be at least 0"),
+    ({"heartbeat_interval": 0}, "--heartbeat-interval 0 must be at least 1"),
+    ({"grace_period": 5, "heartbeat_interval": 5}, "--grace-period 5 must be longer than the heartbeat interval"),
+])
+def test_run_options_refuse_bad_values(changes, message):
+    with pytest.raises(SettingsError, match=message):
+        RunOptions(**changes)
+
+
+def test_api_arguments_are_checked_before_anything_is_written(tmp_path):
+    out = tmp_path / "never"
+    for bad in ({"budget": 0.2}, {"seed": -1}, {"trials": 1.0}):
+        with pytest.raises(SettingsError):
+            autoeff.optimize("digits", **{"budget": "10%", "out": out, **bad})
+    assert not out.exists()
+
+
+def test_stored_settings_round_trip(random_digits_handle):
+    s = SearchSettings(model="digits", budget="10%", space="cache,solver", options={"solver": {"max_order": 2}})
+    r = s.resolved(random_digits_handle)
+    assert r.space == ["solver", "cache"] and r.metric == "fid" and (r.proxy_samples, r.final_samples) == (128, 1000)
+    assert SearchSettings.from_dict(r.to_dict()) == r
+    with pytest.raises(SettingsError, match="unknown field"):
+        SearchSettings.from_dict({**r.to_dict(), "new_field": 1})
