@@ -37,6 +37,7 @@ class Stage(IntEnum):
     """A knob's place in the application order (knobs of one stage are applied in name order)."""
 
     STRUCTURE = 10
+    KERNELS = 15
     PRECISION = 20
     SCHEDULER = 30
     TIMESTEPS = 40
@@ -51,6 +52,8 @@ class Stage(IntEnum):
 
 _STAGE_REASONS: dict[Stage, str] = {
     Stage.STRUCTURE: "changes the denoiser's architecture, so every later knob sees the final shapes",
+    Stage.KERNELS: "swaps the final architecture's kernels (fused projections, memory format, attention backend) "
+                   "before its precision is set, so quantization sees the fused layers",
     Stage.PRECISION: "changes how the final weights are stored and multiplied, once the architecture is fixed",
     Stage.SCHEDULER: "replaces the pipeline's scheduler, before anything configures the scheduler",
     Stage.TIMESTEPS: "configures the scheduler it is given, so it comes after the scheduler is chosen",
@@ -103,6 +106,10 @@ def _never_simulated(config: Any) -> bool:
     return False
 
 
+def _applies_everywhere(context: SpaceContext) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Knob(Generic[ConfigT, OptionsT]):
     """One searchable technique.
@@ -120,6 +127,9 @@ class Knob(Generic[ConfigT, OptionsT]):
             `None` when every candidate must choose one (a solver, a schedule).
         is_simulated: whether a config's latency is not a real speed-up (fake quantization).
         stored_in_weights: how an export stores its effect; `None` means `autoeff.load` re-applies it.
+        applies_to: `context -> bool`, whether the technique exists for that model (classifier-free guidance
+            does not for a model without it); a knob that does not apply is left out of that model's search
+            space (`space.SearchSpace`). Default: it applies to every model.
     """
 
     name: str
@@ -133,6 +143,7 @@ class Knob(Generic[ConfigT, OptionsT]):
     off: Callable[[SpaceContext], ConfigT] | None = None
     is_simulated: Callable[[ConfigT], bool] = _never_simulated
     stored_in_weights: StoredInWeights | None = None
+    applies_to: Callable[[SpaceContext], bool] = _applies_everywhere
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

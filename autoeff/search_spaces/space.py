@@ -28,6 +28,11 @@ def parse_space(text: str | Sequence[str]) -> list[str]:
     return [n for n in known if n in names]
 
 
+def applicable_knobs(context: SpaceContext) -> list[str]:
+    """The registered knobs that apply to the model `context` describes, in application order."""
+    return [n for n in knob_names() if get_knob(n).applies_to(context)]
+
+
 def apply_knobs(pipe: Any, recipe: Recipe, context: SpaceContext, which: Which = "all") -> Any:
     """Apply the recipe's knobs (all, or only the weight-stored / runtime ones) in application order."""
     for knob in ordered(recipe.knobs):
@@ -57,8 +62,15 @@ class SearchSpace:
 
     def __init__(self, handle: ModelHandle, knobs: Sequence[str], context: SpaceContext) -> None:
         self.handle = handle
-        self.knobs = parse_space(list(knobs))
         self.context = context
+        asked = parse_space(list(knobs))
+        # A knob whose technique does not exist for this model (`Knob.applies_to`: e.g. guidance without
+        # classifier-free guidance) is simply not in its space.
+        self.knobs = [k for k in asked if get_knob(k).applies_to(context)]
+        self.left_out = [k for k in asked if k not in self.knobs]
+        if not self.knobs:
+            raise ConfigError(f"no knob of the search space ({','.join(asked)}) applies to the {context.family} "
+                              f"model; add one of: {','.join(applicable_knobs(context))}")
 
     def suggest(self, trial: Any) -> Recipe:
         configs = {k.name: k.suggest(trial, self.context) for k in ordered(self.knobs)}
