@@ -47,6 +47,7 @@ def optimize(
     max_steps: int = 50,
     warm_start: bool = True,
     trial_timeout_s: float | None = None,
+    compile_budget_s: float | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     out: str | Path = "autoeff-out",
     storage: str | None = None,
@@ -87,7 +88,8 @@ def optimize(
         device=device, space=list(space.split(",")) if isinstance(space, str) else list(space), metric=metric,
         trials=trials, sampler=sampler, seed=seed, batch_size=batch_size, proxy_samples=proxy_samples,
         final_samples=final_samples, top_k=top_k, size_objective=size_objective, min_steps=min_steps,
-        max_steps=max_steps, warm_start=warm_start, trial_timeout_s=trial_timeout_s, options=dict(options or {}))
+        max_steps=max_steps, warm_start=warm_start, trial_timeout_s=trial_timeout_s,
+        compile_budget_s=compile_budget_s, options=dict(options or {}))
     run = RunOptions(out=Path(out), storage=storage, study_name=study_name, model_path=model_path, threads=threads,
                      join=join, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      best_effort=best_effort, recover_steps=recover_steps, export=export)

@@ -4,23 +4,32 @@
 This module knows the sample sets (common random numbers: every candidate sees the same seeds, noise, labels
 or prompts), the latency call and the quality metric; it never knows which knobs built the pipeline it is
 given. It returns the typed records of `autoeff.measurement`.
+
+Compiled pipelines (`torch.compile`, whoever compiled them) are measured the same way, with their compile
+time apart: before the timed calls, `compile_warmup` calls the pipeline until one call compiles nothing and
+records what the compiling calls cost (`CompileRecord`); the timed calls then run under
+`torch.compiler.set_stance("fail_on_recompile")`, so a candidate that would compile inside them is warmed up
+again and timed again once (`CompileRecord.retimed`), and fails with that reason the second time.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
+from torch._dynamo.utils import counters
 
 from autoeff.evaluators.latency import LatencyResult, cpu_thread_setup, measure_latency
 from autoeff.evaluators.lock import device_lock
 from autoeff.evaluators.quality import METRICS, QualityResult, make_quality, score
 from autoeff.evaluators.size import model_size_mb
 from autoeff.evaluators.validity import check_images
-from autoeff.measurement import Baseline, Measurement
+from autoeff.measurement import Baseline, CompileRecord, Measurement
 from autoeff.models.generate import SampleSpec, call_pipeline, default_spec
 from autoeff.models.handle import ModelHandle
 from autoeff.settings import SearchSettings
@@ -28,11 +37,78 @@ from autoeff.settings import SearchSettings
 # The three sample sets of a search never overlap: the search's proxy, the finalists' larger sample, latency.
 PROXY_SEED, FINAL_SEED, LATENCY_SEED = 0, 1, 2
 QUALITY_BATCH = 128
+# Warm-up calls that may each compile something before a candidate counts as one that never stops compiling.
+MAX_COMPILE_CALLS = 8
+# Times the timed calls are started again after something compiled inside them, before the candidate fails.
+RETIMES = 1
+# A compiled pipeline's images may differ from its eager images by at most this mean absolute difference (images
+# in [0, 1]): compiling changes rounding, not results; more is a miscompilation, and the candidate fails.
+COMPILED_IMAGE_TOLERANCE = 0.02
+_RECOMPILE_MESSAGE = "Detected recompile"  # torch's error under set_stance("fail_on_recompile")
 
 
 def sample_seed(seed: int, which: int) -> int:
     """The first seed of sample set `which` (`PROXY_SEED`, `FINAL_SEED`, `LATENCY_SEED`) of search seed `seed`."""
     return seed * 10 + which
+
+
+def compiled_frames() -> int:
+    """Code frames `torch.compile` has compiled in this process so far (dynamo's `frames.total` counter)."""
+    return int(counters["frames"]["total"])
+
+
+def uses_compile(pipe: Any) -> bool:
+    """Whether some module of `pipe` runs `torch.compile`d code (a compiled module or a compiled region)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for m in component.modules():
+                if isinstance(m, OptimizedModule) or getattr(m, "_compiled_call_impl", None) is not None:
+                    return True
+    return False
+
+
+def compile_warmup(call: Callable[[], Any], device: str, *, max_calls: int = MAX_COMPILE_CALLS,
+                   deadline: float | None = None) -> tuple[CompileRecord | None, Any]:
+    """Call `call()` until a call compiles nothing; returns what compiling cost (`None` when the first call
+    compiled nothing) and the last call's output. Holds the device lock: compiling is heavy work that
+    another process's timing must not share.
+
+    The compile time is the wall time of the calls that compiled, less as many runs of the call that compiled
+    nothing: the seconds spent compiling, never counted in a latency.
+    """
+    dev = torch.device(device)
+    sync: Callable[[], None] = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    start = compiled_frames()
+    compiling_s, calls = 0.0, 0
+    with device_lock(str(device)):
+        while True:
+            before = compiled_frames()
+            t0 = time.perf_counter()
+            out = call()
+            sync()
+            took = time.perf_counter() - t0
+            calls += 1
+            if compiled_frames() == before:
+                break
+            compiling_s += took
+            if calls >= max_calls:
+                raise RuntimeError(f"the pipeline still compiled on warm-up call {calls} of {max_calls}: its graph "
+                                   "keeps changing (a shape or a Python value torch.compile guards on), so it "
+                                   "cannot be timed")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("candidate ran past the per-trial time limit while compiling")
+    frames = compiled_frames() - start
+    if frames == 0:
+        return None, out
+    return CompileRecord(seconds=max(0.0, compiling_s - (calls - 1) * took), warmup_calls=calls,
+                         frames=frames), out
+
+
+def _merge(total: CompileRecord | None, more: CompileRecord | None) -> CompileRecord | None:
+    if total is None or more is None:
+        return total or more
+    return CompileRecord(seconds=total.seconds + more.seconds, warmup_calls=total.warmup_calls + more.warmup_calls,
+                         frames=total.frames + more.frames, retimed=total.retimed)
 
 
 @dataclass(frozen=True)
@@ -94,7 +170,15 @@ class Evaluator:
     # -- latency -------------------------------------------------------------------------------------
     def latency(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
                 deadline: float | None = None) -> LatencyResult:
-        """One pipeline call at the search's batch size, timed with warm-up and repeats under the device lock.
+        """One pipeline call at the search's batch size, timed with warm-up and repeats under the device lock
+        (`timed` without its compile record)."""
+        return self.timed(pipe, budget_s=budget_s, simulated=simulated, deadline=deadline)[0]
+
+    def timed(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
+              deadline: float | None = None) -> tuple[LatencyResult, CompileRecord | None]:
+        """The latency of one pipeline call at the search's batch size, and what compiling cost (`None` when
+        nothing compiled). Warm-up until a call compiles nothing, then timed calls under
+        `set_stance("fail_on_recompile")` (see the module docstring).
 
         A candidate far over budget stops being timed after a few seconds (its median is still honest,
         from fewer repeats).
@@ -104,16 +188,48 @@ class Evaluator:
         def call() -> torch.Tensor:
             return call_pipeline(self.handle, pipe, spec, 0, len(spec))
 
-        max_seconds = None if budget_s is None else max(3.0, 6.0 * budget_s)
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("candidate ran past the per-trial time limit before it was timed")
-            max_seconds = left if max_seconds is None else min(max_seconds, left)
-        res = measure_latency(call, self.device, warmup=2, min_repeats=5, max_repeats=30, rel_spread=0.03,
-                              max_seconds=max_seconds, threads=self.threads)
+        compiled: CompileRecord | None = None
+        retimed = 0
+        while True:
+            record, out = compile_warmup(call, self.device, deadline=deadline)
+            if record is not None:
+                self._check_compiled(call, out)
+            compiled = _merge(compiled, record)
+            max_seconds = None if budget_s is None else max(3.0, 6.0 * budget_s)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("candidate ran past the per-trial time limit before it was timed")
+                max_seconds = left if max_seconds is None else min(max_seconds, left)
+            try:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    # one warm-up call here: compile_warmup's last call was the other one
+                    res = measure_latency(call, self.device, warmup=1, min_repeats=5, max_repeats=30,
+                                          rel_spread=0.03, max_seconds=max_seconds, threads=self.threads)
+                break
+            except RuntimeError as e:
+                if _RECOMPILE_MESSAGE not in str(e):
+                    raise
+                retimed += 1
+                if retimed > RETIMES:
+                    where = " ".join(str(e).split())[:300]
+                    raise RuntimeError(f"the pipeline compiled again inside its timed calls {retimed} times, so "
+                                       f"its latency cannot be measured without compile time ({where})") from None
         res.simulated = simulated
-        return res
+        if compiled is not None:
+            compiled.retimed = retimed
+        return res, compiled
+
+    @staticmethod
+    def _check_compiled(call: Callable[[], torch.Tensor], images: torch.Tensor) -> None:
+        """The compiled images of the latency call against the same call run eagerly."""
+        check_images(images)
+        with torch.compiler.set_stance("force_eager"):
+            eager = call()
+        diff = float((images - eager).abs().mean())
+        if not diff <= COMPILED_IMAGE_TOLERANCE:
+            raise RuntimeError(f"the compiled pipeline's images differ from its eager images by {diff:.3g} on "
+                               f"average (at most {COMPILED_IMAGE_TOLERANCE} is rounding): it miscompiles")
 
     def size_mb(self, pipe: Any) -> float:
         return denoiser_size_mb(pipe, self.handle)
@@ -136,7 +252,11 @@ class Evaluator:
         return torch.cat(chunks)
 
     def quality_on(self, pipe: Any, spec: SampleSpec, deadline: float | None = None) -> QualityResult:
-        images = self.generate(pipe, spec, deadline=deadline)
+        """The metric on `spec`'s images. A compiled pipeline makes them eagerly (`force_eager`): its static
+        shapes would compile again at every quality batch size, and `timed` has checked that its compiled
+        images equal the eager ones up to rounding (`COMPILED_IMAGE_TOLERANCE`)."""
+        with torch.compiler.set_stance("force_eager"):
+            images = self.generate(pipe, spec, deadline=deadline)
         check_images(images)
         q = self.metric(images, spec)
         if not math.isfinite(score(q)):
@@ -155,8 +275,9 @@ class Evaluator:
 
     def remeasure(self, pipe: Any, budget_s: float, simulated: bool = False) -> Measurement:
         """A finalist: re-timed, and scored on the larger final sample with fresh seeds."""
-        lat = self.latency(pipe, simulated=simulated)
+        lat, compiled = self.timed(pipe, simulated=simulated)
         q = self.quality_on(pipe, self.final_spec)
         return Measurement(latency_s=lat.median_s, latency=lat, quality=q, score=score(q),
                            size_mb=self.size_mb(pipe), simulated=simulated,
-                           over_budget=lat.median_s > budget_s, budget_s=budget_s, noise_floor=self.noise_floor)
+                           over_budget=lat.median_s > budget_s, budget_s=budget_s, noise_floor=self.noise_floor,
+                           compile=compiled)

@@ -1,6 +1,7 @@
 """What was measured, as typed records: a candidate's `Measurement` and the search's `Baseline`.
 
-Both nest the evaluators' own records (`LatencyResult`, `QualityResult`) and serialize to plain JSON (stored as
+Both nest the evaluators' own records (`LatencyResult`, `QualityResult`; a compiled candidate also its
+`CompileRecord`, kept apart from the per-call latency) and serialize to plain JSON (stored as
 Optuna attributes through `autoeff.study`, and in an export's `autoeff.json`). Reading is strict, except that
 the `score` a quality dict carried before autoeff 0.1's typed records is dropped (it is derived).
 """
@@ -26,6 +27,29 @@ def _quality(data: Any) -> QualityResult | None:
     return QualityResult.from_dict({k: v for k, v in data.items() if k not in _DERIVED})
 
 
+@dataclass
+class CompileRecord(JsonRecord):
+    """What compiling cost a candidate (`torch.compile`), measured before and apart from its timed calls.
+
+    Attributes:
+        seconds: wall seconds of the warm-up calls that compiled, less the time the same number of compiled
+            calls takes (the median of the calls that compiled nothing): the time spent compiling.
+        warmup_calls: pipeline calls until one compiled nothing (the last of them included).
+        frames: code frames torch compiled during the warm-up (dynamo's `frames.total` counter).
+        retimed: how often the timed calls were started again because something compiled inside them.
+    """
+
+    seconds: float
+    warmup_calls: int
+    frames: int
+    retimed: int = 0
+    version: int = 1
+
+
+def _compile(data: Any) -> CompileRecord | None:
+    return None if data is None else CompileRecord.from_dict(data)
+
+
 def _latency(data: Any) -> LatencyResult | None:
     if data is None or data == {}:
         return None
@@ -49,6 +73,7 @@ class Measurement(JsonRecord):
         budget_s: the budget in seconds the candidate was judged against.
         noise_floor: the baseline's relative latency spread (half-width of the 95% CI of its median), the
             size of a latency difference that is indistinguishable from noise on this device.
+        compile: what compiling cost (`None`: nothing was compiled); never part of `latency_s`.
     """
 
     latency_s: float
@@ -60,7 +85,13 @@ class Measurement(JsonRecord):
     over_budget: bool = False
     budget_s: float | None = None
     noise_floor: float | None = None
+    compile: CompileRecord | None = None
     version: int = 1
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent compiling this candidate (0 when nothing was compiled)."""
+        return 0.0 if self.compile is None else self.compile.seconds
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
@@ -68,6 +99,7 @@ class Measurement(JsonRecord):
             raise ValueError("Measurement must be a JSON object")
         data = dict(data)
         data["latency"] = _latency(data.get("latency"))
+        data["compile"] = _compile(data.get("compile"))
         data["quality"] = _quality(data.get("quality"))
         return super().from_dict(data)
 

@@ -8,6 +8,11 @@ its measured latency and a pessimistic quality so the sampler still learns where
 (`autoeff.study`); a candidate that raises, returns non-finite images or runs out of memory becomes a FAILED
 trial with the reason stored, and the search goes on. How the winner is chosen is `autoeff.selection`; the
 order of a whole run is `autoeff.run`.
+
+Compiling (`torch.compile`) is measured apart from latency (`Measurement.compile`, see `autoeff.measure`).
+With `--compile-budget`, the compile seconds of the study's trials are summed before each candidate; once
+they reach the budget, a candidate that would compile fails without being measured (the candidate that
+crosses the budget finishes: a compilation in progress cannot be interrupted).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import optuna
 
 from autoeff.errors import SettingsError
 from autoeff.evaluators.quality import score
-from autoeff.measure import Evaluator
+from autoeff.measure import Evaluator, compiled_frames, uses_compile
 from autoeff.measurement import Measurement
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
@@ -29,7 +34,7 @@ from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.groups import block_groups
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SAMPLERS, SearchSettings
-from autoeff.study import set_fail_reason, set_measurement, set_recipe
+from autoeff.study import measurement_of, set_fail_reason, set_measurement, set_recipe
 
 # Quality value given to a candidate whose quality was not measured (over budget). The constraint makes it
 # infeasible anyway; the value only has to be worse than any measured score.
@@ -86,6 +91,9 @@ class Objective:
         self.evaluator = evaluator
         self.budget_s = budget_s
         self.settings = settings
+        # compile seconds of this process's candidates that failed after compiling (a failed trial stores no
+        # measurement, yet its compiling was spent)
+        self.failed_compile_s = 0.0
 
     def __call__(self, trial: optuna.Trial) -> Sequence[float]:
         try:
@@ -94,7 +102,7 @@ class Objective:
             self._fail(trial, f"suggest: {type(e).__name__}: {e}")
         set_recipe(trial, recipe)
         try:
-            m = self.evaluate(recipe)
+            m = self.evaluate(recipe, compile_spent_s=self.compile_spent(trial))
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -112,14 +120,33 @@ class Objective:
         set_fail_reason(trial, reason)
         raise CandidateFailed(reason)
 
-    def evaluate(self, recipe: Recipe) -> Measurement:
+    def compile_spent(self, trial: optuna.Trial) -> float:
+        """Seconds the study's trials (and this process's failed ones) have spent compiling."""
+        if self.settings.compile_budget_s is None:
+            return 0.0
+        stored = (measurement_of(t) for t in trial.study.get_trials(deepcopy=False))
+        return self.failed_compile_s + sum(m.compile_s for m in stored if m is not None)
+
+    def evaluate(self, recipe: Recipe, compile_spent_s: float = 0.0) -> Measurement:
         """Latency first; quality only when the candidate is not clearly over budget."""
         start = time.monotonic()
         limit = self.settings.trial_timeout_s
         deadline = None if limit is None else start + limit
         pipe = self.space.build(recipe)
+        cap = self.settings.compile_budget_s
+        if cap is not None and compile_spent_s >= cap and uses_compile(pipe):
+            raise RuntimeError(f"the compile budget is spent ({compile_spent_s:.0f} s of --compile-budget {cap:g} s); "
+                               "this candidate compiles, so it is not measured")
         simulated = recipe.is_simulated()
-        latency = self.evaluator.latency(pipe, budget_s=self.budget_s, simulated=simulated, deadline=deadline)
+        frames = compiled_frames()
+        t_compile = time.monotonic()
+        try:
+            latency, compiled = self.evaluator.timed(pipe, budget_s=self.budget_s, simulated=simulated,
+                                                     deadline=deadline)
+        except Exception:
+            if compiled_frames() != frames:  # it compiled before it failed: that time was spent
+                self.failed_compile_s += time.monotonic() - t_compile
+            raise
         self._check_time(start)
         size = self.evaluator.size_mb(pipe)
         over = latency.median_s > self.budget_s * (1 + OVER_BUDGET_MARGIN)
@@ -129,7 +156,8 @@ class Objective:
             self._check_time(start)
         return Measurement(latency_s=latency.median_s, latency=latency, quality=quality,
                            score=None if quality is None else score(quality), size_mb=size, simulated=simulated,
-                           over_budget=over, budget_s=self.budget_s, noise_floor=self.evaluator.noise_floor)
+                           over_budget=over, budget_s=self.budget_s, noise_floor=self.evaluator.noise_floor,
+                           compile=compiled)
 
     def _check_time(self, start: float) -> None:
         """The per-trial limit, checked between phases (the evaluator also checks it between pipeline calls;

@@ -112,6 +112,9 @@ class SearchSettings:
                                                           "configurations first.", "off-flag"))
     trial_timeout_s: float | None = field(default=None, metadata=_flag(
         "--trial-timeout", "Seconds; a slower candidate fails its trial.", "float"))
+    compile_budget_s: float | None = field(default=None, metadata=_flag(
+        "--compile-budget", "Seconds the search may spend compiling (torch.compile); once spent, candidates that "
+        "compile are not measured.", "float"))
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     IDENTITY_FIELDS = ("model", "device", "space", "metric", "batch_size", "proxy_samples", "size_objective",
@@ -150,6 +153,9 @@ class SearchSettings:
         t = self.trial_timeout_s
         if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf):
             raise SettingsError(f"--trial-timeout {t} must be a positive number of seconds")
+        c = self.compile_budget_s
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < math.inf):
+            raise SettingsError(f"--compile-budget {c} must be a number of seconds >= 0")
         if self.metric is not None and self.metric not in METRICS:
             raise SettingsError(f"--metric {self.metric!r} is not known; use one of {', '.join(METRICS)}")
         if self.sampler not in SAMPLERS:
