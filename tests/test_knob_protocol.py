@@ -151,7 +151,7 @@ def test_a_registered_knob_is_in_the_cli_space_and_its_options_are_checked_befor
     assert not out.exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("name", ["prune", "quantize", "solver", "schedule", "cache", "guidance", "compile"])
+@pytest.mark.parametrize("name", ["prune", "kernels", "quantize", "solver", "schedule", "cache", "guidance", "compile"])
 def test_every_builtin_knob_keeps_the_protocol(name, random_digits_handle):
     """`to_params(config)` makes `suggest` return `config`; `off()` (where there is one) round-trips too and
     changes nothing about the images; unknown options are refused with the knob's name."""
