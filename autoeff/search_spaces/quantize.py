@@ -17,6 +17,13 @@ Backends (only real low-precision kernels count as speed):
 * `torchao` (CUDA): torchao's `quantize_` with `Int8DynamicActivationInt8WeightConfig` (int8),
   `Int4WeightOnlyConfig` (int4, bf16 models) and `Float8DynamicActivationFloat8WeightConfig` (fp8, Hopper or
   newer); Linear layers only. Needs `pip install 'autoeff[tensorrt]'` (or `pip install torchao`).
+  A torchao candidate is built compiled: its dynamic int8/fp8 kernels are fast only under `torch.compile`
+  (diffusers-torchao, Flux-dev on an H100: int8 dynamic + compile 3.41 s, uncompiled 130.5 s; BENCHMARKS.md
+  measured uncompiled torchao at 0.05-0.32x of bf16 on an H200). The rule is built in rather than left for the
+  study to learn because an uncompiled torchao candidate is never worth a trial: the quantized copy's blocks
+  are compiled in place (`compile.compile_blocks`, inductor `default`), which composes with the cache
+  wrappers; the compile knob, when on, compiles the denoiser its own way instead (`compile.disabled()` and
+  `AUTOEFF_COMPILE=0` skip both).
 * `fake` (any device): weight-only fake quantization (per-output-channel symmetric int8/int4, rounded and
   stored back in float with `torch.fake_quantize_per_channel_affine`). It scores *quality* only: no
   low-precision kernel runs, so `is_simulated(config)` is True and its latency must never count as a speedup.
@@ -49,6 +56,8 @@ from torch.ao.quantization import (
 
 from autoeff.evaluators.size import FAKE_BITS_ATTR
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.compile import Config as CompileConfig
+from autoeff.search_spaces.compile import compile_blocks, compile_kwargs, enabled
 from autoeff.search_spaces.groups import (
     DEFAULT_KEY,
     check_fqn_keys,
@@ -365,6 +374,8 @@ def quantize_denoiser(denoiser: nn.Module, config: Config, scheduler: Any = None
         return denoiser
     new = copy.deepcopy(denoiser)
     _BACKEND_FNS[config.backend](new, targets, scheduler=scheduler)
+    if config.backend == "torchao" and enabled():  # fast only compiled (module docstring)
+        compile_blocks(new, **compile_kwargs(CompileConfig(mode="default"), "cuda"))
     return new.eval()
 
 
