@@ -3,9 +3,9 @@
 Importing this package imports every knob module in it (`KNOB_MODULES`: every public module except the
 infrastructure below), and each ends with `KNOB = register(Knob(...))`: adding a built-in knob is adding its file
 (and its tests), nothing else. `registry.knob_names()` lists the registered knobs in application order
-(`base.Stage`): the denoiser's structure (prune), its precision (quantize), the scheduler (solver), its
-timesteps (schedule), then wrappers around the denoiser (cache). A knob defined elsewhere (a plugin, a test)
-calls `registry.register` itself.
+(`base.Stage`): the denoiser's structure (prune), its kernels (kernels), its precision (quantize), the
+scheduler (solver), its timesteps (schedule), wrappers around the denoiser (cache, guidance), then compiling
+(compile). A knob defined elsewhere (a plugin, a test) calls `registry.register` itself.
 """
 
 from __future__ import annotations
