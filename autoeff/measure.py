@@ -14,6 +14,7 @@ again and timed again once (`CompileRecord.retimed`), and fails with that reason
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -50,6 +51,10 @@ _RECOMPILE_MESSAGE = "Detected recompile"  # torch's error under set_stance("fai
 def sample_seed(seed: int, which: int) -> int:
     """The first seed of sample set `which` (`PROXY_SEED`, `FINAL_SEED`, `LATENCY_SEED`) of search seed `seed`."""
     return seed * 10 + which
+
+
+class CompileRefused(RuntimeError):
+    """`Evaluator.timed(..., may_compile=False)` met a pipeline that would compile."""
 
 
 def compiled_frames() -> int:
@@ -175,10 +180,12 @@ class Evaluator:
         return self.timed(pipe, budget_s=budget_s, simulated=simulated, deadline=deadline)[0]
 
     def timed(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
-              deadline: float | None = None) -> tuple[LatencyResult, CompileRecord | None]:
+              deadline: float | None = None, may_compile: bool = True) -> tuple[LatencyResult, CompileRecord | None]:
         """The latency of one pipeline call at the search's batch size, and what compiling cost (`None` when
         nothing compiled). Warm-up until a call compiles nothing, then timed calls under
-        `set_stance("fail_on_recompile")` (see the module docstring).
+        `set_stance("fail_on_recompile")` (see the module docstring). With `may_compile=False` the warm-up runs
+        under that stance too: a pipeline whose graphs this process has not compiled yet raises
+        `CompileRefused` instead of compiling them.
 
         A candidate far over budget stops being timed after a few seconds (its median is still honest,
         from fewer repeats).
@@ -191,7 +198,13 @@ class Evaluator:
         compiled: CompileRecord | None = None
         retimed = 0
         while True:
-            record, out = compile_warmup(call, self.device, deadline=deadline)
+            try:
+                with contextlib.nullcontext() if may_compile else torch.compiler.set_stance("fail_on_recompile"):
+                    record, out = compile_warmup(call, self.device, deadline=deadline)
+            except RuntimeError as e:
+                if may_compile or _RECOMPILE_MESSAGE not in str(e):
+                    raise
+                raise CompileRefused("the pipeline would compile, and compiling is not allowed for it") from None
             if record is not None:
                 self._check_compiled(call, out)
             compiled = _merge(compiled, record)

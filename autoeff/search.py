@@ -11,8 +11,9 @@ order of a whole run is `autoeff.run`.
 
 Compiling (`torch.compile`) is measured apart from latency (`Measurement.compile`, see `autoeff.measure`).
 With `--compile-budget`, the compile seconds of the study's trials are summed before each candidate; once
-they reach the budget, a candidate that would compile fails without being measured (the candidate that
-crosses the budget finishes: a compilation in progress cannot be interrupted).
+they reach the budget, a candidate that would compile fails without being measured, while one whose graphs
+this process has already compiled (the same denoiser graph as an earlier candidate) is measured as usual. The
+candidate that crosses the budget finishes: a compilation in progress cannot be interrupted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import optuna
 
 from autoeff.errors import SettingsError
 from autoeff.evaluators.quality import score
-from autoeff.measure import Evaluator, compiled_frames, uses_compile
+from autoeff.measure import CompileRefused, Evaluator, compiled_frames
 from autoeff.measurement import Measurement
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
@@ -134,15 +135,16 @@ class Objective:
         deadline = None if limit is None else start + limit
         pipe = self.space.build(recipe)
         cap = self.settings.compile_budget_s
-        if cap is not None and compile_spent_s >= cap and uses_compile(pipe):
-            raise RuntimeError(f"the compile budget is spent ({compile_spent_s:.0f} s of --compile-budget {cap:g} s); "
-                               "this candidate compiles, so it is not measured")
+        spent = cap is not None and compile_spent_s >= cap
         simulated = recipe.is_simulated()
         frames = compiled_frames()
         t_compile = time.monotonic()
         try:
             latency, compiled = self.evaluator.timed(pipe, budget_s=self.budget_s, simulated=simulated,
-                                                     deadline=deadline)
+                                                     deadline=deadline, may_compile=not spent)
+        except CompileRefused:
+            raise RuntimeError(f"the compile budget is spent ({compile_spent_s:.0f} s of --compile-budget {cap:g} s) "
+                               "and this candidate would compile, so it is not measured") from None
         except Exception:
             if compiled_frames() != frames:  # it compiled before it failed: that time was spent
                 self.failed_compile_s += time.monotonic() - t_compile

@@ -191,17 +191,23 @@ def test_a_pipeline_that_never_stops_compiling_is_refused(fresh_dynamo):
     assert record is not None and record.warmup_calls == 2 and torch.equal(out, torch.full((2,), 50.0))
 
 
-def test_the_compile_budget_stops_candidates_that_compile(digits):
+def test_the_compile_budget_stops_candidates_that_compile(digits, fresh_dynamo):
     settings = SearchSettings(model="digits", budget="10s", space=["solver", "compile"], compile_budget_s=30.0,
                               proxy_samples=2, final_samples=2).resolved(digits)
     ctx = context_for(digits, settings)
     evaluator = Evaluator(digits, EvaluationSpec.of(settings))
-    objective = Objective(SearchSpace(digits, settings.space, ctx), evaluator, 10.0, settings)
+    # a budget every candidate misses: timed, never scored (quality is not what this test is about)
+    objective = Objective(SearchSpace(digits, settings.space, ctx), evaluator, 1e-4, settings)
     compiled = Recipe(model="digits", knobs={"solver": solver.Config(), "compile": EAGER})
     plain = Recipe(model="digits", knobs={"solver": solver.Config(), "compile": compile.Config()})
-    with pytest.raises(RuntimeError, match=r"compile budget is spent \(31 s of --compile-budget 30 s\)"):
+    with pytest.raises(RuntimeError, match=r"compile budget is spent \(31 s of --compile-budget 30 s\) and this "
+                                           "candidate would compile"):
         objective.evaluate(compiled, compile_spent_s=31.0)
     assert objective.evaluate(plain, compile_spent_s=31.0).compile is None  # uncompiled candidates go on
+    first = objective.evaluate(compiled, compile_spent_s=0.0).compile  # within the budget: compiled and measured
+    assert first is not None and first.seconds > 0
+    # spent, but the same denoiser graph is compiled already: measured, nothing compiled
+    assert objective.evaluate(compiled, compile_spent_s=31.0).compile is None
     # what the study's trials spent: their stored measurements' compile seconds
     study = optuna.create_study(directions=["minimize", "maximize"])
     for seconds in (12.0, 8.5):
