@@ -240,22 +240,24 @@ class GuidanceInterval(nn.Module):
     def device(self) -> torch.device:
         return self.base.device
 
-    def forward(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         call = _CALL.get()
         if call is None or not call.guided():
             self.stats.plain += 1
-            return self.base(sample, *args, **kwargs)
+            return self.base(*args, **kwargs)
         i = call.calls
         call.calls += 1
         if self.guidance.guided(i, call.run_length()):
             self.stats.guided += 1
-            return self.base(sample, *args, **kwargs)
+            return self.base(*args, **kwargs)
+        # the latents: the first positional argument, or the keyword diffusers' denoisers name them by
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        if not isinstance(sample, torch.Tensor) or sample.shape[0] % 2:
+            raise RuntimeError("guidance: a guided call must batch [unconditional, conditional] latents, got "
+                               f"{type(sample).__name__} {tuple(getattr(sample, 'shape', ()))}")
         batch = sample.shape[0]
-        if batch % 2:
-            raise RuntimeError(f"guidance: a guided call's batch must be even ([unconditional, conditional]), got "
-                               f"{batch}")
         self.stats.conditional += 1
-        return _twice(self.base(_half(sample, batch), *_half(args, batch), **_half(kwargs, batch)))
+        return _twice(self.base(*_half(args, batch), **_half(kwargs, batch)))
 
     def __getattr__(self, name: str) -> Any:
         try:
