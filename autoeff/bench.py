@@ -14,6 +14,7 @@ from typing import Any
 
 from autoeff.budget import format_seconds
 from autoeff.evaluators.latency import device_description
+from autoeff.evaluators.load import BUSY_SHARE
 from autoeff.evaluators.quality import DIGITS_FAMILIES
 from autoeff.export import load
 from autoeff.measure import FINAL_SEED, PROXY_SEED, QUALITY_BATCH, EvaluationSpec, Evaluator, sample_seed
@@ -48,13 +49,19 @@ def _base_handle(info: dict[str, Any], exported: Any, model_path: str | None, de
     return base, ""
 
 
+def _share(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.0%}"
+
+
 def bench_export(path: str | Path, device: str = "cpu", samples: int | None = None,
                  threads: int | None = None, model_path: str | None = None) -> list[dict[str, Any]]:
     """Claimed vs measured latency and quality of the exported pipeline at `path`, measured on `device`.
 
     `samples`: images scored for quality (default: as many as the claimed figure used, else 256).
     Returns rows `{what, claimed, measured, claimed_value, measured_value, note}` for `device`, `latency`
-    (seconds per call) and `quality` (the recorded metric; FID against real data for the digits models).
+    (seconds per call), `load` (the share of the CPUs other processes used while each latency was timed: a
+    claim made on a busy machine is not comparable) and `quality` (the recorded metric; FID against real data
+    for the digits models).
     Raises `autoeff.export.ExportError` for a folder that fails its manifest or schema checks.
     """
     if samples is not None and samples < 2:
@@ -97,6 +104,15 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
         "claimed_value": None if claimed_lat is None else float(claimed_lat),
         "measured_value": float(lat.median_s),
         "note": note,
+    })
+    claimed_load = (claim.get("latency") or {}).get("other_cpu")
+    rows.append({
+        "what": "load",
+        "claimed": _share(claimed_load),
+        "measured": _share(lat.other_cpu) + ("" if lat.other_cpu is None else " of the CPUs used by other processes"),
+        "claimed_value": claimed_load, "measured_value": lat.other_cpu,
+        "note": ("busy: a latency measured then can be inflated" if lat.busy or (claimed_load or 0) > BUSY_SHARE
+                 else "quiet"),
     })
     claimed_v = claim_q.get("value")
     rows.append({

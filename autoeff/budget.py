@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|%)\s*$")
 MAX_SECONDS = 24 * 3600.0
+MIN_SECONDS = 1e-4  # 0.1 ms: no diffusion pipeline call is faster; below it a budget is a typo (1e-9s, 0.2ms/1000)
+MIN_FRACTION = 1e-3  # 0.1 % of the baseline
 
 
 class BudgetError(ValueError):
@@ -21,6 +23,14 @@ class Budget:
     text: str
     seconds: float | None = None
     fraction: float | None = None
+
+    def same_as(self, other: Budget) -> bool:
+        """The same budget however written (`200ms` and `0.2s`; `10%` and `10.0%`)."""
+        if self.seconds is not None and other.seconds is not None:
+            return math.isclose(self.seconds, other.seconds, rel_tol=1e-9)
+        if self.fraction is not None and other.fraction is not None:
+            return math.isclose(self.fraction, other.fraction, rel_tol=1e-9)
+        return False
 
     def resolve(self, baseline_seconds: float) -> float:
         """The budget in seconds, given the baseline's measured latency."""
@@ -49,10 +59,15 @@ def parse_budget(text: str) -> Budget:
     if unit == "%":
         if value > 1000:
             raise BudgetError(f"--budget {raw!r} is more than 10x the baseline; write at most 1000%")
+        if value / 100.0 < MIN_FRACTION:
+            raise BudgetError(f"--budget {raw!r} is less than 0.1% of the baseline; write e.g. 10%")
         return Budget(text=raw.strip(), fraction=value / 100.0)
     seconds = value / 1000.0 if unit == "ms" else value
     if seconds > MAX_SECONDS:
         raise BudgetError(f"--budget {raw!r} is more than a day per call; write a realistic latency such as 2s")
+    if seconds < MIN_SECONDS:
+        raise BudgetError(f"--budget {raw!r} is less than 0.1 ms per call, faster than any diffusion pipeline; "
+                          "write e.g. 200ms")
     return Budget(text=raw.strip(), seconds=seconds)
 
 

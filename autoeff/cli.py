@@ -196,7 +196,8 @@ def _optimize(values: dict[str, Any]) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from autoeff.preflight import preflight  # lazy: heavy
-    from autoeff.run import optimize as run_optimize  # lazy: heavy
+    from autoeff.run import BusyMachineWarning
+    from autoeff.run import optimize as run_optimize
 
     pre = preflight(settings.model, settings, run)  # model, storage, metric, space, study: before any output
     s = pre.settings
@@ -216,10 +217,15 @@ def _optimize(values: dict[str, Any]) -> None:
             prog.update(task, completed=p.done, info=info)
 
         result = None
-        try:
-            result = run_optimize(pre, progress=on_progress)
-        finally:
-            prog.update(task, info="done" if result is not None else "stopped")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BusyMachineWarning)
+            try:
+                result = run_optimize(pre, progress=on_progress)
+            finally:
+                prog.update(task, info="done" if result is not None else "stopped")
+                for w in caught:
+                    if issubclass(w.category, BusyMachineWarning):
+                        click.echo(f"warning: {w.message}", err=True)
     base, best = result.baseline, result.best
     assert best is not None and best.final.quality is not None
     q, bq = best.final.quality, base.final_quality
@@ -378,22 +384,31 @@ def _generate(model: str, model_path: str | None, n: int, steps: int | None, see
               dest: str) -> None:
     if n < 1:
         raise UsageError(f"--n {n} must be at least 1")
+    if n > 4096:
+        raise UsageError(f"--n {n} is more than 4096 images for one grid; give at most 4096")
     if steps is not None and steps < 1:
         raise UsageError(f"--steps {steps} must be at least 1")
+    if Path(dest).suffix.lower() != ".png":
+        raise UsageError(f"--out {dest!r} must name a .png file (the grid is written as PNG)")
     _quiet_libraries()
     from autoeff.devices import validate_device  # lazy: heavy
     from autoeff.export import load
+    from autoeff.manifest import AUTOEFF_JSON, MANIFEST_JSON
     from autoeff.models.generate import default_spec, generate
     from autoeff.models.registry import resolve_model
     from autoeff.report import save_grid
 
     device = validate_device(device)
-    if Path(model).is_dir() and (Path(model) / "autoeff.json").is_file():
-        pipe = load(model, device=device)
+    folder = Path(model)
+    if folder.is_dir() and ((folder / MANIFEST_JSON).is_file() or (folder / AUTOEFF_JSON).is_file()):
+        pipe = load(model, device=device)  # an export, or what is left of one: checked against its manifest
         handle = pipe.autoeff_handle
     else:
         handle = resolve_model(model, model_path=model_path, device=device)
         pipe = handle.pipeline
+    if steps is not None and steps > handle.num_train_timesteps:
+        raise UsageError(f"--steps {steps} is more than the {handle.num_train_timesteps} training timesteps of "
+                         f"{model}; give at most {handle.num_train_timesteps}")
     if steps is not None:
         handle.default_steps = steps
     images = generate(handle, pipe, default_spec(handle, n, seed=seed, batch_size=min(n, 64)))

@@ -19,7 +19,6 @@ holds the base scheduler's config; the recipe's solver/schedule replace it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,20 +32,29 @@ import diffusers
 from safetensors.torch import load_file
 
 from autoeff.env import environment
+from autoeff.manifest import (
+    AUTOEFF_JSON,
+    MANIFEST_JSON,
+    PICKLE_SUFFIXES,
+    ExportError,
+    export_containing,
+    sha256,
+    unchanged_since,
+    verify,
+    why_not_replaceable,
+)
 from autoeff.measurement import Measurement
+from autoeff.models.folder_checks import FolderError, check_component_config
 from autoeff.models.handle import FAMILIES, ModelHandle
-from autoeff.models.registry import load_pipeline_folder
+from autoeff.models.registry import ModelNotAvailableError, class_count, family_of, load_pipeline_folder
 from autoeff.recipe import SCHEMA_VERSION, Recipe
 from autoeff.search_spaces.base import ConfigError, SpaceContext
 from autoeff.search_spaces.registry import get_knob, ordered
 from autoeff.search_spaces.space import apply_knobs, build_pipeline
 from autoeff.settings import SearchSettings
+from autoeff.storage import unwritable
 
-AUTOEFF_JSON = "autoeff.json"
-MANIFEST_JSON = "manifest.json"
 EXPORT_SCHEMA_VERSION = 2
-# Files that could execute code when loaded; an exported folder never contains them.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "weights", "prune_plan", "measured",
                    "baseline", "device", "versions", "created"}
 
@@ -59,18 +67,6 @@ _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an obj
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-class ExportError(ValueError):
-    """An exported folder cannot be written or loaded; the message names the folder and the problem."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_section(handle: ModelHandle) -> dict[str, Any]:
@@ -114,47 +110,23 @@ def export_pipeline(
         raise ExportError(f"{path} is a file; give a folder to export to")
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; choose another folder or allow overwriting")
-    if path.exists() and not (path / AUTOEFF_JSON).is_file() and any(path.iterdir()):
-        raise ExportError(f"{path} exists, holds files and is not an autoeff export; refusing to overwrite "
-                          "it: choose a new or empty folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and any(path.iterdir()):
+        why = why_not_replaceable(path)
+        if why is not None:  # never delete what autoeff did not write
+            raise ExportError(f"{path} {why}; refusing to overwrite it: choose a new or empty folder")
+    inside = export_containing(path.parent)
+    if inside is not None:
+        raise ExportError(f"{path} is inside the export {inside}; export to a folder outside it")
+    why = unwritable(path.parent)
+    if why is not None:
+        raise ExportError(f"cannot write the export to {path}: {why}")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
-        # the stored weights: the base with the knobs stored in the weights (or the given denoiser)
-        stored = {k: c for k, c in recipe.knobs.items() if get_knob(k).stored_in_weights is not None}
-        weights_recipe = Recipe(model=recipe.model, knobs=stored)
-        try:
-            pipe = build_pipeline(handle, weights_recipe, context, weights=weights)
-        except (ValueError, ConfigError) as e:
-            raise ExportError(str(e)) from None
-        denoiser = getattr(pipe, context.denoiser)
-        plans = {k.name: k.stored_in_weights.plan(denoiser) for k in ordered(stored)
-                 if k.stored_in_weights is not None}
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-        env = environment()
-        info = {
-            "export_schema_version": EXPORT_SCHEMA_VERSION,
-            "recipe": recipe.to_dict(),
-            "model": _model_section(handle),
-            "context": _context_section(context),
-            "weights": plans,
-            "measured": measured or {},
-            "baseline": baseline or {},
-            "device": device or context.device,
-            "versions": env["versions"],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
-        (tmp / AUTOEFF_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
-        if extra_writer is not None:
-            extra_writer(tmp)
-        for p in tmp.rglob("*"):
-            if p.is_file() and p.suffix in _PICKLE_SUFFIXES:
-                p.unlink()
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / MANIFEST_JSON).write_text(json.dumps({"sha256": files}, indent=2, sort_keys=True) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _write(handle, recipe, context, tmp, measured=measured, baseline=baseline, device=device,
+               extra_writer=extra_writer, weights=weights)
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             path.rename(old)
@@ -162,59 +134,157 @@ def export_pipeline(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a read-only folder, a full disk, a name too long: one line, not a traceback
+            raise ExportError(f"cannot write the export to {path}: {e.strerror or e}") from None
         raise
     return path
+
+
+def _write(handle: ModelHandle, recipe: Recipe, context: SpaceContext, tmp: Path, *, measured: dict[str, Any] | None,
+           baseline: dict[str, Any] | None, device: str | None, extra_writer: Callable[[Path], None] | None,
+           weights: Any) -> None:
+    """Everything of the export into the (new) folder `tmp`: weights, autoeff.json, extras, manifest."""
+    # the stored weights: the base with the knobs stored in the weights (or the given denoiser)
+    stored = {k: c for k, c in recipe.knobs.items() if get_knob(k).stored_in_weights is not None}
+    weights_recipe = Recipe(model=recipe.model, knobs=stored)
+    try:
+        pipe = build_pipeline(handle, weights_recipe, context, weights=weights)
+    except (ValueError, ConfigError) as e:
+        raise ExportError(str(e)) from None
+    denoiser = getattr(pipe, context.denoiser)
+    plans = {k.name: k.stored_in_weights.plan(denoiser) for k in ordered(stored) if k.stored_in_weights is not None}
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    info = {
+        "export_schema_version": EXPORT_SCHEMA_VERSION,
+        "recipe": recipe.to_dict(),
+        "model": _model_section(handle),
+        "context": _context_section(context),
+        "weights": plans,
+        "measured": measured or {},
+        "baseline": baseline or {},
+        "device": device or context.device,
+        "versions": environment()["versions"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
+    (tmp / AUTOEFF_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    if extra_writer is not None:
+        extra_writer(tmp)
+    for p in tmp.rglob("*"):
+        if p.is_file() and p.suffix in PICKLE_SUFFIXES:
+            p.unlink()
+    _readable_by_all(tmp)
+    files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / MANIFEST_JSON).write_text(json.dumps({"sha256": files}, indent=2, sort_keys=True) + "\n")
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Files 0644 and folders 0755, less the umask: some writers (safetensors) create files 0600, and an export
+    is meant to be shared (loaded by another user, served from a read-only volume)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o755 & ~mask)
+    for p in folder.rglob("*"):
+        p.chmod((0o755 if p.is_dir() else 0o644) & ~mask)
 
 
 def verify_folder(path: str | Path) -> dict[str, Any]:
     """Check the manifest (every file present, hashes equal, nothing unlisted that could be loaded) and
     return the parsed, validated `autoeff.json`."""
-    path = Path(path)
+    return _verified(Path(path))[0]
+
+
+def _verified(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if re.fullmatch(r"\..+\.(?:tmp|old)-\d+", path.resolve().name):
         raise ExportError(f"{path} is the temporary folder of an interrupted export, not an export; delete it "
                           "and export again")
     if not path.is_dir():
         raise ExportError(f"{path} is not a folder")
-    man = path / MANIFEST_JSON
-    if not man.is_file():
-        raise ExportError(f"{path} has no {MANIFEST_JSON}; it is not a complete autoeff export")
-    try:
-        listed = json.loads(man.read_text())["sha256"]
-        if not isinstance(listed, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise ExportError(f"{man} is not a valid manifest") from None
-    root = path.resolve()
-    for rel, digest in listed.items():
-        p = (root / rel).resolve()
-        if root not in p.parents:
-            raise ExportError(f"{man} lists {rel!r}, which escapes the folder {path}")
-        if not p.is_file():
-            raise ExportError(f"{path} is missing {rel} (listed in the manifest); re-export it")
-        if _sha256(p) != digest:
-            raise ExportError(f"{path}/{rel} does not match its sha256 in the manifest; the folder was "
-                              "modified or truncated: re-export it")
-    for p in root.rglob("*"):
-        if not p.is_file() or p.name == MANIFEST_JSON:
-            continue
-        rel = str(p.relative_to(root))
-        if p.suffix in _PICKLE_SUFFIXES:
-            raise ExportError(f"{path} contains {rel}, a pickle-capable file; autoeff never loads those")
-        if rel not in listed and p.suffix in (".json", ".safetensors"):
-            raise ExportError(f"{path}/{rel} is not in the manifest; the folder was modified: re-export it")
-    if AUTOEFF_JSON not in listed:
-        raise ExportError(f"{path} has no {AUTOEFF_JSON} in its manifest")
+    listed = verify(path)
     try:
         text = (path / AUTOEFF_JSON).read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise ExportError(f"{path / AUTOEFF_JSON} is not UTF-8 text") from None
-    return parse_autoeff_json(text, where=str(path / AUTOEFF_JSON))
+    return parse_autoeff_json(text, where=str(path / AUTOEFF_JSON)), listed
+
+
+# Ranges of the values a folder gives autoeff (a value out of range is refused before it is used: a crafted
+# resolution of 200000 would otherwise ask for a 160 GB tensor). Each entry: field -> (check, what it must be).
+_Check = tuple[Any, str]
+
+
+def _int_in(lo: int, hi: int) -> _Check:
+    return (lambda v: _is_int(v) and lo <= v <= hi, f"an integer in [{lo}, {hi}]")
+
+
+def _optional(check: _Check) -> _Check:
+    return (lambda v: v is None or check[0](v), check[1] + " or null")
+
+
+def _number_in(lo: float, hi: float) -> _Check:
+    return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi,
+            f"a number in [{lo:g}, {hi:g}]")
+
+
+_TEXT: _Check = (lambda v: isinstance(v, str) and len(v) <= 4096, "a string")
+_SCALAR = (str, int, float, bool, type(None))
+# Call arguments autoeff passes itself (models/generate.py): an export's `model.extra` may not set them.
+_RESERVED_CALL_ARGS = frozenset({"prompt", "class_labels", "latents", "generator", "output_type", "height", "width",
+                                 "num_inference_steps", "return_dict", "callback_on_step_end",
+                                 "callback_on_step_end_tensor_inputs"})
+_MODEL_FIELDS: dict[str, _Check] = {
+    "spec": _TEXT, "family": _TEXT, "identity": _TEXT, "pipeline_class": _TEXT,
+    "resolution": _int_in(8, 8192), "default_steps": _int_in(1, 10_000),
+    "num_classes": _optional(_int_in(1, 1_000_000)), "guidance_scale": _optional(_number_in(0, 100)),
+    "prompts": _optional((lambda v: isinstance(v, list) and 0 < len(v) <= 100_000
+                          and all(isinstance(p, str) and len(p) <= 10_000 for p in v), "a list of strings")),
+    "extra": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier()
+                                                     and k not in _RESERVED_CALL_ARGS and isinstance(x, _SCALAR)
+                                                     for k, x in v.items()),
+              "an object of call arguments (not ones autoeff sets itself) to plain values"),
+    "dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+}
+_CONTEXT_FIELDS: dict[str, _Check] = {
+    "num_train_timesteps": _int_in(1, 100_000), "default_steps": _int_in(1, 10_000),
+    "min_steps": _int_in(1, 100_000), "max_steps": _int_in(1, 100_000), "device": _TEXT,
+    "block_groups": (lambda v: isinstance(v, list) and all(isinstance(g, str) for g in v), "a list of strings"),
+    "options": (lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+                "an object of knob -> options"),
+}
+_MEASURED_FIELDS: dict[str, _Check] = {
+    "trial": _optional(_int_in(0, 10**9)), "batch_size": _int_in(1, 4096), "seed": _int_in(0, 2**32 - 1),
+    "metric": _optional(_TEXT), "proxy": _optional((lambda v: isinstance(v, dict), "an object")),
+    "final": _optional((lambda v: isinstance(v, dict), "an object")),
+    "recovery": _optional((lambda v: isinstance(v, dict), "an object")),
+}
+_MAX_DEPTH = 32
+
+
+def _check_fields(where: str, section: str, values: Any, checks: dict[str, _Check]) -> None:
+    if not isinstance(values, dict):
+        raise ExportError(f"{where}: {section} must be an object")
+    for key, (ok, what) in checks.items():
+        if key in values and not ok(values[key]):
+            raise ExportError(f"{where}: {section}.{key} must be {what}, not {values[key]!r}"[:300])
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON containers nest in `value` (iteratively: a crafted document must not overflow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d <= _MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
-    """Strictly parse an `autoeff.json`: known fields only, a schema version this autoeff reads."""
+    """Strictly parse an `autoeff.json`: known fields only, each of its type and in range, a schema version
+    this autoeff reads."""
     try:
         info = json.loads(text)
     except json.JSONDecodeError as e:
@@ -223,6 +293,9 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         raise ExportError(f"{where} is not valid JSON ({type(e).__name__})") from None
     if not isinstance(info, dict):
         raise ExportError(f"{where} must hold a JSON object")
+    if _depth(info) > _MAX_DEPTH:
+        raise ExportError(f"{where} nests its values more than {_MAX_DEPTH} levels deep; it was not written by "
+                          "autoeff")
     unknown = set(info) - _AUTOEFF_FIELDS
     if unknown:
         raise ExportError(f"{where} has unknown field(s) {sorted(unknown)}; it was written by another tool "
@@ -242,6 +315,7 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         raise ExportError(f"{where}: model.family must be one of {sorted(FAMILIES)}")
     if not isinstance(model.get("spec"), str) or not _is_int(model.get("resolution")):
         raise ExportError(f"{where}: model.spec must be a string and model.resolution an integer")
+    _check_fields(where, "model", model, _MODEL_FIELDS)
     ctx = info.get("context")
     if not isinstance(ctx, dict):
         raise ExportError(f"{where}: context must be an object")
@@ -249,6 +323,15 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         kind = _CONTEXT_TYPES.get(key)
         if kind is not None and not (_is_int(value) if kind is int else isinstance(value, kind)):
             raise ExportError(f"{where}: context.{key} must be {_TYPE_NAMES[kind]}, not {value!r}"[:300])
+    _check_fields(where, "context", ctx, _CONTEXT_FIELDS)
+    _check_fields(where, "measured", info.get("measured") or {}, _MEASURED_FIELDS)
+    for which in ("proxy", "final"):
+        claimed = (info.get("measured") or {}).get(which)
+        if claimed is not None:
+            try:
+                Measurement.from_dict(claimed)
+            except (ValueError, TypeError) as e:
+                raise ExportError(f"{where}: measured.{which} is not a measurement ({e})"[:300]) from None
     try:
         info["context"] = SpaceContext(**ctx)
     except TypeError as e:
@@ -294,7 +377,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     JSON and safetensors. The returned pipeline carries the export's figures in `pipe.autoeff_info`.
     """
     path = Path(path)
-    info = verify_folder(path)
+    info, listed = _verified(path)
     model = info["model"]
     context: SpaceContext = info["context"]
     context.device = device
@@ -307,6 +390,7 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
         if dtype != "fp32" and not str(device).startswith("cuda"):
             dtype = None  # half precision was searched on a GPU; on the CPU the registry's default applies
     pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
+    _check_consistent(path, model, pipe, context)
     if overrides:  # diffusers does not cast components passed in; match the other components' dtype
         den = getattr(pipe, context.denoiser)
         other = next((m for n, m in pipe.components.items()
@@ -318,9 +402,13 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     handle = ModelHandle(spec=model["spec"], pipeline=pipe, family=model["family"],
                          resolution=model["resolution"], prompts=model.get("prompts"),
                          num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
-                         identity="export-" + _sha256(path / MANIFEST_JSON)[:16],
+                         identity="export-" + sha256(path / MANIFEST_JSON)[:16],
                          guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}))
     pipe = apply_knobs(pipe, recipe, context, which="runtime")
+    changed = unchanged_since(path, listed)
+    if changed is not None:  # swapped between the check and the load: what was loaded is not what was checked
+        raise ExportError(f"{path}/{changed} changed while the export was being loaded; load it again once "
+                          "nothing writes to the folder")
     pipe.set_progress_bar_config(disable=True)
     handle.pipeline = pipe
     pipe.autoeff_info = {k: v for k, v in info.items() if k not in ("recipe", "context")}
@@ -329,13 +417,36 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
     return pipe
 
 
+def _check_consistent(path: Path, model: dict[str, Any], pipe: Any, context: SpaceContext) -> None:
+    """What `autoeff.json` says about the model must be true of the pipeline the folder holds (a folder edited
+    with its manifest updated passes the hash check, not this one)."""
+    where = path / AUTOEFF_JSON
+    try:
+        family = family_of(pipe)
+    except ModelNotAvailableError as e:
+        raise ExportError(f"{where}: {e}") from None
+    if family != model["family"]:
+        raise ExportError(f"{where}: model.family {model['family']!r} is not the family of the pipeline in the "
+                          f"folder ({family!r})")
+    if model.get("pipeline_class") not in (None, type(pipe).__name__):
+        raise ExportError(f"{where}: model.pipeline_class {model['pipeline_class']!r} is not the pipeline in the "
+                          f"folder ({type(pipe).__name__})")
+    classes = class_count(pipe, context.denoiser)
+    if model.get("num_classes") is not None and classes is not None and model["num_classes"] > classes:
+        raise ExportError(f"{where}: model.num_classes {model['num_classes']} is more than the {classes} classes "
+                          "the denoiser knows")
+
+
 def _load_stored_denoiser(folder: Path, plans: dict[str, Any]) -> Any:
     """Build the unchanged architecture from its config, let each knob stored in the weights rebuild its change
     (in application order), then load the stored weights into it."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ExportError(f"{folder} has no config.json")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = check_component_config(cfg_path)
+    except FolderError as e:
+        raise ExportError(str(e)) from None
     cls_name = cfg.get("_class_name")
     cls = getattr(diffusers, str(cls_name), None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):

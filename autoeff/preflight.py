@@ -10,6 +10,7 @@ another model, budget or space. It returns the `Preflight` a run (`autoeff.run.o
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ import optuna
 from autoeff.devices import validate_device
 from autoeff.errors import IncompatibleStudyError, SearchError, SettingsError
 from autoeff.evaluators.quality import make_quality
+from autoeff.manifest import export_containing
 from autoeff.models.handle import ModelHandle
 from autoeff.models.registry import resolve_model
 from autoeff.search import context_for
 from autoeff.search_spaces.base import ConfigError, SpaceContext
 from autoeff.search_spaces.registry import get_knob
 from autoeff.search_spaces.space import SearchSpace
-from autoeff.settings import RunOptions, SearchSettings
-from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url
+from autoeff.settings import GRACE_FACTOR, HEARTBEAT_INTERVAL_S, RunOptions, SearchSettings
+from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url, unwritable
 from autoeff.study import StoredStudy, incompatibility
+from autoeff.workers import coordinator_conflict, worker_id
 
 
 @dataclass
@@ -91,13 +94,45 @@ def check_existing_study(url: str, run: RunOptions, settings: SearchSettings, mo
     why = incompatibility(stored, settings, model_identity, mask_url(url))
     if why is not None:
         raise IncompatibleStudyError(why)
+    interval, grace = stored.heartbeat
+    busy = None if run.join else coordinator_conflict(stored, worker_id(), float(grace or GRACE_FACTOR * (
+        interval or HEARTBEAT_INTERVAL_S)))
+    if busy is not None:
+        raise SearchError(busy)
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """`path` is a folder this process can write into, or can be created where it can write."""
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{flag} {str(path)!r} is a file; give a folder")
+    why = unwritable(path)
+    if why is not None:
+        raise SettingsError(f"{flag} {str(path)!r} cannot be written: {why}; choose a folder you can write")
+
+
+def check_threads(threads: int | None) -> None:
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        raise SettingsError(f"--threads {threads} is more than the {cpus} CPUs of this machine; give at most "
+                            f"{cpus}")
+
+
+def check_steps(settings: SearchSettings, handle: ModelHandle) -> None:
+    """The step range must fit the model's training schedule."""
+    n = handle.num_train_timesteps
+    if settings.max_steps > n:
+        raise SettingsError(f"--max-steps {settings.max_steps} is more than the {n} training timesteps of this "
+                            f"model; give at most {n}")
 
 
 def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, run: RunOptions) -> Preflight:
     """Check a request (see the module docstring); nothing is created or written."""
     settings = dataclasses.replace(settings, device=validate_device(settings.device))
-    if run.out.exists() and not run.out.is_dir():
-        raise SettingsError(f"--out {str(run.out)!r} is a file; give a folder")
+    check_threads(run.threads)
+    writable_folder(run.out, "--out")
+    inside = export_containing(run.out)
+    if inside is not None:
+        raise SettingsError(f"--out {str(run.out)!r} is inside the export {inside}; choose a folder outside it")
     url = storage_url(run.storage, run.out)
     has_studies = check_storage(url, "--storage" if run.storage else "the study in --out",
                                 new_parent_must_exist=run.storage is not None)
@@ -108,6 +143,7 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     if settings.metric is not None:
         check_metric(settings.metric, handle, settings.device)
     settings = settings.resolved(handle)
+    check_steps(settings, handle)
     context = context_for(handle, settings)
     check_space(handle, settings, context)
     if has_studies:

@@ -19,20 +19,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock, Timeout
 
 from autoeff.devices import validate_device
 from autoeff.errors import NoFeasibleCandidateError, SearchError
+from autoeff.evaluators.latency import LatencyResult
 from autoeff.measure import EvaluationSpec, Evaluator
 from autoeff.measurement import Baseline
 from autoeff.models.registry import resolve_model
@@ -47,6 +51,9 @@ from autoeff.settings import SearchSettings
 from autoeff.study import StoredStudy, TrialRecord, fail_reason, load_existing, open_study
 from autoeff.warm_start import warm_start_params
 from autoeff.workers import (
+    STORAGE_RETRY_S,
+    TRANSIENT_STORAGE_ERRORS,
+    CoordinatorLease,
     WorkerRegistry,
     open_storage,
     reclaim_orphans,
@@ -60,6 +67,7 @@ from autoeff.workers import (
 # (DeepCache N=5 ~2x, int8 and pruning 1.1-1.3x on the digits U-Net, BENCHMARKS.md) cannot buy back more.
 STEP_HEADROOM = 3.0
 SUMMARY_JSON = "summary.json"
+OWNER_LOCK = ".autoeff.lock"
 
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -78,12 +86,31 @@ class Progress:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
+class BusyMachineWarning(UserWarning):
+    """Other processes used a large share of the CPUs while a latency was measured."""
+
+
+def warn_if_busy(what: str, latency: LatencyResult | None) -> None:
+    if latency is not None and latency.busy:
+        warnings.warn(BusyMachineWarning(
+            f"other processes used {latency.other_cpu:.0%} of the CPUs while {what} was timed: its latency may be "
+            "inflated; measure on a quiet machine"), stacklevel=2)
+
+
 def stage_baseline(stored: StoredStudy, evaluator: Evaluator) -> Baseline:
-    """The stored baseline, or measure it once and store it."""
+    """The stored baseline, or measure it once and store it (a baseline that fails is the user's pipeline
+    failing: one line, not a traceback)."""
     baseline = stored.baseline
     if baseline is None:
-        baseline = evaluator.baseline()
+        try:
+            baseline = evaluator.baseline()
+        except (KeyboardInterrupt, SearchError):
+            raise
+        except Exception as e:
+            raise SearchError(f"the baseline (the pipeline as given) failed: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]}") from e
         stored.set_baseline(baseline)
+        warn_if_busy("the baseline", baseline.latency)
     evaluator.noise_floor = baseline.noise_floor
     return baseline
 
@@ -107,11 +134,9 @@ def stage_step_cap(context: SpaceContext, fit_steps: int) -> SpaceContext:
 
 
 def stage_warm_start(stored: StoredStudy, settings: SearchSettings, context: SpaceContext, fit_steps: int) -> None:
-    """Enqueue the hand-picked configurations, once per study."""
+    """Choose the hand-picked configurations, once per study; the trial loop enqueues them one at a time."""
     if settings.warm_start and not stored.warm_started:
-        for params in warm_start_params(settings.space, context, fit_steps=fit_steps):
-            stored.enqueue(params)
-        stored.mark_warm_started()
+        stored.set_warm_starts(warm_start_params(settings.space, context, fit_steps=fit_steps))
 
 
 def stage_recovery(result: OptimizeResult, evaluator: Evaluator, space: SearchSpace, steps: int) -> None:
@@ -189,18 +214,51 @@ def optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback] = (),
     def count(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished[0] += 1
 
+    pre.run.out.mkdir(parents=True, exist_ok=True)
+    with owning(pre.run.out):  # one process per --out; a second is refused before it touches anything
+        try:
+            return _optimize(pre, callbacks=[count, *callbacks], progress=progress)
+        except NoFeasibleCandidateError:
+            raise
+        except Exception as e:  # not KeyboardInterrupt: Ctrl-C keeps what was measured, for the rerun to resume
+            if not finished[0] and not (pre.run.out / SUMMARY_JSON).exists():
+                for p in pre.creates:
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    elif p.exists():
+                        p.unlink()
+            if isinstance(e, TRANSIENT_STORAGE_ERRORS):  # still failing after the storage's own retries
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise SearchError(f"the study's storage failed for {STORAGE_RETRY_S:.0f} s ({type(e).__name__}: "
+                                  f"{first[:200]}); every trial it recorded is kept: run the same command again "
+                                  "once it is reachable") from e
+            raise
+
+
+@contextlib.contextmanager
+def owning(out: Path) -> Iterator[None]:
+    """Hold `out/.autoeff.lock` for the run: a second `optimize` on the same --out gets one line naming this
+    process. The OS drops the lock when its process dies (even by SIGKILL), so a stale one is taken over."""
+    path = out / OWNER_LOCK
+    lock = FileLock(str(path))
     try:
-        return _optimize(pre, callbacks=[count, *callbacks], progress=progress)
-    except NoFeasibleCandidateError:
-        raise
-    except Exception:  # not KeyboardInterrupt: Ctrl-C keeps what was measured, for the rerun to resume
-        if not finished[0] and not (pre.run.out / SUMMARY_JSON).exists():
-            for p in pre.creates:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                elif p.exists():
-                    p.unlink()
-        raise
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = _read_owner(path)
+        raise SearchError(f"--out {str(out)!r} is in use by another autoeff optimize ({owner}); wait for it to "
+                          "finish or choose another --out") from None
+    try:
+        path.write_text(f"{worker_id()}\n")
+        yield
+    finally:
+        lock.release()
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        return "process " + path.read_text().strip()[:200]
+    except OSError:
+        return "another process"
 
 
 def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
@@ -213,10 +271,12 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     study = open_study(rdb, run.study_name, settings, handle.identity, directions=directions(settings),
                        sampler=make_sampler(settings.sampler, seed), create=not run.join)
     stored = StoredStudy(study)
-    if not run.join:  # a joiner runs the coordinator's study as stored; it never rewrites its settings
-        assert rdb.heartbeat_interval is not None and rdb.grace_period is not None
-        stored.set_run(settings, rdb.heartbeat_interval, rdb.grace_period)
-    with WorkerRegistry.for_storage(pre.storage_url, run.study_name) as registry:
+    assert rdb.heartbeat_interval is not None and rdb.grace_period is not None
+    lease = (contextlib.nullcontext() if run.join else  # a joiner runs the coordinator's study as stored
+             CoordinatorLease(study, worker_id(), rdb.heartbeat_interval, rdb.grace_period))
+    with lease, WorkerRegistry.for_storage(pre.storage_url, run.study_name) as registry:
+        if not run.join:
+            stored.set_run(settings, rdb.heartbeat_interval, rdb.grace_period)
         evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=run.threads)
         # 2-3. baseline, budget
         baseline = stage_baseline(stored, evaluator)
@@ -247,7 +307,7 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
             report(trial.state.name, fail_reason(trial))
 
         run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
-                   callbacks=[after_trial, *callbacks],
+                   callbacks=[after_trial, *callbacks], refill=stored.enqueue_next_warm_start,
                    on_wait=lambda counts, target: report(
                        "WAITING", f"waiting for {counts.running} trial(s) running on other workers"))
     # 8. selection
@@ -267,12 +327,20 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     if run.recover_steps and result.best is not None:
         stage_recovery(result, evaluator, space, run.recover_steps)
     # 10. summary and export
-    (run.out / SUMMARY_JSON).write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
+    write_summary(result, run.out)  # before exporting: nothing measured is lost if the export fails
     if result.best is None:
-        raise no_feasible(result, run.out, run.best_effort, run.export)
+        error = no_feasible(result, run.out, run.best_effort, run.export)
+        write_summary(result, run.out)
+        raise error
+    warn_if_busy(f"the chosen candidate (trial {result.best.record.number})", result.best.final.latency)
     if run.export:
         result.export(run.out / "optimized")
+        write_summary(result, run.out)  # now with the export's path
     return result
+
+
+def write_summary(result: OptimizeResult, out: Path) -> None:
+    (out / SUMMARY_JSON).write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
 
 
 # -- a worker joining someone else's study ------------------------------------------------------------------
@@ -326,7 +394,7 @@ def work(storage: str, study_name: str = "autoeff", *, model_path: str | None = 
                               noise_floor=None if baseline is None else baseline.noise_floor)
         objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
         ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
-                         callbacks=list(callbacks))
+                         callbacks=list(callbacks), refill=stored.enqueue_next_warm_start)
         counts = trial_counts(study)
     return WorkResult(ran=ran, done=counts.done, target=settings.trials, worker=registry.token)
 

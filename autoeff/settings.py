@@ -26,6 +26,10 @@ from autoeff.models.handle import ModelHandle
 SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")
 DEFAULT_SPACE: tuple[str, ...] = ("solver", "schedule", "cache")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+MAX_STUDY_NAME = 128  # it names a folder of the worker registry (NAME_MAX 255) and a database row
+# Upper bounds of the counts (beyond them a typo allocates until the machine swaps, or runs for weeks).
+_MOST = {"seed": MAX_SEED, "batch_size": 4096, "trials": 100_000, "top_k": 1000, "proxy_samples": 1_000_000,
+         "final_samples": 1_000_000, "min_steps": 100_000, "max_steps": 100_000}
 # Optuna heartbeats of every RDB storage: a running trial beats every interval; one silent for the grace period
 # (default: this many intervals) is failed and retried (`autoeff.storage`, `autoeff.workers`).
 HEARTBEAT_INTERVAL_S = 20
@@ -142,7 +146,7 @@ class SearchSettings:
             value = getattr(self, name)
             if value is not None:
                 least = {"proxy_samples": 2, "final_samples": 2, "seed": 0}.get(name, 1)
-                _whole(value, self._flag(name), least, MAX_SEED if name == "seed" else None)
+                _whole(value, self._flag(name), least, _MOST.get(name))
         if self.proxy_samples is not None and self.final_samples is not None and \
                 self.final_samples < self.proxy_samples:
             raise SettingsError(f"--final-samples {self.final_samples} is below --proxy-samples "
@@ -263,6 +267,9 @@ class RunOptions:
                                     f"interval ({interval} s); e.g. {GRACE_FACTOR * interval}")
         if not isinstance(self.study_name, str) or not self.study_name:
             raise SettingsError("--study-name must be a non-empty name")
+        if len(self.study_name) > MAX_STUDY_NAME or not self.study_name.isprintable():
+            raise SettingsError(f"--study-name must be at most {MAX_STUDY_NAME} printable characters (got "
+                                f"{len(self.study_name)})")
 
 
 

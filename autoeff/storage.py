@@ -6,7 +6,9 @@ that a URL can hold a study before anything is written. Opening a storage with h
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import sqlalchemy
@@ -16,6 +18,22 @@ from sqlalchemy.exc import ArgumentError
 from autoeff.errors import SearchError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why this process cannot create files in `folder` (or in its nearest existing parent, where `folder` would
+    be created), or None. Probes with a real temporary file (removed at once): permission bits say nothing for
+    root, nor for read-only mounts and special file systems."""
+    existing = next((p for p in (folder, *folder.resolve().parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".autoeff-probe-", dir=existing)
+    except OSError:  # EACCES, EROFS, ENOENT (special file systems): the reason varies with the user, not the fix
+        return f"{existing} is not writable"
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def mask_url(url: str) -> str:
@@ -76,7 +94,12 @@ def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bo
             if new_parent_must_exist and not path.parent.is_dir():
                 raise SearchError(f"{what} {mask_url(url)!r}: folder {path.parent} does not exist; create it or "
                                   "choose another path")
+            why = unwritable(path.parent) if path.parent.is_dir() else None
+            if why is not None:
+                raise SearchError(f"{what} {mask_url(url)!r}: {why}; choose another path")
             return False
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise SearchError(f"{what} {mask_url(url)!r}: {path} cannot be read and written by this user")
         with open(path, "rb") as f:
             head = f.read(16)
         if not head:
@@ -113,4 +136,5 @@ def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bo
         engine.dispose()
 
 
-__all__ = ["mask_url", "sqlite_path", "normalize_storage_url", "default_storage", "storage_url", "check_storage"]
+__all__ = ["unwritable", "mask_url", "sqlite_path", "normalize_storage_url", "default_storage", "storage_url",
+           "check_storage"]

@@ -12,10 +12,12 @@ stored:
 | study | `settings` | `SearchSettings.to_dict()` of the coordinator's latest run | coordinator |
 | study | `target_trials` | finished trials to reach (`--trials`) | coordinator |
 | study | `heartbeat` | `{interval, grace}` seconds, the coordinator's | coordinator |
+| study | `coordinator` | `{owner, beat}`: the process coordinating now and its last beat (unix time) | coordinator |
 | study | `baseline` | `Baseline.to_dict()` | run, once |
 | study | `budget_s` | the budget in seconds (resolved against the baseline) | run |
 | study | `steps_searched` | `[min, max]` step range after the budget cut | run |
-| study | `warm_started` | hand-picked configurations were enqueued | run, once |
+| study | `warm_started` | the hand-picked configurations were chosen | run, once |
+| study | `warm_start_queue` | their trial params not enqueued yet (one enqueued when none waits) | run, workers |
 | study | `finalists` | trial number -> re-measurement on the final sample (or why it failed) | selection |
 | trial | `recipe` | `Recipe.to_dict()` | objective |
 | trial | `measurement` | `Measurement.to_dict()` | objective |
@@ -39,6 +41,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from autoeff.budget import Budget, BudgetError, parse_budget
 from autoeff.errors import IncompatibleStudyError, SearchError
 from autoeff.measurement import Baseline, Measurement
 from autoeff.optuna_compat import storage_of, trial_id
@@ -53,10 +56,12 @@ _CREATED = "created"
 _SETTINGS = "settings"
 _TARGET = "target_trials"
 _HEARTBEAT = "heartbeat"
+_COORDINATOR = "coordinator"
 _BASELINE = "baseline"
 _BUDGET_S = "budget_s"
 _STEPS = "steps_searched"
 _WARM_STARTED = "warm_started"
+_WARM_QUEUE = "warm_start_queue"
 _FINALISTS = "finalists"
 _RECIPE = "recipe"
 _MEASUREMENT = "measurement"
@@ -153,6 +158,19 @@ class StoredStudy:
         return target
 
     @property
+    def coordinator(self) -> tuple[str, float] | None:
+        """`(owner, last beat as unix time)` of the process coordinating the study, or None."""
+        value = self._get(_COORDINATOR)
+        if not isinstance(value, dict) or not isinstance(value.get("owner"), str):
+            return None
+        beat = value.get("beat")
+        return value["owner"], float(beat) if isinstance(beat, int | float) else 0.0
+
+    def set_coordinator(self, owner: str | None, beat: float | None = None) -> None:
+        """Record (or, with None, release) the coordinating process and its beat."""
+        self.study.set_user_attr(_COORDINATOR, None if owner is None else {"owner": owner, "beat": beat})
+
+    @property
     def heartbeat(self) -> tuple[int | None, int | None]:
         """The coordinator's `(interval, grace)` seconds, or `(None, None)`."""
         beat = self._get(_HEARTBEAT)
@@ -201,8 +219,22 @@ class StoredStudy:
     def warm_started(self) -> bool:
         return bool(self._get(_WARM_STARTED))
 
-    def mark_warm_started(self) -> None:
+    def set_warm_starts(self, picks: list[dict[str, Any]]) -> None:
+        """Store the hand-picked configurations, to be enqueued one at a time (`enqueue_next_warm_start`)."""
+        self.study.set_user_attr(_WARM_QUEUE, list(picks))
         self.study.set_user_attr(_WARM_STARTED, True)
+
+    def enqueue_next_warm_start(self) -> bool:
+        """Enqueue the next stored hand-picked configuration, if any is left; True when one was enqueued.
+
+        One at a time, when no trial waits: a retry of an interrupted trial (enqueued when its process is found
+        dead) then runs next, instead of after every hand-picked configuration still queued."""
+        queue = list(self._get(_WARM_QUEUE) or [])
+        if not queue:
+            return False
+        self.study.set_user_attr(_WARM_QUEUE, queue[1:])
+        self.enqueue(queue[0])
+        return True
 
     def finalist(self, number: int) -> FinalistEntry | None:
         entry = (self._get(_FINALISTS) or {}).get(str(number))
@@ -326,10 +358,17 @@ def incompatibility(stored: StoredStudy, settings: SearchSettings, model_identit
                 + ", ".join(f"{k}={ident.get(k)!r}, not {mine.get(k)!r}" for k in diff)
                 + "); use another --study-name or --out")
     old = stored.budget_text
-    if old is not None and old != settings.budget.text:
+    if old is not None and not _same_budget(old, settings.budget):
         return (f"study {stored.name!r} in {label} was made for --budget {old}, not {settings.budget.text}; "
                 f"resume with --budget {old}, or use another --study-name or --out")
     return None
+
+
+def _same_budget(stored_text: str, budget: Budget) -> bool:
+    try:
+        return parse_budget(stored_text).same_as(budget)
+    except BudgetError:
+        return False
 
 
 def open_study(storage: str | BaseStorage, study_name: str, settings: SearchSettings, model_identity: str, *,

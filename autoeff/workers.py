@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from filelock import FileLock, Timeout
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -54,7 +56,8 @@ from autoeff.study import (
 )
 
 __all__ = [
-    "MAX_RETRY", "STALE_REASON", "HeartbeatStorage", "RetryStaleTrial", "TrialCounts", "WorkerRegistry",
+    "MAX_RETRY", "STORAGE_RETRY_S", "TRANSIENT_STORAGE_ERRORS", "STALE_REASON", "HeartbeatStorage",
+    "RetryStaleTrial", "TrialCounts", "WorkerRegistry", "CoordinatorLease", "coordinator_conflict",
     "fail_stale_trials", "open_storage", "reclaim_orphans", "retry_trial", "run_trials", "trial_counts",
     "worker_id", "worker_seed",
 ]
@@ -89,6 +92,38 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None =
 
 
 # -- the storage every process opens ----------------------------------------------------------------------
+# How long a storage call is retried while the database is unreachable (a PostgreSQL server restarting, a
+# dropped connection) before the error reaches the run. SQLAlchemy's pool_pre_ping replaces dead connections on
+# the next checkout; the retry covers the calls made while the server is down.
+STORAGE_RETRY_S = 120.0
+_RETRY_PAUSE_S = 2.0
+TRANSIENT_STORAGE_ERRORS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+              sqlalchemy.exc.InterfaceError)
+_RETRIED = ("create_new_study", "create_new_trial", "get_all_studies", "get_all_trials", "get_n_trials",
+            "get_study_directions", "get_study_id_from_name", "get_study_name_from_id", "get_study_system_attrs",
+            "get_study_user_attrs", "get_trial", "get_trial_id_from_study_id_trial_number",
+            "get_trial_number_from_id", "get_trial_param", "get_trial_params", "get_trial_system_attrs",
+            "get_trial_user_attrs", "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value",
+            "set_trial_param", "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr",
+            "record_heartbeat")
+
+
+def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: HeartbeatStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except TRANSIENT_STORAGE_ERRORS:
+                if time.monotonic() + _RETRY_PAUSE_S > deadline:
+                    raise
+                time.sleep(_RETRY_PAUSE_S)
+
+    call.__name__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
 class HeartbeatStorage(StaleTrialsStorage):
     """Optuna's RDBStorage, with two additions to its stale-trial detection:
 
@@ -98,6 +133,8 @@ class HeartbeatStorage(StaleTrialsStorage):
       starting the heartbeat thread), started longer than the grace period ago, is stale too; Optuna skips
       those and they would stay RUNNING forever. Its start time is the asking machine's clock.
     """
+
+    retry_s: float = STORAGE_RETRY_S
 
     def more_stale_trials(self, study_id: int, stale: list[int]) -> list[int]:
         assert self.heartbeat_interval is not None
@@ -112,6 +149,10 @@ class HeartbeatStorage(StaleTrialsStorage):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 set_fail_reason_by_id(self, tid, STALE_REASON)
         return stale
+
+
+for _name in _RETRIED:  # every storage call retries a transient database failure (a server restart) for a while
+    setattr(HeartbeatStorage, _name, _retrying(_name, getattr(StaleTrialsStorage, _name)))
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -316,6 +357,71 @@ def reclaim_orphans(study: optuna.Study, registry: WorkerRegistry, max_retry: in
     return failed
 
 
+# -- one coordinator per study -----------------------------------------------------------------------------
+def coordinator_conflict(stored: StoredStudy, token: str, grace: float) -> str | None:
+    """Why process `token` may not coordinate the study now (another one beat less than `grace` s ago)."""
+    current = stored.coordinator
+    if current is None or current[0] == token:
+        return None
+    owner, beat = current
+    age = time.time() - beat
+    if age < grace and not _dead_here(owner):
+        return (f"study {stored.name!r} is already coordinated by {owner} (it beat {age:.0f} s ago); add trials "
+                "to it with `autoeff worker`, or wait for it to finish")
+    return None
+
+
+class CoordinatorLease:
+    """The study's single coordinator, recorded in the study and renewed by a thread every `interval` seconds.
+
+    A second `autoeff optimize` on the same study (not `--join`, not a worker) is refused while the recorded
+    coordinator beats: two coordinators would each measure a baseline, resolve the budget against their own,
+    and select and export on their own. A coordinator that stopped beating for `grace` seconds (crashed, on any
+    machine), or a dead process of this machine, is taken over. Two that start within a second of each other:
+    both write, wait, and read back; the one whose record stands goes on.
+
+        with CoordinatorLease(study, token, interval, grace): ...
+    """
+
+    SETTLE_S = 0.2
+
+    def __init__(self, study: optuna.Study, token: str, interval: float, grace: float) -> None:
+        self.stored = StoredStudy(study)
+        self.token, self.interval, self.grace = token, interval, grace
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _refuse_if_taken(self) -> None:
+        why = coordinator_conflict(self.stored, self.token, self.grace)
+        if why is not None:
+            raise SearchError(why)
+
+    def __enter__(self) -> CoordinatorLease:
+        self._refuse_if_taken()
+        self.stored.set_coordinator(self.token, time.time())
+        time.sleep(self.SETTLE_S)  # a rival that read before this write has written its own by now
+        current = self.stored.coordinator
+        if current is not None and current[0] != self.token:
+            self._refuse_if_taken()
+        self._thread = threading.Thread(target=self._beat, name="autoeff-coordinator-beat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # a missed beat is harmless: the next one, or the grace, covers it
+                self.stored.set_coordinator(self.token, time.time())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            current = self.stored.coordinator
+            if current is not None and current[0] == self.token:
+                self.stored.set_coordinator(None)
+
+
 # -- the loop every process runs --------------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet_heartbeat_warning() -> Iterator[None]:
@@ -335,12 +441,14 @@ def run_trials(
     on_wait: Callable[[TrialCounts, int], None] | None = None,
     max_retry: int | None = MAX_RETRY,
     poll_s: float | None = None,
+    refill: Callable[[], object] | None = None,
 ) -> int:
     """Run trials of `study` until its finished count reaches the target stored in the study; return how
     many this process ran.
 
-    Before each trial: fail orphaned and heartbeat-stale trials (they are retried), then take a trial only
-    while finished + running < target, so a few processes overshoot the target by at most one trial each
+    Before each trial: fail orphaned and heartbeat-stale trials (they are retried), call `refill` when no trial
+    waits (it may enqueue one: the next hand-picked configuration), then take a trial only while
+    finished + running < target, so a few processes overshoot the target by at most one trial each
     when they ask at the same moment. A worker stops once the target is reached; the coordinator
     (`wait_for_running`) also waits for the trials still running elsewhere, which finish, or go stale and
     are retried (possibly by this process), so that selection sees every trial.
@@ -368,6 +476,8 @@ def run_trials(
         counts = trial_counts(study)
         target = stored.target_trials
         if counts.done + counts.running < target:
+            if counts.waiting == 0 and refill is not None:
+                refill()
             try:
                 with _quiet_heartbeat_warning():
                     study.optimize(owned, n_trials=1, catch=catch, callbacks=list(callbacks), gc_after_trial=True)

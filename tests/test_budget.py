@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoeff.budget import MAX_SECONDS, Budget, BudgetError, format_seconds, parse_budget
+from autoeff.budget import MAX_SECONDS, MIN_FRACTION, MIN_SECONDS, Budget, BudgetError, format_seconds, parse_budget
 
 
 @pytest.mark.parametrize("text, seconds", [
     ("200ms", 0.2), ("0.2s", 0.2), ("2s", 2.0), (" 200 ms ", 0.2), ("1e2ms", 0.1), (".5s", 0.5),
-    ("1.5e-1s", 0.15), ("86400s", MAX_SECONDS), ("0.001ms", 1e-6),
+    ("1.5e-1s", 0.15), ("86400s", MAX_SECONDS), ("0.1ms", MIN_SECONDS),
 ])
 def test_absolute_budgets(text, seconds):
     b = parse_budget(text)
@@ -22,7 +22,8 @@ def test_absolute_budgets(text, seconds):
     assert b.text == text.strip()
 
 
-@pytest.mark.parametrize("text, fraction", [("10%", 0.1), ("80 %", 0.8), ("0.5%", 0.005), ("1000%", 10.0)])
+@pytest.mark.parametrize("text, fraction", [("10%", 0.1), ("80 %", 0.8), ("0.5%", 0.005), ("1000%", 10.0),
+                                            ("0.1%", MIN_FRACTION)])
 def test_relative_budgets(text, fraction):
     b = parse_budget(text)
     assert b.seconds is None and b.fraction == pytest.approx(fraction)
@@ -45,6 +46,9 @@ def test_relative_budgets(text, fraction):
     ("", ["not a latency"]),
     ("ms", ["not a latency"]),
     ("1e999ms", ["not a finite number"]),  # overflows to inf: refused, not accepted as an infinite budget
+    ("1e-9s", ["less than 0.1 ms", "200ms"]),  # a typo, not a budget any pipeline can meet
+    ("0.09ms", ["less than 0.1 ms"]),
+    ("0.01%", ["less than 0.1% of the baseline", "10%"]),
 ])
 def test_refused_budgets_name_the_input_and_a_fix(text, words):
     with pytest.raises(BudgetError) as err:
@@ -65,9 +69,16 @@ def test_any_text_is_a_usable_budget_or_a_budget_error(text):
         return
     assert isinstance(b, Budget)
     if b.seconds is not None:
-        assert math.isfinite(b.seconds) and 0 < b.seconds <= MAX_SECONDS and b.fraction is None
+        assert math.isfinite(b.seconds) and MIN_SECONDS <= b.seconds <= MAX_SECONDS and b.fraction is None
     else:
-        assert b.fraction is not None and 0 < b.fraction <= 10.0
+        assert b.fraction is not None and MIN_FRACTION <= b.fraction <= 10.0
+
+
+def test_the_same_budget_however_written():
+    assert parse_budget("200ms").same_as(parse_budget("0.2s"))
+    assert parse_budget("10%").same_as(parse_budget(" 10.0 %"))
+    assert not parse_budget("200ms").same_as(parse_budget("20%"))
+    assert not parse_budget("200ms").same_as(parse_budget("201ms"))
 
 
 def test_format_seconds():

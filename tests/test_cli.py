@@ -112,7 +112,7 @@ def test_optimize_show_export_bench(tmp_path):
     res = invoke("bench", str(dest), "--threads", "1")
     assert res.exit_code == 0, res.stderr
     whats = [line.split()[0] for line in res.stdout.splitlines()]
-    assert whats == ["device", "latency", "quality"]
+    assert whats == ["device", "latency", "load", "quality"]
 
     # the quality re-measured on the same seeds reproduces what the study recorded, exactly
     rows = {r["what"]: r for r in bench_export(dest, threads=1)}

@@ -53,6 +53,8 @@ def test_optimize_export_reload_regenerates_the_same_images(digits10, tmp_path):
     assert torch.equal(search_time, reloaded)
     for name in ("report.html", "pareto.png", "samples.png", "manifest.json"):
         assert (res.export_path / name).is_file()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["export_path"] == str(res.export_path)  # written after the export, not before it
     assert "Pareto front" in (res.export_path / "report.html").read_text()
 
 
@@ -154,11 +156,11 @@ def test_failing_candidates_fail_their_trial_not_the_search(digits10, tmp_path, 
 
 def test_no_feasible_candidate_exports_nothing_unless_best_effort(digits10, tmp_path):
     with pytest.raises(NoFeasibleCandidateError) as e:
-        optimize(digits10, budget="0.001ms", trials=2, out=tmp_path / "nf", warm_start=False, **FAST)
+        optimize(digits10, budget="0.1ms", trials=2, out=tmp_path / "nf", warm_start=False, **FAST)
     assert "fastest" in str(e.value)
     assert not (tmp_path / "nf" / "optimized").exists()
     with pytest.raises(NoFeasibleCandidateError):
-        optimize(digits10, budget="0.001ms", trials=2, out=tmp_path / "nf", warm_start=False, best_effort=True,
+        optimize(digits10, budget="0.1ms", trials=2, out=tmp_path / "nf", warm_start=False, best_effort=True,
                  **FAST)
     assert (tmp_path / "nf" / "optimized" / "autoeff.json").is_file()
 

@@ -93,6 +93,52 @@ def _edit_autoeff_json(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path
     return setup
 
 
+def _edit_manifest(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        man_path = tmp / "optimized" / "manifest.json"
+        man = json.loads(man_path.read_text())
+        edit(man["sha256"])
+        man_path.write_text(json.dumps(man))
+    return setup
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _edit_component_json(rel: str, edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    """Change a JSON file of the export (and its manifest digest to match: only autoeff's checks can object)."""
+    def setup(tmp: Path) -> None:
+        folder = tmp / "optimized"
+        data = json.loads((folder / rel).read_text())
+        edit(data)
+        (folder / rel).write_text(json.dumps(data))
+        man = json.loads((folder / "manifest.json").read_text())
+        man["sha256"][rel] = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+        (folder / "manifest.json").write_text(json.dumps(man))
+    return setup
+
+
+def _user_pipeline(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    """A user's own digits-architecture pipeline saved with save_pretrained, its U-Net config then edited."""
+    def setup(tmp: Path) -> None:
+        import torch
+
+        from autoeff.models.digits.architectures import build_scheduler, build_unet
+        from autoeff.models.digits.pipeline import DigitsPipeline
+
+        torch.manual_seed(0)
+        DigitsPipeline(unet=build_unet(), scheduler=build_scheduler()).save_pretrained(tmp / "mine")
+        cfg_path = tmp / "mine" / "unet" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        edit(cfg)
+        cfg_path.write_text(json.dumps(cfg))
+    return setup
+
+
 def _escaping_manifest(tmp: Path) -> None:
     (tmp / "x").write_text("outside the export")
     man_path = tmp / "optimized" / "manifest.json"
@@ -112,6 +158,8 @@ ROWS: list[Row] = [
     Row("budget-nan", "not a number", _budget("nan ms")),
     Row("budget-percent-huge", "more than 10x the baseline", _budget("1001%")),
     Row("budget-missing", "no budget", ("optimize", "--model", "digits", "--out", "{out}")),
+    Row("budget-tiny", "a budget below 0.1 ms (a typo)", _budget("1e-9s")),
+    Row("budget-percent-tiny", "a budget below 0.1% of the baseline", _budget("0.01%")),
     # -- the model
     Row("model-unknown", "an unknown model name", ("optimize", "--model", "sd3", "--budget", "10%", "--out",
                                                  "{out}")),
@@ -146,6 +194,24 @@ ROWS: list[Row] = [
     Row("trial-timeout-negative", "a negative --trial-timeout", _opt("--budget", "10%", "--trial-timeout", "-1")),
     Row("threads-zero", "--threads 0", _opt("--budget", "10%", "--threads", "0")),
     Row("seed-negative", "a negative --seed", _opt("--budget", "10%", "--seed", "-1")),
+    Row("seed-huge", "a --seed of 2^32 (beyond numpy's and torch's seeds)", _opt("--budget", "10%", "--seed",
+                                                                                "4294967296")),
+    Row("batch-huge", "--batch of a million images per call", _opt("--budget", "10%", "--batch", "1000000")),
+    Row("steps-above-training", "--max-steps above the model's 1000 training timesteps",
+        _opt("--budget", "10%", "--max-steps", "1500")),
+    Row("heartbeat-zero", "--heartbeat-interval 0", _opt("--budget", "10%", "--heartbeat-interval", "0")),
+    Row("grace-short", "a grace period shorter than the heartbeat interval",
+        _opt("--budget", "10%", "--grace-period", "5")),
+    Row("study-name-long", "a --study-name of 300 characters", _opt("--budget", "10%", "--study-name", "s" * 300)),
+    Row("model-folder-bad-config", "a user's pipeline folder whose U-Net config asks for sample_size 200000",
+        ("optimize", "--model", "{tmp}/mine", "--budget", "10%", "--out", "{out}"),
+        setup=_user_pipeline(lambda c: c.update(sample_size=200000))),
+    Row("model-folder-negative-channels", "a user's pipeline folder with negative channel counts",
+        ("optimize", "--model", "{tmp}/mine", "--budget", "10%", "--out", "{out}"),
+        setup=_user_pipeline(lambda c: c.update(block_out_channels=[-32, 64, 64]))),
+    Row("model-folder-class-list", "a pipeline folder whose _class_name is a list",
+        ("optimize", "--model", "{tmp}/mine", "--budget", "10%", "--out", "{out}"),
+        setup=_write("mine/model_index.json", '{"_class_name": ["DigitsPipeline"]}')),
     # -- where the study is kept
     Row("storage-unknown-scheme", "a storage URL of no known database",
         _opt("--budget", "10%", "--storage", "foo://x")),
@@ -159,13 +225,19 @@ ROWS: list[Row] = [
     Row("storage-foreign-sqlite", "another program's SQLite database",
         _opt("--budget", "10%", "--storage", "sqlite:///{tmp}/app.db"), setup=_foreign_sqlite),
     Row("storage-in-memory", "an in-memory SQLite URL", _opt("--budget", "10%", "--storage", "sqlite://")),
+    Row("storage-unwritable-folder", "a new SQLite file in a folder no one can write (/proc)",
+        _opt("--budget", "10%", "--storage", "sqlite:////proc/autoeff.db")),
+    Row("out-unwritable", "an --out folder that cannot be created (/proc)",
+        ("optimize", "--model", "digits", "--budget", "10%", "--out", "/proc/autoeff-out")),
+    Row("out-inside-export", "--out inside an exported folder",
+        ("optimize", "--model", "digits", "--budget", "10%", "--out", "{export}/run"), needs=("export",)),
     Row("out-study-db-garbage", "an --out folder whose study.db is not a database",
         ("optimize", "--model", "digits", "--budget", "10%", "--out", "{tmp}/run"),
         setup=_write("run/study.db", "not a database")),
     Row("study-other-budget", "resuming a study with another budget",
         ("optimize", "--model", "digits", "--budget", "50%", "--out", "{study}", *STUDY_FLAGS), needs=("study",)),
     Row("study-other-model", "resuming a study with another model",
-        ("optimize", "--model", "digits-dit", "--budget", "80%", "--out", "{study}", *STUDY_FLAGS),
+        ("optimize", "--model", "digits-dit", "--budget", "1000%", "--out", "{study}", *STUDY_FLAGS),
         needs=("study",)),
     Row("out-is-a-file", "--out naming an existing file", ("optimize", "--model", "digits", "--budget", "10%",
                                                           "--out", "{tmp}/file.txt"), setup=_write("file.txt", "x")),
@@ -179,6 +251,14 @@ ROWS: list[Row] = [
     Row("export-into-foreign-folder", "export into a folder of other files",
         ("export", "--out", "{study}", "--trial", "{trial}", "--to", "{tmp}/mine"), needs=("study",),
         setup=_write("mine/notes.txt", "keep me")),
+    Row("export-into-doctored-export", "export over an export holding a file the user added (notes.txt)",
+        ("export", "--out", "{study}", "--trial", "{trial}", "--to", "{export}"), needs=("study", "export"),
+        setup=_write("optimized/notes.txt", "my notes")),
+    Row("export-into-fake-export", "export into a folder that only claims to be one (an empty autoeff.json)",
+        ("export", "--out", "{study}", "--trial", "{trial}", "--to", "{tmp}/d"), needs=("study",),
+        setup=lambda tmp: (_write("d/notes.txt", "keep me")(tmp), _write("d/autoeff.json", "{}")(tmp))),
+    Row("export-to-unwritable", "export into a folder that cannot be created (/proc)",
+        ("export", "--out", "{study}", "--trial", "{trial}", "--to", "/proc/autoeff-export"), needs=("study",)),
     Row("export-no-study", "export from a folder with no study",
         ("export", "--out", "{tmp}/empty", "--trial", "0", "--to", "{tmp}/dest"),
         setup=lambda tmp: (tmp / "empty").mkdir()),
@@ -200,11 +280,52 @@ ROWS: list[Row] = [
         setup=_edit_autoeff_json(lambda i: i["recipe"].update(schema_version=99))),
     Row("bench-manifest-escapes", "a manifest entry outside the folder (../x)", ("bench", "{export}"),
         needs=("export",), setup=_escaping_manifest),
+    Row("bench-manifest-nul", "a manifest entry with a NUL character", ("bench", "{export}"), needs=("export",),
+        setup=_edit_manifest(lambda m: m.update({"a\x00b": "0" * 64}))),
+    Row("bench-manifest-long-name", "a manifest entry with a 300-character name", ("bench", "{export}"),
+        needs=("export",), setup=_edit_manifest(lambda m: m.update({"x" * 300: "0" * 64}))),
+    Row("bench-deeply-nested", "autoeff.json with a value nested 100 levels deep", ("bench", "{export}"),
+        needs=("export",), setup=_edit_autoeff_json(lambda i: i["measured"].update(recovery={"x": _nested(100)}))),
+    Row("bench-extra-not-object", "autoeff.json model.extra that is a string", ("bench", "{export}"),
+        needs=("export",), setup=_edit_autoeff_json(lambda i: i["model"].update(extra="abc"))),
+    Row("bench-batch-word", "autoeff.json measured.batch_size that is a word", ("bench", "{export}"),
+        needs=("export",), setup=_edit_autoeff_json(lambda i: i["measured"].update(batch_size="x"))),
+    Row("bench-resolution-negative", "autoeff.json model.resolution -1", ("bench", "{export}"), needs=("export",),
+        setup=_edit_autoeff_json(lambda i: i["model"].update(resolution=-1))),
+    Row("bench-resolution-huge", "autoeff.json model.resolution 200000 (a 160 GB tensor)", ("bench", "{export}"),
+        needs=("export",), setup=_edit_autoeff_json(lambda i: i["model"].update(resolution=200000))),
+    Row("bench-family-mismatch", "autoeff.json claiming another family than the folder's pipeline (sdxl)",
+        ("bench", "{export}"), needs=("export",),
+        setup=_edit_autoeff_json(lambda i: (i["model"].update(family="sdxl"), i["context"].update(family="sdxl")))),
+    Row("bench-classes-beyond-model", "autoeff.json asking for 11 classes of a 10-digit model", ("bench", "{export}"),
+        needs=("export",), setup=_edit_autoeff_json(lambda i: i["model"].update(num_classes=11))),
+    Row("bench-extra-reserved", "autoeff.json model.extra setting an argument autoeff passes itself",
+        ("bench", "{export}"), needs=("export",),
+        setup=_edit_autoeff_json(lambda i: i["model"].update(extra={"num_inference_steps": 5}))),
+    Row("bench-recipe-steps-huge", "a recipe asking for 100000 steps of a 1000-timestep model", ("bench", "{export}"),
+        needs=("export",),
+        setup=_edit_autoeff_json(lambda i: i["recipe"]["knobs"]["schedule"]["_data"].update(steps=100000))),
+    Row("bench-scheduler-negative", "a scheduler config with num_train_timesteps -5 (manifest updated)",
+        ("bench", "{export}"), needs=("export",),
+        setup=_edit_component_json("scheduler/scheduler_config.json", lambda c: c.update(num_train_timesteps=-5))),
+    Row("bench-unet-wrong-type", "a U-Net config whose in_channels is a string (manifest updated)",
+        ("bench", "{export}"), needs=("export",),
+        setup=_edit_component_json("unet/config.json", lambda c: c.update(in_channels="one"))),
+    Row("bench-class-name-list", "model_index.json whose _class_name is a list (manifest updated)",
+        ("bench", "{export}"), needs=("export",),
+        setup=_edit_component_json("model_index.json", lambda c: c.update(_class_name=["DigitsPipeline"]))),
     Row("bench-samples-one", "bench --samples 1", ("bench", "{export}", "--samples", "1"), needs=("export",)),
     Row("bench-device-tpu", "bench --device tpu", ("bench", "{export}", "--device", "tpu"), needs=("export",)),
     # -- generate and the command itself
     Row("generate-n-zero", "generate --n 0", ("generate", "--n", "0", "--out", "{tmp}/x.png")),
     Row("generate-steps-zero", "generate --steps 0", ("generate", "--steps", "0", "--out", "{tmp}/x.png")),
+    Row("generate-n-huge", "generate --n 100000", ("generate", "--n", "100000", "--out", "{tmp}/x.png")),
+    Row("generate-steps-above-training", "generate --steps above the model's training timesteps",
+        ("generate", "--steps", "1500", "--out", "{tmp}/x.png")),
+    Row("generate-out-not-png", "generate --out naming a .txt file", ("generate", "--out", "{tmp}/x.txt")),
+    Row("generate-export-without-autoeff-json", "generate from an export whose autoeff.json was deleted and "
+        "weights changed", ("generate", "--model", "{export}", "--out", "{tmp}/x.png"), needs=("export",),
+        setup=lambda tmp: ((tmp / "optimized" / "autoeff.json").unlink(), _flip_weights_byte(tmp))),
     Row("generate-model-unknown", "generate from an unknown model",
         ("generate", "--model", "sd3", "--out", "{tmp}/x.png")),
     Row("command-unknown", "an unknown command", ("frobnicate",)),
@@ -221,7 +342,7 @@ def study_source(tmp_path_factory) -> tuple[Path, int]:
     handle = autoeff.load_model("digits")
     handle.default_steps = 10
     out = tmp_path_factory.mktemp("study") / "study"
-    res = optimize(handle, budget="80%", trials=1, out=out, export=False, proxy_samples=16, final_samples=32,
+    res = optimize(handle, budget="1000%", trials=1, out=out, export=False, proxy_samples=16, final_samples=32,
                    max_steps=10, min_steps=2, top_k=2, sampler="random")
     assert res.records, "the study fixture needs a completed trial"
     return out, res.records[0].number
@@ -414,7 +535,7 @@ def test_refused_study_is_unchanged_in_storage(study_source, tmp_path):
 
     res = CliRunner().invoke(main, ["optimize", "--model", "digits", "--budget", "20ms", "--out",
                                     str(tmp_path / "study"), *STUDY_FLAGS], prog_name="autoeff")
-    assert res.exit_code == EXIT_USAGE and "was made for --budget 80%, not 20ms" in res.stderr
+    assert res.exit_code == EXIT_USAGE and "was made for --budget 1000%, not 20ms" in res.stderr
     assert state() == before
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from scipy.stats import binom
 
+from autoeff.evaluators import load
+from autoeff.evaluators.load import BUSY_SHARE
 from autoeff.evaluators.lock import device_lock
 from autoeff.records import JsonRecord
 
@@ -56,6 +58,8 @@ class LatencyResult(JsonRecord):
         stop_reason: `stable`, `max_repeats` or `max_seconds`.
         samples_s: every timed call, in order.
         simulated: True when the number is not a real device timing (e.g. a fake-quant backend).
+        other_cpu: the share of all CPUs other processes used during the timed calls (0..1; `evaluators.load`),
+            None where it cannot be read; load_avg: the 1-minute load average at the end.
     """
 
     median_s: float
@@ -71,7 +75,14 @@ class LatencyResult(JsonRecord):
     stop_reason: str = "stable"
     samples_s: list[float] = field(default_factory=list)
     simulated: bool = False
+    other_cpu: float | None = None
+    load_avg: float | None = None
     version: int = 1
+
+    @property
+    def busy(self) -> bool:
+        """Other processes used more than `load.BUSY_SHARE` of the CPUs while this was timed."""
+        return self.other_cpu is not None and self.other_cpu > BUSY_SHARE
 
 
 def device_description(device: str) -> str:
@@ -173,6 +184,7 @@ def measure_latency(
                 fn()
                 sync()
             started = timer()
+            before = load.sample()
             while len(samples) < max_repeats:
                 sync()
                 t0 = timer()
@@ -185,6 +197,7 @@ def measure_latency(
                 if max_seconds is not None and timer() - started >= max_seconds:
                     reason = "max_seconds"
                     break
+            other_cpu = load.other_cpu_share(before, load.sample())
     finally:
         if threads is not None and not is_cuda:
             torch.set_num_threads(old_threads)
@@ -201,6 +214,8 @@ def measure_latency(
         omp_wait_policy=setup["omp_wait_policy"],
         stop_reason=reason,
         samples_s=samples,
+        other_cpu=other_cpu,
+        load_avg=load.load_average(),
     )
 
 

@@ -24,6 +24,7 @@ from autoeff.devices import DeviceError
 from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
 from autoeff.models.digits import pipeline as digits_pipeline
 from autoeff.models.digits.data import NUM_CLASSES
+from autoeff.models.folder_checks import FolderError, check_pipeline_folder
 from autoeff.models.handle import FAMILIES, ModelHandle
 
 
@@ -141,6 +142,19 @@ def family_of(pipe: Any) -> str:
         f"{', '.join(PIPELINE_FAMILIES)} (and their subclasses)")
 
 
+def class_count(pipe: Any, denoiser: str) -> int | None:
+    """How many class labels a class-conditional pipeline's denoiser takes (None when it takes none): the
+    digits pipelines' fixed digits, a U-Net's `num_class_embeds`, a DiT's `num_embeds_ada_norm`."""
+    if type(pipe).__name__ in ("DigitsPipeline", "DigitsDiTPipeline"):
+        return NUM_CLASSES
+    config = getattr(getattr(pipe, denoiser, None), "config", None)
+    for key in ("num_class_embeds", "num_embeds_ada_norm"):
+        value = getattr(config, key, None) if config is not None else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _config_dict(config: Any) -> dict:
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     # Bookkeeping that changes with where and how a model was loaded or saved, not with what it computes
@@ -232,15 +246,17 @@ def handle_from_pipeline(pipe: Any, spec: str = "<pipeline>", **overrides: Any) 
 
 
 def _read_model_index(folder: Path) -> dict:
+    """`model_index.json`, with it and every component config checked (`folder_checks`) before diffusers reads
+    them."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelNotAvailableError(
             f"{folder} is not a diffusers pipeline folder (no model_index.json); pass a folder written by "
             "`pipe.save_pretrained(folder)` or a known model: " + ", ".join(KNOWN_ALIASES))
     try:
-        return json.loads(index.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelNotAvailableError(f"{index} cannot be read as JSON: {_one_line(e)}") from e
+        return check_pipeline_folder(folder)
+    except FolderError as e:
+        raise ModelNotAvailableError(_one_line(e)) from None
 
 
 def load_pipeline_folder(folder: str | Path, device: str = "cpu", dtype: str | torch.dtype | None = None,
@@ -263,10 +279,11 @@ def _load_folder(folder: Path, device: str, dtype: str | torch.dtype | None, wha
         pipe = pipeline_class(class_name).from_pretrained(
             str(folder), **{_DTYPE_KWARG: torch_dtype}, use_safetensors=True, local_files_only=True,
             **(components or {}))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        # what the checks above cannot foresee (a config diffusers itself refuses): one line, not a traceback
         raise ModelNotAvailableError(
-            f"{what} could not be loaded (safetensors weights only, nothing downloaded): {_one_line(e)}"
-        ) from e
+            f"{what} could not be loaded (safetensors weights only, nothing downloaded): {type(e).__name__}: "
+            f"{_one_line(e)}") from e
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

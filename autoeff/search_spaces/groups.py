@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import regex
 import torch
 from torch import nn
 
@@ -31,6 +32,10 @@ V = TypeVar("V")
 
 DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
+# `re:` keys come from recipes, i.e. from files: matched with the `regex` package (no catastrophic backtracking on
+# patterns like `(.|.)*Z`, which hang the stdlib `re`), within a time limit, and of a bounded length.
+MAX_REGEX_LENGTH = 1000
+MATCH_TIMEOUT_S = 0.1
 KEPT_GROUPS: tuple[str, ...] = ("embed", "out")
 MAX_TRANSFORMER_GROUPS = 4
 # Top-level children of a denoiser that belong to `out` (all other non-block children are `embed`).
@@ -160,14 +165,26 @@ def check_fqn_keys(mapping: Mapping[str, Any], field: str) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{field} key {key!r} must be a non-empty string")
         if key.startswith(REGEX_PREFIX):
+            if len(key) > MAX_REGEX_LENGTH:
+                raise ConfigError(f"{field} key {key[:40]!r}... is longer than {MAX_REGEX_LENGTH} characters; "
+                                  "name block groups or layers more simply")
             try:
-                re.compile(key[len(REGEX_PREFIX):])
-            except re.error as e:
+                regex.compile(key[len(REGEX_PREFIX):])
+            except regex.error as e:
                 raise ConfigError(f"{field} key {key!r} is not a valid regex ({e}); "
                                   "escape dots as \\. and check brackets") from None
         elif key != DEFAULT_KEY and (key.startswith(".") or key.endswith(".") or " " in key):
             raise ConfigError(f"{field} key {key!r} is not a module FQN "
                               "(like 'down_blocks.0.resnets.0.conv1')")
+
+
+def _fullmatch(key: str, rx: Any, fqn: str) -> bool:
+    """`rx.fullmatch(fqn)` within `MATCH_TIMEOUT_S`: a crafted pattern (`re:(.|.)*Z`) must not hang a load."""
+    try:
+        return rx.fullmatch(fqn, timeout=MATCH_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise ConfigError(f"mapping key {key[:60]!r} took more than {MATCH_TIMEOUT_S} s to match {fqn!r}; use a "
+                          "simpler pattern (block group keys look like 're:(?:down_blocks\\.0)(?:\\..+)?')") from None
 
 
 def resolve_fqn_map(model: nn.Module, mapping: Mapping[str, V],
@@ -186,13 +203,13 @@ def resolve_fqn_map(model: nn.Module, mapping: Mapping[str, V],
         kinds = "/".join(t.__name__ for t in LAYER_TYPES)
         raise ConfigError(f"mapping key(s) {missing} name no {kinds} layer of {type(model).__name__}; "
                           "use exact names from model.named_modules() or 're:' keys")
-    regexes = [(k, re.compile(k[len(REGEX_PREFIX):])) for k in mapping if k.startswith(REGEX_PREFIX)]
+    regexes = [(k, regex.compile(k[len(REGEX_PREFIX):])) for k in mapping if k.startswith(REGEX_PREFIX)]
     out: dict[str, V] = {}
     for fqn in modules:
         if fqn in exact:
             out[fqn] = mapping[fqn]
             continue
-        key = next((k for k, rx in regexes if rx.fullmatch(fqn)), None)
+        key = next((k for k, rx in regexes if _fullmatch(k, rx, fqn)), None)
         if key is not None:
             out[fqn] = mapping[key]
         elif DEFAULT_KEY in mapping:
