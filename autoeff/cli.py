@@ -202,8 +202,10 @@ def _optimize(values: dict[str, Any]) -> None:
     pre = preflight(settings.model, settings, run)  # model, storage, metric, space, study: before any output
     s = pre.settings
     console = Console(stderr=True)
+    left_out = [k for k in s.space if k not in pre.searched]
     console.print(f"autoeff: optimizing [bold]{settings.model}[/] on {s.device} within {s.budget.text} "
-                  f"(space {','.join(s.space)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})")
+                  f"(space {','.join(pre.searched)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})"
+                  + (f"; left out, not applicable to this model: {','.join(left_out)}" if left_out else ""))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, transient=False) as prog:

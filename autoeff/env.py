@@ -9,7 +9,7 @@ from importlib import metadata
 import torch
 
 PACKAGES = ("autoeff", "torch", "diffusers", "transformers", "optuna", "torchmetrics", "open_clip_torch",
-            "torch-pruning", "joblib", "safetensors", "torchao", "tensorrt")
+            "torch-pruning", "joblib", "safetensors", "torchao", "torch-tensorrt", "tensorrt")
 
 
 def cpu_name() -> str:

@@ -19,6 +19,7 @@ holds the base scheduler's config; the recipe's solver/schedule replace it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -48,6 +49,7 @@ from autoeff.models.folder_checks import FolderError, check_component_config
 from autoeff.models.handle import FAMILIES, ModelHandle
 from autoeff.models.registry import ModelNotAvailableError, class_count, family_of, load_pipeline_folder
 from autoeff.recipe import SCHEMA_VERSION, Recipe
+from autoeff.search_spaces import compile as compile_knob
 from autoeff.search_spaces.base import ConfigError, SpaceContext
 from autoeff.search_spaces.registry import get_knob, ordered
 from autoeff.search_spaces.space import apply_knobs, build_pipeline
@@ -370,11 +372,13 @@ def _weights_section(info: dict[str, Any], where: str) -> dict[str, Any]:
     return plans
 
 
-def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any:
+def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compile: bool = True) -> Any:
     """Load an exported folder and return a ready pipeline with every knob of its recipe applied.
 
     Refuses a folder whose files do not match the manifest or whose schema version is unknown; reads only
     JSON and safetensors. The returned pipeline carries the export's figures in `pipe.autoeff_info`.
+    `compile=False` leaves compiling out (the compile knob, and torchao's compiled blocks): the same pipeline,
+    eager, without the compile time before its first call.
     """
     path = Path(path)
     info, listed = _verified(path)
@@ -404,7 +408,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None) -> Any
                          num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
                          identity="export-" + sha256(path / MANIFEST_JSON)[:16],
                          guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}))
-    pipe = apply_knobs(pipe, recipe, context, which="runtime")
+    with contextlib.nullcontext() if compile else compile_knob.disabled():
+        pipe = apply_knobs(pipe, recipe, context, which="runtime")
     changed = unchanged_since(path, listed)
     if changed is not None:  # swapped between the check and the load: what was loaded is not what was checked
         raise ExportError(f"{path}/{changed} changed while the export was being loaded; load it again once "

@@ -47,6 +47,7 @@ class Preflight:
     storage_url: str
     context: SpaceContext
     creates: list[Path]
+    searched: list[str]
 
 
 def check_metric(metric: str, handle: ModelHandle, device: str) -> None:
@@ -60,8 +61,9 @@ def check_metric(metric: str, handle: ModelHandle, device: str) -> None:
                             "pip install 'autoeff[clip]'") from None
 
 
-def check_space(handle: ModelHandle, settings: SearchSettings, context: SpaceContext) -> None:
-    """Every knob's options parse, and the space draws one candidate for this model (nothing is built)."""
+def check_space(handle: ModelHandle, settings: SearchSettings, context: SpaceContext) -> list[str]:
+    """Every knob's options parse, and the space draws one candidate for this model (nothing is built); returns
+    the knobs searched (those that apply to the model)."""
     for name in sorted(set(settings.space) | set(settings.options)):
         try:
             get_knob(name).options_for(context)
@@ -70,9 +72,11 @@ def check_space(handle: ModelHandle, settings: SearchSettings, context: SpaceCon
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=settings.seed)).ask()
     try:
-        SearchSpace(handle, settings.space, context).suggest(trial)
+        space = SearchSpace(handle, settings.space, context)
+        space.suggest(trial)
     except ConfigError as e:
         raise SettingsError(f"the search space cannot draw a candidate for this model: {e}") from None
+    return space.knobs
 
 
 def check_existing_study(url: str, run: RunOptions, settings: SearchSettings, model_identity: str) -> None:
@@ -145,12 +149,13 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     settings = settings.resolved(handle)
     check_steps(settings, handle)
     context = context_for(handle, settings)
-    check_space(handle, settings, context)
+    searched = check_space(handle, settings, context)
     if has_studies:
         check_existing_study(url, run, settings, handle.identity)
     db = sqlite_path(url)
     creates = [p for p in (run.out, db) if p is not None and not p.exists()]
-    return Preflight(handle=handle, settings=settings, run=run, storage_url=url, context=context, creates=creates)
+    return Preflight(handle=handle, settings=settings, run=run, storage_url=url, context=context, creates=creates,
+                     searched=searched)
 
 
 __all__ = ["Preflight", "preflight", "check_metric", "check_space", "check_existing_study"]

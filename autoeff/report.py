@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -144,7 +145,10 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None) -> Path:
     grids = [("baseline", base_imgs)]
     if chosen is not None:
         pipe = build_pipeline(handle, chosen.recipe, result.context)
-        grids.append((f"chosen (trial {chosen.number})", generate(handle, pipe, spec)))
+        stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        # the grid's batch would compile the static shapes again: draw it eagerly
+        with stance("force_eager") if stance is not None else contextlib.nullcontext():
+            grids.append((f"chosen (trial {chosen.number})", generate(handle, pipe, spec)))
     both = torch.cat([g for _, g in grids])
     save_grid(both, folder / "samples.png", nrow=n if n <= 16 else n // 2)
     grid_html = ""

@@ -43,6 +43,7 @@ from autoeff.models.registry import resolve_model
 from autoeff.preflight import Preflight
 from autoeff.result import OptimizeResult, Recovery
 from autoeff.search import CandidateFailed, Objective, context_for, directions, make_sampler
+from autoeff.search_spaces import compile as compile_knob
 from autoeff.search_spaces import prune
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.space import SearchSpace
@@ -265,6 +266,7 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
               progress: Callable[[Progress], None] | None) -> OptimizeResult:
     handle, settings, run = pre.handle, pre.settings, pre.run
     run.out.mkdir(parents=True, exist_ok=True)
+    compile_knob.use_cache_dir(run.out / "inductor-cache")  # a resumed search reuses what it compiled
     # 1. open
     rdb = open_storage(pre.storage_url, heartbeat_interval=run.heartbeat_interval, grace_period=run.grace_period)
     seed = worker_seed(settings.seed, worker_id()) if run.join else settings.seed

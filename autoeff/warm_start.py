@@ -21,7 +21,7 @@ from autoeff.search_spaces.registry import get_knob, ordered
 def _off_params(space: Sequence[str], context: SpaceContext) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for knob in ordered(space):
-        if knob.off is not None:
+        if knob.off is not None and knob.applies_to(context):
             params.update(knob.to_params(knob.off(context)))
     return params
 

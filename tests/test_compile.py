@@ -228,7 +228,10 @@ def test_load_recompiles_an_export_and_the_switch_skips_it(tmp_path, monkeypatch
     pipe = load(dest)
     assert isinstance(pipe.unet, OptimizedModule)  # compiled on its first call
     assert torch.equal(_images(pipe.autoeff_handle, pipe), searched)
-    monkeypatch.setenv(compile.ENV_SWITCH, "0")  # what autoeff.load(path, compile=False) sets
+    plain = load(dest, compile=False)
+    assert not uses_compile(plain) and torch.equal(_images(plain.autoeff_handle, plain), searched)
+    assert isinstance(load(dest).unet, OptimizedModule)  # the switch lasts for that one load only
+    monkeypatch.setenv(compile.ENV_SWITCH, "0")  # the environment's switch, for any process
     plain = load(dest)
     assert not uses_compile(plain) and torch.equal(_images(plain.autoeff_handle, plain), searched)
 
