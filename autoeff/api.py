@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoeff.budget import Budget, parse_budget
+from autoeff.config_file import read_config
 from autoeff.errors import IncompatibleStudyError, NoFeasibleCandidateError, SearchError, SettingsError
 from autoeff.models.handle import ModelHandle
 from autoeff.preflight import preflight
@@ -58,6 +59,7 @@ def optimize(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     best_effort: bool = False,
+    mlflow_uri: str | None = None,
     recover_steps: int = 0,
     export: bool = True,
     callbacks: Sequence[TrialCallback] = (),
@@ -92,8 +94,20 @@ def optimize(
         compile_budget_s=compile_budget_s, options=dict(options or {}))
     run = RunOptions(out=Path(out), storage=storage, study_name=study_name, model_path=model_path, threads=threads,
                      join=join, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                     best_effort=best_effort, recover_steps=recover_steps, export=export)
+                     best_effort=best_effort, mlflow_uri=mlflow_uri, recover_steps=recover_steps, export=export)
     return run_optimize(preflight(model, settings, run), callbacks=callbacks, progress=progress)
+
+
+def optimize_from_config(config: str | Path, model: str | Path | ModelHandle | Any = None,
+                         **overrides: Any) -> OptimizeResult:
+    """`optimize` with the settings of a run configuration file (TOML or YAML, the CLI's flag names; every run
+    writes its own as `OUT/run.toml`); `model` and keyword `overrides` win over the file."""
+    values = {**read_config(config), **overrides}
+    from_file = values.pop("model", None)
+    model = model if model is not None else from_file
+    if model is None:
+        raise SettingsError(f"{config} names no model; add `model = \"...\"` to it or pass model=")
+    return optimize(model, **values)
 
 
 def join(storage: str, study_name: str = "autoeff", *, model_path: str | None = None, threads: int | None = None,
@@ -112,5 +126,5 @@ def load_result(out: str | Path, storage: str | None = None, study_name: str = "
     return stored, stored.records()
 
 
-__all__ = ["optimize", "join", "load_result", "OptimizeResult", "Progress", "WorkResult", "Recipe",
-           "NoFeasibleCandidateError", "SearchError", "SettingsError", "IncompatibleStudyError"]
+__all__ = ["optimize", "optimize_from_config", "join", "load_result", "OptimizeResult", "Progress", "WorkResult",
+           "Recipe", "NoFeasibleCandidateError", "SearchError", "SettingsError", "IncompatibleStudyError"]

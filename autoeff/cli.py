@@ -28,6 +28,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import click  # noqa: E402
+from click.core import ParameterSource  # noqa: E402
 
 from autoeff.budget import BudgetError, format_seconds  # noqa: E402
 from autoeff.devices import DeviceError  # noqa: E402
@@ -154,8 +155,8 @@ def _click_option(field: dataclasses.Field[Any], flag: Flag) -> Callable[[Any], 
     if flag.kind in ("flag", "off-flag"):
         return click.option(flag.name, field.name, is_flag=True, flag_value=flag.kind == "flag",
                             default=default, **kw)
-    if flag.required:
-        kw["required"] = True
+    if flag.required:  # checked after --config is read: the file may give it
+        kw["help"] = flag.help + "  [required: here or in --config]"
     else:
         kw["default"] = ",".join(default) if flag.kind == "space" else (str(default) if isinstance(default, Path)
                                                                          else default)
@@ -181,14 +182,70 @@ def _split(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
+def _logging_options(fn: Any) -> Any:
+    """`-v`/`-q`/`--log-file` on a command (see `autoeff.log`)."""
+    fn = click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+                      help="Also write the log to this file (INFO; DEBUG with -vv).")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="Show warnings and errors only.")(fn)
+    return click.option("-v", "--verbose", count=True,
+                        help="One line per finished trial even on a terminal; -vv adds debug lines.")(fn)
+
+
+def _configure_logging(verbose: int, quiet: bool, log_file: str | None) -> int:
+    """Set up the autoeff logger for this command; returns the verbosity (-1 quiet .. 2 debug)."""
+    from autoeff.log import configure  # lazy: keeps this module's import light (logging only, no torch)
+
+    verbosity = -1 if quiet else min(verbose, 2)
+    try:
+        configure(verbosity, log_file)
+    except OSError:  # the reason (EACCES, ENOENT, EROFS) varies with the user and the file system, not the fix
+        raise UsageError(f"--log-file {log_file!r} cannot be written; give a file in a folder you can write") from None
+    return verbosity
+
+
+def _logged(verbose: int, quiet: bool, log_file: str | None, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` run after the command's logging is set up (inside `run_guarded`, so a bad --log-file is one line)."""
+    def run() -> Any:
+        _configure_logging(verbose, quiet, log_file)
+        return fn()
+    return run
+
+
+def _human(as_json: bool) -> Callable[[str], None]:
+    """Where human-readable lines go: stdout, or stderr when stdout carries the JSON document."""
+    return (lambda line: click.echo(line, err=True)) if as_json else click.echo
+
+
 @main.command()
 @_schema_options(SearchSettings, RunOptions)
-def optimize(**kw: Any) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A TOML or YAML file of these options (keys: the flags without dashes); flags given here win. "
+                   "Every run writes the one it ran as OUT/run.toml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+@_logging_options
+def optimize(config_file: str | None, as_json: bool, verbose: int, quiet: bool, log_file: str | None,
+             **kw: Any) -> None:
     """Search for the best-quality pipeline within a latency budget and export it."""
-    run_guarded(lambda: _optimize(kw))
+    ctx = click.get_current_context()
+    given = {k for k in kw if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                              ParameterSource.ENVIRONMENT)}
+
+    def run() -> None:
+        values = dict(kw)
+        if config_file is not None:
+            from autoeff.config_file import read_config  # lazy: yaml
+
+            from_file = read_config(config_file)
+            values.update({k: v for k, v in from_file.items() if k not in given})
+        for name in ("model", "budget"):
+            if values.get(name) is None:
+                raise click.UsageError(f"Missing option '--{name}'.", ctx)
+        _optimize(values, as_json, _configure_logging(verbose, quiet, log_file))
+
+    run_guarded(run)
 
 
-def _optimize(values: dict[str, Any]) -> None:
+def _optimize(values: dict[str, Any], as_json: bool, verbosity: int) -> None:
     settings = SearchSettings(**_split(SearchSettings, values))  # every value checked before anything loads
     run = RunOptions(**_split(RunOptions, values))
     _quiet_libraries()
@@ -196,19 +253,21 @@ def _optimize(values: dict[str, Any]) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from autoeff.preflight import preflight  # lazy: heavy
-    from autoeff.run import BusyMachineWarning
     from autoeff.run import optimize as run_optimize
 
     pre = preflight(settings.model, settings, run)  # model, storage, metric, space, study: before any output
     s = pre.settings
-    console = Console(stderr=True)
     left_out = [k for k in s.space if k not in pre.searched]
-    console.print(f"autoeff: optimizing [bold]{settings.model}[/] on {s.device} within {s.budget.text} "
-                  f"(space {','.join(pre.searched)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})"
-                  + (f"; left out, not applicable to this model: {','.join(left_out)}" if left_out else ""))
+    header = (f"autoeff: optimizing {settings.model} on {s.device} within {s.budget.text} (space "
+              f"{','.join(pre.searched)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})"
+              + (f"; left out, not applicable to this model: {','.join(left_out)}" if left_out else ""))
+    console = Console(stderr=True)
+    bar = console.is_terminal and verbosity == 0  # off a terminal (or with -v) the log's per-trial lines show
+    if verbosity >= 0:
+        click.echo(header, err=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=False) as prog:
+                  console=console, transient=False, disable=not bar) as prog:
         task = prog.add_task("trials", total=s.trials, info="measuring baseline...")
 
         def on_progress(p: Any) -> None:
@@ -219,33 +278,32 @@ def _optimize(values: dict[str, Any]) -> None:
             prog.update(task, completed=p.done, info=info)
 
         result = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BusyMachineWarning)
-            try:
-                result = run_optimize(pre, progress=on_progress)
-            finally:
-                prog.update(task, info="done" if result is not None else "stopped")
-                for w in caught:
-                    if issubclass(w.category, BusyMachineWarning):
-                        click.echo(f"warning: {w.message}", err=True)
+        try:
+            result = run_optimize(pre, progress=on_progress)
+        finally:
+            prog.update(task, info="done" if result is not None else "stopped")
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2, default=str))
+    if result.best is None:
+        _fail(result.infeasible or "no candidate met the budget", EXIT_NO_FEASIBLE)
+    echo = _human(as_json)
     base, best = result.baseline, result.best
     assert best is not None and best.final.quality is not None
     q, bq = best.final.quality, base.final_quality
-    click.echo(f"baseline: {format_seconds(base.latency_s)} per call, {bq.metric} {bq.value:.4g} (n={bq.n})")
-    click.echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {q.metric} {q.value:.4g} (n={q.n}) "
-               f"-> {base.latency_s / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
-               f"{best.record.recipe.describe()}")
+    echo(f"baseline: {format_seconds(base.latency_s)} per call, {bq.metric} {bq.value:.4g} (n={bq.n})")
+    echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {q.metric} {q.value:.4g} (n={q.n}) "
+         f"-> {base.latency_s / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
+         f"{best.record.recipe.describe()}")
     rec = result.recovery
     if rec is not None and not rec.applied:
-        click.echo(f"recovery: not applied ({rec.reason})")
+        echo(f"recovery: not applied ({rec.reason})")
     elif rec is not None and rec.before is not None and rec.after is not None:
         before, after = rec.before.quality, rec.after.quality
-        click.echo(f"recovery: {rec.steps} steps, {before.metric if before else '-'} "
-                   f"{before.value if before else float('nan'):.4g} -> "
-                   f"{after.value if after else float('nan'):.4g} ("
-                   + ("kept" if rec.kept else "not kept: no better or over budget") + ")")
-    assert result.export_path is not None
-    click.echo(f"exported: {result.export_path}  (report: {result.export_path / 'report.html'})")
+        echo(f"recovery: {rec.steps} steps, {before.metric if before else '-'} "
+             f"{before.value if before else float('nan'):.4g} -> {after.value if after else float('nan'):.4g} ("
+             + ("kept" if rec.kept else "not kept: no better or over budget") + ")")
+    if result.export_path is not None:
+        echo(f"exported: {result.export_path}  (report: {result.export_path / 'report.html'})")
 
 
 # -- reading a study back -----------------------------------------------------------------------------------
@@ -271,12 +329,15 @@ def _open_study(out: str, storage: str | None, study_name: str) -> tuple[Any, li
 @click.option("--storage", default=None)
 @click.option("--study-name", default="autoeff", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Every trial, not only the Pareto front.")
-def show(out: str, storage: str | None, study_name: str, show_all: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@_logging_options
+def show(out: str, storage: str | None, study_name: str, show_all: bool, as_json: bool, verbose: int, quiet: bool,
+         log_file: str | None) -> None:
     """Print the Pareto front (or every trial) of a study."""
-    run_guarded(lambda: _show(out, storage, study_name, show_all))
+    run_guarded(_logged(verbose, quiet, log_file, lambda: _show(out, storage, study_name, show_all, as_json)))
 
 
-def _show(out: str, storage: str | None, study_name: str, show_all: bool) -> None:
+def _show(out: str, storage: str | None, study_name: str, show_all: bool, as_json: bool = False) -> None:
     _quiet_libraries()
     from rich.console import Console  # lazy: the table display
     from rich.table import Table
@@ -288,51 +349,93 @@ def _show(out: str, storage: str | None, study_name: str, show_all: bool) -> Non
     if budget_s is None:
         raise UsageError(f"study {study_name!r} has no baseline yet (the run stopped while measuring it); run "
                          "`autoeff optimize` again with the same options to measure it and start the search")
-    shown = records if show_all else pareto_front(records, budget_s)
-    table = Table(title=f"{'trials' if show_all else 'Pareto front'} (budget {budget_s * 1000:.1f} ms)")
-    for col in ("trial", "latency ms", "score", "metric", "size MB", "feasible", "recipe"):
-        table.add_column(col)
-    for r in sorted(shown, key=lambda r: r.latency_s):
+    front = pareto_front(records, budget_s)
+    shown = sorted(records if show_all else front, key=lambda r: r.latency_s)
+    if as_json:
+        click.echo(json.dumps({"study": study_name, "budget_s": budget_s, "pareto": [r.number for r in front],
+                               "trials": [r.to_dict() for r in shown]}, indent=2, default=str))
+        return
+    console = Console()
+    title = f"{'trials' if show_all else 'Pareto front'} (budget {budget_s * 1000:.1f} ms)"
+    columns = ("trial", "latency ms", "quality", "size MB", "feasible", "recipe")
+    rows = []
+    for r in shown:
         q = r.measurement.quality
-        table.add_row(str(r.number), f"{r.latency_s * 1000:.2f}", "-" if r.score is None else f"{r.score:.4g}",
-                      q.metric if q is not None else "-", f"{r.measurement.size_mb or 0:.2f}",
-                      "yes" if r.feasible(budget_s) else "no", r.recipe.describe())
-    Console().print(table)
+        rows.append((str(r.number), f"{r.latency_s * 1000:.2f}",
+                     "not measured" if q is None else f"{q.metric} {q.value:.4g}", f"{r.measurement.size_mb or 0:.2f}",
+                     "yes" if r.feasible(budget_s) else "no", r.recipe.describe()))
+    if not console.is_terminal:  # piped: plain tab-separated lines, nothing cut to a terminal's width
+        click.echo(f"# {title}")
+        for line in (columns, *rows):
+            click.echo("\t".join(line))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @main.command("export")
 @click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--storage", default=None)
 @click.option("--study-name", default="autoeff", show_default=True)
-@click.option("--trial", "trial_number", required=True, type=int, help="Trial number (see `autoeff show`).")
+@click.option("--trial", "trial_number", default=None, type=int, help="Trial number (see `autoeff show`).")
+@click.option("--budget", default=None, help="Instead of --trial: the best stored candidate that meets this "
+              "latency (200ms, 0.2s, or 10% of the baseline), re-timed on this machine first.")
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--model-path", default=None)
-def export_cmd(out: str, storage: str | None, study_name: str, trial_number: int, dest: str,
-               model_path: str | None) -> None:
-    """Export any trial of a study as a frozen pipeline folder."""
-    run_guarded(lambda: _export(out, storage, study_name, trial_number, dest, model_path))
+@click.option("--threads", default=None, type=int, help="CPU threads used to re-time (default: torch's).")
+@_logging_options
+def export_cmd(out: str, storage: str | None, study_name: str, trial_number: int | None, budget: str | None,
+               dest: str, model_path: str | None, threads: int | None, verbose: int, quiet: bool,
+               log_file: str | None) -> None:
+    """Export a trial of a study (by number, or the best for a latency budget) as a frozen pipeline folder."""
+    if (trial_number is None) == (budget is None):
+        raise click.UsageError("give --trial N or --budget B (not both)", click.get_current_context())
+    run_guarded(_logged(verbose, quiet, log_file,
+                        lambda: _export(out, storage, study_name, trial_number, dest, model_path, budget, threads)))
 
 
-def _export(out: str, storage: str | None, study_name: str, trial_number: int, dest: str,
-            model_path: str | None) -> None:
+def _export(out: str, storage: str | None, study_name: str, trial_number: int | None, dest: str,
+            model_path: str | None, budget: str | None = None, threads: int | None = None) -> None:
     _quiet_libraries()
     from autoeff.export import claim, export_pipeline  # lazy: heavy
     from autoeff.models.registry import resolve_model
+    from autoeff.pick import budget_seconds, pick_under_budget
     from autoeff.search import context_for
 
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1")
     stored, records = _open_study(out, storage, study_name)
-    rec = next((r for r in records if r.number == trial_number), None)
-    if rec is None:
-        raise UsageError(f"trial {trial_number} is not a completed trial of this study (see `autoeff show --all`)")
     settings = stored.settings()
-    # exporting only prunes and saves weights: the CPU does it on any machine, whatever device was searched
-    handle = resolve_model(rec.recipe.model, model_path=model_path, device="cpu")
+    if budget is not None:
+        budget_s = budget_seconds(budget, stored)  # the budget is refused before the model is loaded
+    rec = next((r for r in records if r.number == trial_number), None) if trial_number is not None else None
+    if trial_number is not None and rec is None:
+        raise UsageError(f"trial {trial_number} is not a completed trial of this study (see `autoeff show --all`)")
+    # a trial is exported on the CPU (it only prunes and saves weights); a budget is re-timed on the study's device
+    device = settings.device if budget is not None else "cpu"
+    if budget is not None:
+        from autoeff.devices import validate_device  # lazy: torch
+
+        device = validate_device(device)
+    handle = resolve_model(settings.model, model_path=model_path, device=device)
     identity = (stored.identity or {}).get("model_identity")
     if identity and handle.identity != identity:
-        raise UsageError(f"model {rec.recipe.model!r} loaded here differs from the one the study searched")
+        raise UsageError(f"model {settings.model!r} loaded here differs from the one the study searched")
+    measured_extra: dict[str, Any] = {}
+    if budget is not None:
+        pick = pick_under_budget(records, budget_s, handle, settings, threads=threads)
+        rec = pick.record
+        measured_extra = {"retimed": pick.retimed.to_dict(), "budget_s": budget_s}
+        click.echo(f"trial {rec.number} meets {budget_s * 1000:.1f} ms: re-timed {pick.retimed.median_s * 1000:.1f} ms "
+                   f"here ({rec.recipe.describe()})", err=True)
+    assert rec is not None
     baseline = stored.baseline
-    path = export_pipeline(handle, rec.recipe, context_for(handle, settings), dest,
-                           measured=claim(rec.number, rec.measurement, None, settings),
+    measured = {**claim(rec.number, rec.measurement, None, settings), **measured_extra}
+    path = export_pipeline(handle, rec.recipe, context_for(handle, settings), dest, measured=measured,
                            baseline=None if baseline is None else baseline.to_dict(), device=settings.device)
     click.echo(f"exported trial {rec.number} to {path}")
 
@@ -343,13 +446,17 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int, d
 @click.option("--samples", default=None, type=int, help="Quality sample count (default: the export's).")
 @click.option("--threads", default=None, type=int)
 @click.option("--model-path", default=None, help="The base model's folder, for metrics that compare to its images.")
-def bench(path: str, device: str | None, samples: int | None, threads: int | None, model_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the rows) on stdout.")
+@_logging_options
+def bench(path: str, device: str | None, samples: int | None, threads: int | None, model_path: str | None,
+          as_json: bool, verbose: int, quiet: bool, log_file: str | None) -> None:
     """Re-measure an exported pipeline on this device: claimed vs measured latency and quality."""
-    run_guarded(lambda: _bench(path, device, samples, threads, model_path))
+    run_guarded(_logged(verbose, quiet, log_file,
+                        lambda: _bench(path, device, samples, threads, model_path, as_json)))
 
 
 def _bench(path: str, device: str | None, samples: int | None, threads: int | None,
-           model_path: str | None = None) -> None:
+           model_path: str | None = None, as_json: bool = False) -> None:
     if samples is not None and samples < 2:
         raise UsageError(f"--samples {samples} must be at least 2")
     if threads is not None and threads < 1:
@@ -364,6 +471,9 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
     info = verify_folder(path)
     dev = validate_device(device or info.get("device") or "cpu")
     rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+    if as_json:
+        click.echo(json.dumps({"export": str(path), "device": dev, "rows": rows}, indent=2, default=str))
+        return
     for row in rows:
         click.echo(f"{row['what']:<10} claimed {row['claimed']:<24} measured {row['measured']}")
 

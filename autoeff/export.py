@@ -33,6 +33,7 @@ import diffusers
 from safetensors.torch import load_file
 
 from autoeff.env import environment
+from autoeff.log import quiet_third_party
 from autoeff.manifest import (
     AUTOEFF_JSON,
     MANIFEST_JSON,
@@ -393,7 +394,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
         dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(model["dtype"])
         if dtype != "fp32" and not str(device).startswith("cuda"):
             dtype = None  # half precision was searched on a GPU; on the CPU the registry's default applies
-    pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
+    with quiet_third_party():  # diffusers' loading bars and warnings are noise to a user of autoeff.load
+        pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
     _check_consistent(path, model, pipe, context)
     if overrides:  # diffusers does not cast components passed in; match the other components' dtype
         den = getattr(pipe, context.denoiser)

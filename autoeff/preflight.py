@@ -30,6 +30,7 @@ from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import GRACE_FACTOR, HEARTBEAT_INTERVAL_S, RunOptions, SearchSettings
 from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url, unwritable
 from autoeff.study import StoredStudy, incompatibility
+from autoeff.tracking import check_uri
 from autoeff.workers import coordinator_conflict, worker_id
 
 
@@ -140,6 +141,8 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     url = storage_url(run.storage, run.out)
     has_studies = check_storage(url, "--storage" if run.storage else "the study in --out",
                                 new_parent_must_exist=run.storage is not None)
+    if run.mlflow_uri is not None:
+        check_uri(run.mlflow_uri)
     if run.join and not has_studies:
         raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
                           f"`autoeff optimize --storage ... --study-name {run.study_name}`")

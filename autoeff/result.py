@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from autoeff.errors import SearchError
+from autoeff.errors import NoFeasibleCandidateError, SearchError
 from autoeff.export import claim, export_pipeline
 from autoeff.measurement import Baseline, Measurement
 from autoeff.models.handle import ModelHandle
@@ -60,6 +60,8 @@ class OptimizeResult:
         budget_s: the budget in seconds.
         failed: `(trial number, reason)` of every failed trial and finalist.
         export_path: the exported folder, when one was written.
+        infeasible: when nothing met the budget (`best` is None), why, in one line.
+        out: the run's output folder (study, summary.json, run.toml, the export).
     """
 
     handle: ModelHandle
@@ -77,6 +79,15 @@ class OptimizeResult:
     proxy_final_tau: float | None = None
     recovery: Recovery | None = None
     recovered_denoiser: Any = None
+    infeasible: str | None = None
+    out: Path | None = None
+
+    def raise_if_infeasible(self) -> OptimizeResult:
+        """This result, or `NoFeasibleCandidateError` (carrying it) when nothing met the budget."""
+        if self.best is None:
+            fastest = min(self.records, key=lambda r: r.latency_s, default=None)
+            raise NoFeasibleCandidateError(self.infeasible or "no candidate met the budget", fastest, self)
+        return self
 
     def export(self, path: str | Path, record: TrialRecord | None = None, *, report: bool = True) -> Path:
         """Write the frozen pipeline of `record` (default: the winner) to `path`."""
@@ -91,7 +102,7 @@ class OptimizeResult:
 
         def writer(folder: Path) -> None:
             if report:
-                write_report(self, folder, chosen=chosen)
+                write_report(self, folder, chosen=chosen, final_folder=Path(path).resolve())
 
         self.export_path = export_pipeline(self.handle, chosen.recipe, self.context, path, measured=measured,
                                            baseline=self.baseline.to_dict(), device=self.settings.device,
@@ -112,6 +123,7 @@ class OptimizeResult:
             "recovery": None if self.recovery is None else self.recovery.to_dict(),
             "best": self.best.to_dict() if self.best else None,
             "best_recipe": self.best.record.recipe.to_dict() if self.best else None,
+            "infeasible": self.infeasible,
             "export_path": str(self.export_path) if self.export_path else None,
         }
 

@@ -11,8 +11,8 @@
    other workers still run.
 8. **selection**: finalists re-measured on the final sample, the winner chosen (`selection.py`).
 9. **recovery** (optional): the winner's pruned denoiser distilled towards the unpruned one, kept if not worse.
-10. **summary and export**: `summary.json`, then the winner's frozen folder, or the no-feasible policy
-    (`--best-effort` exports the fastest; otherwise `NoFeasibleCandidateError`, which carries the result).
+10. **summary and export**: `summary.json`, then the winner's frozen folder; when nothing met the budget, the
+    result comes back with `best=None` and `infeasible` saying why (`--best-effort` exports the fastest).
 
 `work` is the same loop for an `autoeff worker` joining a study someone else coordinates (stages 1, 5, 7).
 """
@@ -25,7 +25,6 @@ import json
 import math
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,13 @@ from typing import Any
 import optuna
 from filelock import FileLock, Timeout
 
+from autoeff.config_file import CONFIG_NAME, write_config
 from autoeff.devices import validate_device
-from autoeff.errors import NoFeasibleCandidateError, SearchError
+from autoeff.errors import SearchError
 from autoeff.evaluators.latency import LatencyResult
+from autoeff.log import logger
 from autoeff.measure import EvaluationSpec, Evaluator
-from autoeff.measurement import Baseline
+from autoeff.measurement import Baseline, Measurement
 from autoeff.models.registry import resolve_model
 from autoeff.preflight import Preflight
 from autoeff.result import OptimizeResult, Recovery
@@ -49,7 +50,16 @@ from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.selection import Finalist, pareto_front, select
 from autoeff.settings import SearchSettings
-from autoeff.study import StoredStudy, TrialRecord, fail_reason, load_existing, open_study
+from autoeff.study import (
+    StoredStudy,
+    TrialRecord,
+    fail_reason,
+    load_existing,
+    measurement_of,
+    open_study,
+    recipe_of,
+)
+from autoeff.tracking import MlflowTracker
 from autoeff.warm_start import warm_start_params
 from autoeff.workers import (
     STORAGE_RETRY_S,
@@ -87,15 +97,16 @@ class Progress:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
-class BusyMachineWarning(UserWarning):
-    """Other processes used a large share of the CPUs while a latency was measured."""
-
-
 def warn_if_busy(what: str, latency: LatencyResult | None) -> None:
+    """A warning (autoeff's logger) when other processes used a large share of the CPUs while timing `what`."""
     if latency is not None and latency.busy:
-        warnings.warn(BusyMachineWarning(
-            f"other processes used {latency.other_cpu:.0%} of the CPUs while {what} was timed: its latency may be "
-            "inflated; measure on a quiet machine"), stacklevel=2)
+        logger.warning(f"other processes used {latency.other_cpu:.0%} of the CPUs while {what} was timed: its "
+                       "latency may be inflated; measure on a quiet machine")
+
+
+def _figures(m: Measurement) -> str:
+    q = m.quality
+    return f"{m.latency_s * 1000:.1f} ms" + ("" if q is None else f", {q.metric} {q.value:.4g} (n={q.n})")
 
 
 def stage_baseline(stored: StoredStudy, evaluator: Evaluator) -> Baseline:
@@ -111,6 +122,9 @@ def stage_baseline(stored: StoredStudy, evaluator: Evaluator) -> Baseline:
             raise SearchError(f"the baseline (the pipeline as given) failed: {type(e).__name__}: "
                               f"{' '.join(str(e).split())[:300]}") from e
         stored.set_baseline(baseline)
+        final = baseline.final_quality
+        logger.info(f"measured the baseline: {baseline.latency_s * 1000:.1f} ms per call, {final.metric} "
+                    f"{final.value:.4g} (n={final.n})")
         warn_if_busy("the baseline", baseline.latency)
     evaluator.noise_floor = baseline.noise_floor
     return baseline
@@ -176,8 +190,8 @@ def stage_recovery(result: OptimizeResult, evaluator: Evaluator, space: SearchSp
         result.recovered_denoiser = denoiser
 
 
-def no_feasible(result: OptimizeResult, out: Path, best_effort: bool, export: bool) -> NoFeasibleCandidateError:
-    """The error for a search whose finalists all missed the budget (after `--best-effort`'s export)."""
+def no_feasible(result: OptimizeResult, out: Path, best_effort: bool, export: bool) -> str:
+    """Why nothing met the budget, in one line (after `--best-effort`'s export of the fastest candidate)."""
     records, budget_s = result.records, result.budget_s
     fastest = min(records, key=lambda r: r.latency_s, default=None)
     retimed = [f for f in result.finalists if f.final.score is not None]
@@ -187,22 +201,21 @@ def no_feasible(result: OptimizeResult, out: Path, best_effort: bool, export: bo
             result.best = max(retimed, key=lambda f: f.final_score)
             result.export(out / "optimized")
             result.best = None
-        return NoFeasibleCandidateError(
-            f"{len(retimed)} finalist(s) met the budget of {budget_s * 1000:.1f} ms in the search but not when "
-            f"re-timed (the quickest, trial {quickest.record.number}, took {quickest.final.latency_s * 1000:.1f} "
-            "ms); measure on a quiet machine, raise the budget, or pass --best-effort", quickest.record, result)
+        return (f"{len(retimed)} finalist(s) met the budget of {budget_s * 1000:.1f} ms in the search but not when "
+                f"re-timed (the quickest, trial {quickest.record.number}, took "
+                f"{quickest.final.latency_s * 1000:.1f} ms); measure on a quiet machine, raise the budget, or pass "
+                "--best-effort")
     if best_effort and fastest is not None and export:
         result.export(out / "optimized", record=fastest)
     feasible = [r for r in records if r.score is not None and r.feasible(budget_s)]
     if feasible:
-        return NoFeasibleCandidateError(
-            f"{len(feasible)} candidate(s) met the budget in the search, but every finalist failed when "
-            "re-measured on the final sample; see summary.json for the reasons", fastest, result)
+        return (f"{len(feasible)} candidate(s) met the budget in the search, but every finalist failed when "
+                "re-measured on the final sample; see summary.json for the reasons")
     msg = "no candidate met the budget of " + f"{budget_s * 1000:.1f} ms"
     if fastest is not None:
         msg += (f"; the fastest found was trial {fastest.number} at {fastest.latency_s * 1000:.1f} ms "
                 f"({fastest.recipe.describe()})")
-    return NoFeasibleCandidateError(msg, fastest, result)
+    return msg
 
 
 # -- the whole run --------------------------------------------------------------------------------------
@@ -219,8 +232,6 @@ def optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback] = (),
     with owning(pre.run.out):  # one process per --out; a second is refused before it touches anything
         try:
             return _optimize(pre, callbacks=[count, *callbacks], progress=progress)
-        except NoFeasibleCandidateError:
-            raise
         except Exception as e:  # not KeyboardInterrupt: Ctrl-C keeps what was measured, for the rerun to resume
             if not finished[0] and not (pre.run.out / SUMMARY_JSON).exists():
                 for p in pre.creates:
@@ -266,6 +277,7 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
               progress: Callable[[Progress], None] | None) -> OptimizeResult:
     handle, settings, run = pre.handle, pre.settings, pre.run
     run.out.mkdir(parents=True, exist_ok=True)
+    write_config(run.out / CONFIG_NAME, settings, run)  # `autoeff optimize --config OUT/run.toml` replays it
     compile_knob.use_cache_dir(run.out / "inductor-cache")  # a resumed search reuses what it compiled
     # 1. open
     rdb = open_storage(pre.storage_url, heartbeat_interval=run.heartbeat_interval, grace_period=run.grace_period)
@@ -276,6 +288,19 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     assert rdb.heartbeat_interval is not None and rdb.grace_period is not None
     lease = (contextlib.nullcontext() if run.join else  # a joiner runs the coordinator's study as stored
              CoordinatorLease(study, worker_id(), rdb.heartbeat_interval, rdb.grace_period))
+    tracker = None if run.mlflow_uri is None else MlflowTracker(run.mlflow_uri, run.study_name, settings)
+    try:
+        return _search(pre, study, stored, rdb, lease, tracker, callbacks=callbacks, progress=progress)
+    except BaseException:
+        if tracker is not None:
+            tracker.fail()
+        raise
+
+
+def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, lease: Any,
+            tracker: MlflowTracker | None, *, callbacks: Sequence[TrialCallback],
+            progress: Callable[[Progress], None] | None) -> OptimizeResult:
+    handle, settings, run = pre.handle, pre.settings, pre.run
     with lease, WorkerRegistry.for_storage(pre.storage_url, run.study_name) as registry:
         if not run.join:
             stored.set_run(settings, rdb.heartbeat_interval, rdb.grace_period)
@@ -284,6 +309,8 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
         baseline = stage_baseline(stored, evaluator)
         budget_s = settings.budget.resolve(baseline.latency_s)
         stored.set_budget_s(budget_s)
+        if tracker is not None:
+            tracker.baseline(baseline, budget_s)
         # 4. reclaim
         reclaim_orphans(study, registry)
         # 5. step cap
@@ -306,6 +333,9 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
                               elapsed_s=time.monotonic() - started, last_state=state, last_reason=reason))
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            log_trial(trial, stored, budget_s)
+            if tracker is not None:
+                tracker.trial(trial, budget_s)
             report(trial.state.name, fail_reason(trial))
 
         run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
@@ -316,7 +346,7 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     records = stored.records()
     result = OptimizeResult(handle=handle, settings=settings, context=context, study=study, records=records,
                             pareto=pareto_front(records, budget_s), baseline=baseline, budget_s=budget_s,
-                            failed=stored.failures())
+                            failed=stored.failures(), out=run.out)
 
     def remeasure(rec: TrialRecord) -> Any:
         return evaluator.remeasure(space.build(rec.recipe), budget_s, simulated=rec.recipe.is_simulated())
@@ -331,14 +361,32 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     # 10. summary and export
     write_summary(result, run.out)  # before exporting: nothing measured is lost if the export fails
     if result.best is None:
-        error = no_feasible(result, run.out, run.best_effort, run.export)
-        write_summary(result, run.out)
-        raise error
-    warn_if_busy(f"the chosen candidate (trial {result.best.record.number})", result.best.final.latency)
-    if run.export:
-        result.export(run.out / "optimized")
-        write_summary(result, run.out)  # now with the export's path
+        result.infeasible = no_feasible(result, run.out, run.best_effort, run.export)
+        logger.warning(result.infeasible)
+    else:
+        warn_if_busy(f"the chosen candidate (trial {result.best.record.number})", result.best.final.latency)
+        logger.info(f"chosen: trial {result.best.record.number}, {_figures(result.best.final)} "
+                    f"({result.best.record.recipe.describe()})")
+        if run.export:
+            result.export(run.out / "optimized")
+    write_summary(result, run.out)  # again, with the export's path (or why nothing was exported)
+    if tracker is not None:
+        tracker.finish(result.summary(), result.export_path)
     return result
+
+
+def log_trial(trial: optuna.trial.FrozenTrial, stored: StoredStudy, budget_s: float) -> None:
+    """One line per finished trial (INFO): its number, state, figures, feasibility, recipe, and the best so far."""
+    m, recipe = measurement_of(trial), recipe_of(trial)
+    if trial.state.name != "COMPLETE" or m is None:
+        logger.info(f"trial {trial.number} {trial.state.name}: {fail_reason(trial) or ''}")
+        return
+    best = max((r for r in stored.records() if r.score is not None and r.feasible(budget_s)),
+               key=lambda r: r.score or 0.0, default=None)
+    so_far = "none feasible yet" if best is None else f"best so far trial {best.number} ({_figures(best.measurement)})"
+    logger.info(f"trial {trial.number} {trial.state.name}: {_figures(m)}, "
+                f"{'feasible' if m.latency_s <= budget_s else 'over budget'}; {so_far} | "
+                f"{recipe.describe() if recipe is not None else '-'}")
 
 
 def write_summary(result: OptimizeResult, out: Path) -> None:

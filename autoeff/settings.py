@@ -247,6 +247,9 @@ class RunOptions:
         "intervals).", "int"))
     best_effort: bool = field(default=False, metadata=_flag("--best-effort", "Export the fastest candidate when "
                                                              "none meets the budget.", "flag"))
+    mlflow_uri: str | None = field(default=None, metadata=_flag(
+        "--mlflow-uri", "Log the settings, every trial and the export to this MLflow tracking URI (e.g. "
+        "sqlite:///mlflow.db); needs the [mlflow] extra."))
     recover_steps: int = field(default=0, metadata=_flag(
         "--recover-steps", "Distil the chosen candidate's pruned denoiser towards the unpruned one for this many "
         "steps (kept only if it scores at least as well).", "int"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sqlite3
@@ -50,6 +51,7 @@ class Row:
     setup: Callable[[Path], None] | None = None
     via: str = "runner"  # or "subprocess": the installed console script
     needs: tuple[str, ...] = ()  # "study", "export"
+    measured: str | None = None  # a regex of figures measured at run time, shown as <measured> in the doc
 
 
 def _opt(*extra: str) -> tuple[str, ...]:
@@ -239,6 +241,22 @@ ROWS: list[Row] = [
     Row("study-other-model", "resuming a study with another model",
         ("optimize", "--model", "digits-dit", "--budget", "1000%", "--out", "{study}", *STUDY_FLAGS),
         needs=("study",)),
+    Row("config-unknown-key", "a --config file with an unknown key (trails)",
+        ("optimize", "--config", "{tmp}/run.toml", "--out", "{out}"),
+        setup=_write("run.toml", 'model = "digits"\nbudget = "10%"\ntrails = 3\n')),
+    Row("config-not-toml", "a --config file that is not TOML", ("optimize", "--config", "{tmp}/run.toml"),
+        setup=_write("run.toml", "model: [digits\n")),
+    Row("config-wrong-suffix", "a --config file of another kind (.txt)", ("optimize", "--config", "{tmp}/run.txt"),
+        setup=_write("run.txt", "model = 'digits'\n")),
+    Row("config-missing-budget", "a --config file without a budget", ("optimize", "--config", "{tmp}/run.toml",
+                                                                      "--out", "{out}"),
+        setup=_write("run.toml", 'model = "digits"\n')),
+    Row("mlflow-uri-unwritable", "an MLflow tracking URI that cannot be written",
+        _opt("--budget", "10%", "--mlflow-uri", "sqlite:////proc/mlflow.db")),
+    Row("mlflow-folder-store", "an MLflow folder store (refused by MLflow 3)",
+        _opt("--budget", "10%", "--mlflow-uri", "{tmp}/mlruns")),
+    Row("log-file-unwritable", "a --log-file that cannot be written",
+        _opt("--budget", "10%", "--log-file", "/proc/autoeff.log")),
     Row("out-is-a-file", "--out naming an existing file", ("optimize", "--model", "digits", "--budget", "10%",
                                                           "--out", "{tmp}/file.txt"), setup=_write("file.txt", "x")),
     # -- show / export
@@ -259,6 +277,11 @@ ROWS: list[Row] = [
         setup=lambda tmp: (_write("d/notes.txt", "keep me")(tmp), _write("d/autoeff.json", "{}")(tmp))),
     Row("export-to-unwritable", "export into a folder that cannot be created (/proc)",
         ("export", "--out", "{study}", "--trial", "{trial}", "--to", "/proc/autoeff-export"), needs=("study",)),
+    Row("export-budget-unmet", "export by a budget no stored candidate meets",
+        ("export", "--out", "{study}", "--budget", "0.1ms", "--to", "{tmp}/dest"), needs=("study",),
+        measured=r"\d+\.\d ms \(trial \d+\)"),
+    Row("export-trial-and-budget", "export with both --trial and --budget",
+        ("export", "--out", "{study}", "--trial", "0", "--budget", "10ms", "--to", "{tmp}/dest"), needs=("study",)),
     Row("export-no-study", "export from a folder with no study",
         ("export", "--out", "{tmp}/empty", "--trial", "0", "--to", "{tmp}/dest"),
         setup=lambda tmp: (tmp / "empty").mkdir()),
@@ -506,6 +529,9 @@ def test_refused(row: Row, tmp_path: Path, request, monkeypatch):
     assert not (tmp / "out").exists()
 
     message = lines[0].replace(str(tmp), "<tmp>")
+    if row.measured is not None:
+        assert re.search(row.measured, message), f"{message!r} does not name the measured figure"
+        message = re.sub(row.measured, "<measured>", message)
     if os.environ.get(WRITE_DIR_ENV):
         (Path(os.environ[WRITE_DIR_ENV]) / f"{row.id}.json").write_text(json.dumps([message, code]))
         return
