@@ -54,6 +54,7 @@ def optimize(
     storage: str | None = None,
     study_name: str = "autoeff",
     model_path: str | None = None,
+    offline: bool = False,
     threads: int | None = None,
     join: bool = False,
     heartbeat_interval: int | None = None,
@@ -79,8 +80,10 @@ def optimize(
     machines run trials of the same study, and this one waits for every running trial before it selects and
     exports. `join` refuses to create the study (it must exist). Every RDB storage has Optuna heartbeats
     (`heartbeat_interval` seconds, default 20; `grace_period`, default 3 intervals): a worker that stops
-    heartbeating has its trial failed and retried. Raises `NoFeasibleCandidateError` (its `result` is the
-    `OptimizeResult`) when nothing meets the budget, after exporting the fastest candidate if `best_effort`.
+    heartbeating has its trial failed and retried. When nothing meets the budget the result comes back with
+    `best=None` and `infeasible` saying why (the fastest candidate exported if `best_effort`);
+    `result.raise_if_infeasible()` raises `NoFeasibleCandidateError` carrying it. A hub id not in the local
+    cache is downloaded like diffusers' `from_pretrained` unless `offline` (or `HF_HUB_OFFLINE=1`).
     `recover_steps` > 0 distils the winner's pruned denoiser towards the unpruned one for that many steps,
     re-measures it and keeps (and exports) the recovered weights when they score at least as well.
     """
@@ -92,8 +95,8 @@ def optimize(
         final_samples=final_samples, top_k=top_k, size_objective=size_objective, min_steps=min_steps,
         max_steps=max_steps, warm_start=warm_start, trial_timeout_s=trial_timeout_s,
         compile_budget_s=compile_budget_s, options=dict(options or {}))
-    run = RunOptions(out=Path(out), storage=storage, study_name=study_name, model_path=model_path, threads=threads,
-                     join=join, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+    run = RunOptions(out=Path(out), storage=storage, study_name=study_name, model_path=model_path, offline=offline,
+                     threads=threads, join=join, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      best_effort=best_effort, mlflow_uri=mlflow_uri, recover_steps=recover_steps, export=export)
     return run_optimize(preflight(model, settings, run), callbacks=callbacks, progress=progress)
 

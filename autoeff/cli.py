@@ -182,6 +182,17 @@ def _split(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in names}
 
 
+def _go_offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:  # read per call by autoeff.models.hub (huggingface_hub itself reads it once, at import)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    return value
+
+
+_offline_option = click.option(
+    "--offline", is_flag=True, expose_value=False, callback=_go_offline,
+    help="Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1).")
+
+
 def _logging_options(fn: Any) -> Any:
     """`-v`/`-q`/`--log-file` on a command (see `autoeff.log`)."""
     fn = click.option("--log-file", type=click.Path(dir_okay=False), default=None,
@@ -378,6 +389,7 @@ def _show(out: str, storage: str | None, study_name: str, show_all: bool, as_jso
 
 
 @main.command("export")
+@_offline_option
 @click.option("--out", default="autoeff-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--storage", default=None)
 @click.option("--study-name", default="autoeff", show_default=True)
@@ -442,6 +454,7 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int | 
 
 @main.command()
 @click.argument("path", type=click.Path())
+@_offline_option
 @click.option("--device", default=None, help="Default: the device the export was measured on.")
 @click.option("--samples", default=None, type=int, help="Quality sample count (default: the export's).")
 @click.option("--threads", default=None, type=int)
@@ -480,6 +493,7 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
 
 @main.command()
 @click.option("--model", "model", default="digits", show_default=True)
+@_offline_option
 @click.option("--model-path", default=None)
 @click.option("--n", default=64, show_default=True, type=int)
 @click.option("--steps", default=None, type=int, help="Default: the model's default step count.")
@@ -530,6 +544,7 @@ def _generate(model: str, model_path: str | None, n: int, steps: int | None, see
 
 @main.command()
 @click.option("--storage", default=None, help="The study's Optuna storage URL (postgresql://... or sqlite:///...).")
+@_offline_option
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Instead of --storage: the --out folder of an optimize run on this machine (its SQLite).")
 @click.option("--study-name", default="autoeff", show_default=True)

@@ -146,7 +146,8 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     if run.join and not has_studies:
         raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
                           f"`autoeff optimize --storage ... --study-name {run.study_name}`")
-    handle = resolve_model(model, model_path=run.model_path, device=settings.device)  # model errors before output
+    # model errors before output
+    handle = resolve_model(model, model_path=run.model_path, device=settings.device, offline=run.offline or None)
     if settings.metric is not None:
         check_metric(settings.metric, handle, settings.device)
     settings = settings.resolved(handle)

@@ -236,6 +236,9 @@ class RunOptions:
     study_name: str = field(default="autoeff", metadata=_flag("--study-name", "The study's name in the storage."))
     model_path: str | None = field(default=None, metadata=_flag("--model-path", "Local folder holding the weights "
                                                                  "of a named model."))
+    offline: bool = field(default=False, metadata=_flag(
+        "--offline", "Hub models from the local Hugging Face cache only (as HF_HUB_OFFLINE=1); by default a hub "
+        "id not cached is downloaded, as diffusers does.", "flag"))
     threads: int | None = field(default=None, metadata=_flag("--threads", "CPU threads used for timing (default: "
                                                               "torch's).", "int"))
     join: bool = field(default=False, metadata=_flag("--join", "Join an existing --storage/--study-name study; "

@@ -52,6 +52,7 @@ class Row:
     via: str = "runner"  # or "subprocess": the installed console script
     needs: tuple[str, ...] = ()  # "study", "export"
     measured: str | None = None  # a regex of figures measured at run time, shown as <measured> in the doc
+    env: tuple[tuple[str, str], ...] = ()  # environment over the default (offline, an empty HF_HOME in {tmp})
 
 
 def _opt(*extra: str) -> tuple[str, ...]:
@@ -168,8 +169,11 @@ ROWS: list[Row] = [
     Row("model-not-pipeline", "a folder that is not a pipeline",
         ("optimize", "--model", "{tmp}/notes", "--budget", "10%", "--out", "{out}"),
         setup=_write("notes/readme.txt", "hello")),
-    Row("model-not-cached", "a hub model not in the local Hugging Face cache (HF_HOME={tmp}/hf, empty)",
-        ("optimize", "--model", "sdxl", "--budget", "10%", "--out", "{out}")),
+    Row("model-not-cached", "a hub model not in the local Hugging Face cache, offline (HF_HUB_OFFLINE=1, "
+        "HF_HOME={tmp}/hf, empty)", ("optimize", "--model", "sdxl", "--budget", "10%", "--out", "{out}")),
+    Row("model-hub-unreachable", "a hub model not cached when the Hub cannot be reached (HF_ENDPOINT="
+        "http://127.0.0.1:9)", ("optimize", "--model", "someone/tiny-sd", "--budget", "10%", "--out", "{out}"),
+        via="subprocess", env=(("HF_HUB_OFFLINE", "0"), ("HF_ENDPOINT", "http://127.0.0.1:9"))),
     Row("model-path-missing", "--model-path that does not exist",
         ("optimize", "--model", "sd15", "--model-path", "{tmp}/nowhere", "--budget", "10%", "--out", "{out}")),
     # -- the device
@@ -479,7 +483,8 @@ def test_the_doc_lists_exactly_the_tested_rows():
 
 def _run(row: Row, args: list[str], tmp: Path) -> tuple[int, str, str, str | None]:
     """(exit status, stdout, stderr, traceback-or-None) of one CLI run in `tmp`."""
-    env = {"HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "AUTOEFF_CACHE_DIR": str(tmp.parent / "cache")}
+    env = {"HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "AUTOEFF_CACHE_DIR": str(tmp.parent / "cache"),
+           **dict(row.env)}
     if row.via == "subprocess":
         p = subprocess.run([str(AUTOEFF_BIN), *args], cwd=tmp, env={**os.environ, **env}, capture_output=True,
                            text=True, timeout=300)

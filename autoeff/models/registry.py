@@ -1,8 +1,9 @@
 """Resolve a model spec (`digits`, `sd15`, `sdxl`, `pixart`, a folder, a cached hub id) into a `ModelHandle`.
 
-Nothing is ever downloaded: hub models load from `--model-path` or from the local Hugging Face cache with
-`local_files_only=True`, safetensors only. When a model is not there, `ModelNotAvailableError` says which
-hub id, where we looked and how to provide it; the CLI prints `str(e)` and exits with status 2.
+Hub models load from `--model-path`, the local Hugging Face cache, or the Hub like diffusers'
+`from_pretrained` unless offline (`hub.py`), safetensors only. When a model cannot be had,
+`ModelNotAvailableError` says which hub id, where we looked and how to provide it; the CLI prints `str(e)` and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import diffusers
 import torch
-from huggingface_hub import try_to_load_from_cache
 from packaging.version import Version
 
 from autoeff.devices import DeviceError
+from autoeff.models import hub
 from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
 from autoeff.models.digits import pipeline as digits_pipeline
 from autoeff.models.digits.data import NUM_CLASSES
@@ -289,36 +290,26 @@ def _load_folder(folder: Path, device: str, dtype: str | torch.dtype | None, wha
     return pipe
 
 
-def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
-    """The cached snapshot folder of `repo_id` at `main`, if its model_index.json is in `cache`."""
-
-    path = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=str(cache))
-    return Path(path).parent if isinstance(path, str) else None
-
-
-def _load_hub(repo_ids: tuple[str, ...], device: str, dtype: str | torch.dtype | None, alias: bool) -> Any:
-    """Load the first of `repo_ids` found in the local cache, or say how to get it there."""
-    cache = hub_cache_dir()
-    for repo_id in repo_ids:
-        snapshot = _cached_snapshot(repo_id, cache)
-        if snapshot is not None:
-            return _load_folder(snapshot, device, dtype, f"{repo_id} (cached at {snapshot})")
-    folder_hint = "pass --model-path /path/to/folder" if alias else "pass the saved folder as the model"
-    raise ModelNotAvailableError(
-        f"{' or '.join(repo_ids)} is not in the local Hugging Face cache ({cache}; set by HF_HOME/"
-        f"HF_HUB_CACHE) and autoeff never downloads; on a machine with internet run "
-        f"`hf download {repo_ids[0]}` (`huggingface-cli download` with older huggingface_hub) and copy "
-        f"that cache here, or {folder_hint}")
+def _load_hub(repo_ids: tuple[str, ...], device: str, dtype: str | torch.dtype | None, alias: bool,
+              offline: bool | None = None) -> Any:
+    """Load the first of `repo_ids` from the cache or the Hub (`hub.snapshot`), or say how to get it."""
+    hint = "pass --model-path /path/to/folder" if alias else "pass the saved folder as the model"
+    try:
+        repo_id, folder = hub.snapshot(repo_ids, hub_cache_dir(), offline_mode=offline, hint=hint)
+    except hub.HubUnavailableError as e:
+        raise ModelNotAvailableError(str(e)) from None
+    return _load_folder(folder, device, dtype, f"{repo_id} (at {folder})")
 
 
 def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
-               dtype: str | None = None) -> ModelHandle:
-    """Resolve `spec` into a `ModelHandle` without touching the network.
+               dtype: str | None = None, offline: bool | None = None) -> ModelHandle:
+    """Resolve `spec` into a `ModelHandle`.
 
     `spec` is `digits` / `digits-dit` (built-in weights), `sd15` / `sd21` / `sdxl` / `pixart` (from
-    `model_path`, else the local Hugging Face cache), a folder written by `save_pretrained`, or a hub id
-    `org/name` already in the local cache. `dtype` is `fp32`/`fp16`/`bf16`; by default fp16 for
-    text-to-image models on CUDA, fp32 otherwise.
+    `model_path`, else the Hugging Face cache or the Hub), a folder written by `save_pretrained`, or a hub id
+    `org/name` (the cache, else downloaded like diffusers' `from_pretrained`; `offline=True` or
+    `HF_HUB_OFFLINE=1` reads the cache only; see `hub.py`). `dtype` is `fp32`/`fp16`/`bf16`; by default fp16
+    for text-to-image models on CUDA, fp32 otherwise.
     """
     path = Path(model_path).expanduser() if model_path else None
     if path is not None and not path.is_dir():
@@ -343,7 +334,7 @@ def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
                 raise ModelNotAvailableError(
                     f"--model-path {path} holds a {family} model ({type(pipe).__name__}), not {spec}")
         else:
-            pipe = _load_hub(HUB_ALIASES[spec], device, dtype, alias=True)
+            pipe = _load_hub(HUB_ALIASES[spec], device, dtype, alias=True, offline=offline)
         return handle_from_pipeline(pipe, spec=spec)
     if path is not None:
         raise ModelNotAvailableError(
@@ -354,20 +345,20 @@ def load_model(spec: str, model_path: str | None = None, device: str = "cpu",
         folder = folder.resolve()
         return handle_from_pipeline(_load_folder(folder, device, dtype, f"folder {folder}"), spec=str(folder))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return handle_from_pipeline(_load_hub((spec,), device, dtype, alias=False), spec=spec)
+        return handle_from_pipeline(_load_hub((spec,), device, dtype, alias=False, offline=offline), spec=spec)
     raise ModelNotAvailableError(
         f"unknown model {spec!r}: not a known model ({', '.join(KNOWN_ALIASES)}), not an existing folder and "
         "not a hub id org/name")
 
 
 def resolve_model(model: str | Path | ModelHandle | Any, model_path: str | None = None, device: str = "cpu",
-                  dtype: str | None = None) -> ModelHandle:
+                  dtype: str | None = None, offline: bool | None = None) -> ModelHandle:
     """A spec string or folder -> `load_model`; a ModelHandle as is; a loaded diffusers pipeline -> its handle.
 
     An object already in memory must be on `device` (its latency would otherwise be measured elsewhere).
     """
     if isinstance(model, str | Path):
-        return load_model(str(model), model_path=model_path, device=device, dtype=dtype)
+        return load_model(str(model), model_path=model_path, device=device, dtype=dtype, offline=offline)
     handle = model if isinstance(model, ModelHandle) else handle_from_pipeline(model)
     param = next(handle.denoiser.parameters(), None)
     if param is not None and param.device.type != torch.device(device).type:
