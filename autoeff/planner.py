@@ -135,25 +135,56 @@ class FillPlanner:
         return schedule.timesteps_for_scheduler(config, self.scheduler, self.context.family)
 
 
+def quality_view(study: optuna.Study, higher_is_better: bool) -> optuna.Study:
+    """The study's finished trials as a single-objective in-memory study of their quality (the second trial
+    value), constraints kept; PRUNED trials (measured or predicted over budget) stay PRUNED.
+
+    With every candidate filled to the budget, latency is no longer a goal, only a constraint: a multi-objective
+    sampler would count a fast, broken candidate (DeepCache over 3 steps: FID in the hundreds at half the
+    budget) as Pareto-optimal and draw more like it."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        view = optuna.create_study(direction="maximize" if higher_is_better else "minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        complete = t.state == TrialState.COMPLETE and t.values is not None and len(t.values) > 1
+        view.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+            value=t.values[1] if complete and t.values is not None else None, params=t.params,
+            distributions=t.distributions, constraints=t.constraints or None))
+    return view
+
+
 class FillSampler(optuna.samplers.BaseSampler):
     """Optuna's TPE (or any `base` sampler) for the structure and the schedule's family, with the step count
     filled in from the latency model (`FillPlanner.steps_for`) instead of sampled.
 
     `SearchSpace.suggest` draws the schedule after every other knob, so when `schedule.steps` is asked the
     trial already holds its structure. The step count and a `free` schedule's positions (whose number depends
-    on it) are left out of the base sampler's joint (relative) space."""
+    on it) are left out of the base sampler's joint (relative) space. The base sampler sees the study as
+    `quality_view`: quality alone, under the budget constraint; it must not write to the study it is given
+    (TPE without `constant_liar`)."""
 
     def __init__(self, base: optuna.samplers.BaseSampler, planner: FillPlanner) -> None:
         self.base, self.planner = base, planner
+        self._view: tuple[int, optuna.Study] | None = None
+
+    def view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
+        """`quality_view` of `study`, built once per trial."""
+        if self._view is None or self._view[0] != trial.number:
+            self._view = (trial.number, quality_view(study, self.planner.higher_is_better))
+        return self._view[1]
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        space = self.base.infer_relative_search_space(study, trial)
+        space = self.base.infer_relative_search_space(self.view(study, trial), trial)
         return {k: v for k, v in space.items()
                 if k != schedule.STEPS_PARAM and not k.startswith(schedule.FREE_PREFIX)}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.base.sample_relative(study, trial, search_space)
+        return self.base.sample_relative(self.view(study, trial), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -162,17 +193,17 @@ class FillSampler(optuna.samplers.BaseSampler):
             # nothing fits: the fewest steps, which the objective then skips as predicted over budget
             return param_distribution.low if k is None else min(param_distribution.high,
                                                                 max(param_distribution.low, k))
-        return self.base.sample_independent(study, trial, param_name, param_distribution)
+        return self.base.sample_independent(self.view(study, trial), trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.base.before_trial(study, trial)
+        self.base.before_trial(self.view(study, trial), trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        self.base.after_trial(study, trial, state, values)
+        self._view = None
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()
 
 
-__all__ = ["FillPlanner", "FillSampler", "EXPLOIT"]
+__all__ = ["FillPlanner", "FillSampler", "quality_view", "EXPLOIT"]

@@ -58,7 +58,10 @@ def propose(observed: Sequence[tuple[Sequence[int], float]], steps: int, num_tra
     step count for one structure; None when no new schedule came up in a few asks.
 
     The observations are replayed into an in-memory study (stateless: rebuilt from the search's own trials
-    each time, so a resumed or distributed search proposes from everything measured)."""
+    each time, so a resumed or distributed search proposes from everything measured). A lower-is-better
+    metric with positive values (FID, KID) is modelled as its logarithm: a few broken schedules (FID in the
+    hundreds next to good ones at 5-15) would otherwise dominate the Gaussian process's scale and hide the
+    differences near the best."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "study created in memory" / greenlet chatter
     try:
@@ -77,12 +80,13 @@ def _propose(observed: Sequence[tuple[Sequence[int], float]], steps: int, num_tr
         sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(3, max(1, len(observed))),
                                             warn_independent_sampling=False)
         study = optuna.create_study(direction="maximize" if higher_is_better else "minimize", sampler=sampler)
-    for ts, value in observed:
-        if len(ts) != steps or not math.isfinite(value):
-            continue
+    usable = [(ts, float(v)) for ts, v in observed if len(ts) == steps and math.isfinite(v)]
+    logged = not higher_is_better and all(v > 0 for _, v in usable)
+    for ts, value in usable:
         u = to_unit(ts, num_train_timesteps)
         study.add_trial(optuna.trial.create_trial(params={f"u{i}": v for i, v in enumerate(u)},
-                                                  distributions=distributions, value=float(value)))
+                                                  distributions=distributions,
+                                                  value=math.log(value) if logged else value))
     for _ in range(_PROPOSALS):
         trial = study.ask(distributions)
         ts = from_unit([trial.params[f"u{i}"] for i in range(steps)], num_train_timesteps)

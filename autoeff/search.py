@@ -74,8 +74,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     (the structures' sampler); `run` wraps it in `planner.FillSampler` once the budget is known."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
-    if name in ("tpe", "fill"):
+    if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    if name == "fill":  # it samples a view of the study (`planner.quality_view`), so it must not write to it
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, constant_liar=False)
     if name == "gp":
         with warnings.catch_warnings():  # GPSampler's optional arguments are experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -7,7 +7,7 @@ of Hyperband, Li et al., 2017) with a noise-aware cut:
 
 1. Rung 0 is every candidate whose search latency met the budget, scored on the proxy sample.
 2. From one rung to the next, a candidate is promoted when its score is within `NOISE_Z` standard errors of
-   the difference from the rung's best (each score's own standard error: FID's by bootstrap,
+   the difference from the rung's best (each score's own standard error: FID's from split halves,
    `evaluators.quality.standard_error`), at most half the rung (the halving) but never fewer than `top_k`
    when that many are within noise. A candidate the rung can tell apart from the best stops there.
 3. The rungs' sample counts grow `ETA`-fold (`sample_rungs`), on the first images of the final sample set

@@ -55,7 +55,7 @@ def loop(random_digits_handle):
     planner = FillPlanner(stored, ctx, BUDGET, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
                           scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
                           space=SPACE)
-    study.sampler = FillSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4), planner)
+    study.sampler = FillSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, constant_liar=False), planner)
     drawn: list[tuple[int, int | None]] = []  # sampler-drawn trials: (steps used, steps the model fills)
 
     def objective(trial: optuna.Trial) -> list[float]:

@@ -25,7 +25,7 @@ import torch
 from autoeff.evaluators.class_alignment import class_accuracy
 from autoeff.evaluators.clip_score import ClipScorer
 from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features
-from autoeff.evaluators.fid import fid_bootstrap_se, fid_from_features, kid_from_features
+from autoeff.evaluators.fid import fid_split_se, fid_from_features, kid_from_features
 from autoeff.evaluators.fidelity import fidelity
 from autoeff.evaluators.metric_names import HIGHER_IS_BETTER, METRICS
 from autoeff.evaluators.reference import baseline_features, real_features, reference_images
@@ -61,7 +61,7 @@ class QualityResult(JsonRecord):
 
 
 def standard_error(result: QualityResult) -> float:
-    """How far `result.value` moves with the sample: `stderr` when the metric measured it (FID: bootstrap;
+    """How far `result.value` moves with the sample: `stderr` when the metric measured it (FID: split halves;
     KID: its spread over subsets, an over-estimate), `spread / sqrt(n)` for a mean over images (SSIM, CLIP),
     the binomial `sqrt(p (1 - p) / n)` for an accuracy, else 5 % of the value."""
     if result.stderr is not None and math.isfinite(result.stderr):
@@ -109,7 +109,7 @@ class _DistributionMetric:
                    "normalize": self.normalize}
         if self.name == "fid":
             return QualityResult("fid", fid_from_features(ref, fake, self.normalize), False, len(images),
-                                 details=details, stderr=fid_bootstrap_se(ref, fake, self.normalize))
+                                 details=details, stderr=fid_split_se(ref, fake, self.normalize))
         mean, std = kid_from_features(ref, fake, self.normalize)
         return QualityResult("kid", mean, False, len(images), spread=std, details=details, stderr=std)
 
