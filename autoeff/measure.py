@@ -286,6 +286,20 @@ class Evaluator:
                         final_quality=self.quality_on(pipe, self.final_spec), size_mb=self.size_mb(pipe),
                         steps=self.handle.default_steps, scheduler=type(pipe.scheduler).__name__)
 
+    def final_prefix(self, n: int) -> SampleSpec:
+        """The first `n` images of the finalists' sample set (the same seeds, labels and prompts)."""
+        n = min(n, self.spec.final_samples)
+        return default_spec(self.handle, n, seed=sample_seed(self.spec.seed, FINAL_SEED),
+                            batch_size=min(QUALITY_BATCH, n))
+
+    def quality_at(self, pipe: Any, n: int) -> QualityResult:
+        """The metric on the first `n` images of the finalists' sample set (a rung of successive halving)."""
+        return self.quality_on(pipe, self.final_prefix(n))
+
+    def retime(self, pipe: Any, simulated: bool = False) -> LatencyResult:
+        """The latency as a finalist is re-timed (`remeasure`), without scoring it."""
+        return self.timed(pipe, simulated=simulated)[0]
+
     def remeasure(self, pipe: Any, budget_s: float, simulated: bool = False) -> Measurement:
         """A finalist: re-timed, and scored on the larger final sample with fresh seeds."""
         lat, compiled = self.timed(pipe, simulated=simulated)

@@ -59,6 +59,9 @@ class OptimizeResult:
         finalists: every re-measured finalist.
         budget_s: the budget in seconds.
         failed: `(trial number, reason)` of every failed trial and finalist.
+        skipped: `(trial number, reason)` of every candidate not built (predicted clearly over budget).
+        halving: what each rung of the selection measured and promoted (`Selection.to_dict`).
+        latency_model: the latency model's fitted figures and its measured errors (`LatencyModel.report`).
         export_path: the exported folder, when one was written.
         infeasible: when nothing met the budget (`best` is None), why, in one line.
         out: the run's output folder (study, summary.json, run.toml, the export).
@@ -81,6 +84,9 @@ class OptimizeResult:
     recovered_denoiser: Any = None
     infeasible: str | None = None
     out: Path | None = None
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    halving: dict[str, Any] | None = None
+    latency_model: dict[str, Any] | None = None
 
     def raise_if_infeasible(self) -> OptimizeResult:
         """This result, or `NoFeasibleCandidateError` (carrying it) when nothing met the budget."""
@@ -117,6 +123,10 @@ class OptimizeResult:
             "baseline": self.baseline.to_dict(),
             "trials": len(self.records),
             "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            "over_budget": sum(1 for r in self.records if r.latency_s > self.budget_s),
+            "latency_model": self.latency_model,
+            "halving": self.halving,
             "pareto": [r.to_dict() for r in self.pareto],
             "finalists": [f.to_dict() for f in self.finalists],
             "proxy_final_kendall_tau": self.proxy_final_tau,

@@ -6,15 +6,20 @@
 4. **reclaim**: trials left running by a dead process are failed and retried (`workers.reclaim_orphans`).
 5. **step cap**: the schedule's step range cut to what can meet the budget (from the stored baseline only,
    so a resumed run and every worker cut it the same way).
-6. **warm start**: hand-picked configurations enqueued once (`warm_start.py`).
-7. **trials**: `workers.run_trials` until the study has its trial count; the coordinator waits for trials
-   other workers still run.
-8. **selection**: finalists re-measured on the final sample, the winner chosen (`selection.py`).
-9. **recovery** (optional): the winner's pruned denoiser distilled towards the unpruned one, kept if not worse.
-10. **summary and export**: `summary.json`, then the winner's frozen folder; when nothing met the budget, the
-    result comes back with `best=None` and `infeasible` saying why (`--best-effort` exports the fastest).
+6. **calibrate**: the pipeline timed at two step counts, one twice (the latency model's fixed and
+   per-evaluation cost, and the machine's run-to-run noise; `latency_model.py`), once.
+7. **warm start**: hand-picked configurations chosen once (`warm_start.py`).
+8. **trials**: `workers.run_trials` until the study has its trial count (candidates skipped as predicted
+   clearly over budget are not counted); the coordinator waits for trials other workers still run. With
+   `--sampler fill` the budget-filling loop (`planner.py`) plans them.
+9. **selection**: successive halving from the proxy sample to the final sample, candidates near the budget
+   re-timed first, the winner chosen (`selection.py`).
+10. **recovery** (optional): the winner's pruned denoiser distilled towards the unpruned one, kept if not worse.
+11. **summary and export**: `summary.json` (with the latency model's measured errors and the halving's
+    rungs), then the winner's frozen folder; when nothing met the budget, the result comes back with
+    `best=None` and `infeasible` saying why (`--best-effort` exports the fastest).
 
-`work` is the same loop for an `autoeff worker` joining a study someone else coordinates (stages 1, 5, 7).
+`work` is the same loop for an `autoeff worker` joining a study someone else coordinates (stages 1, 5, 8).
 """
 
 from __future__ import annotations
@@ -37,17 +42,22 @@ from autoeff.config_file import CONFIG_NAME, write_config
 from autoeff.devices import validate_device
 from autoeff.errors import SearchError
 from autoeff.evaluators.latency import LatencyResult
+from autoeff.evaluators.metric_names import HIGHER_IS_BETTER
+from autoeff.latency_model import LatencyModel
 from autoeff.log import logger
 from autoeff.measure import EvaluationSpec, Evaluator
 from autoeff.measurement import Baseline, Measurement
+from autoeff.models.handle import ModelHandle
 from autoeff.models.registry import resolve_model
+from autoeff.planner import FillPlanner, FillSampler
 from autoeff.preflight import Preflight
+from autoeff.recipe import Recipe
 from autoeff.result import OptimizeResult, Recovery
-from autoeff.search import CandidateFailed, Objective, context_for, directions, make_sampler
+from autoeff.search import CandidateFailed, Objective, context_for, directions, make_sampler, metric_names
 from autoeff.search_spaces import compile as compile_knob
-from autoeff.search_spaces import prune
+from autoeff.search_spaces import prune, schedule
 from autoeff.search_spaces.base import SpaceContext
-from autoeff.search_spaces.space import SearchSpace
+from autoeff.search_spaces.space import SearchSpace, build_pipeline
 from autoeff.selection import Finalist, pareto_front, select
 from autoeff.settings import SearchSettings
 from autoeff.study import (
@@ -58,6 +68,7 @@ from autoeff.study import (
     measurement_of,
     open_study,
     recipe_of,
+    skip_reason,
 )
 from autoeff.tracking import MlflowTracker
 from autoeff.warm_start import warm_start_params
@@ -146,6 +157,40 @@ def stage_step_cap(context: SpaceContext, fit_steps: int) -> SpaceContext:
     """
     cap = max(context.min_steps, min(context.max_steps, math.ceil(STEP_HEADROOM * max(1, fit_steps))))
     return dataclasses.replace(context, max_steps=cap)
+
+
+def stage_calibrate(stored: StoredStudy, evaluator: Evaluator, handle: ModelHandle, settings: SearchSettings,
+                    context: SpaceContext, fit_steps: int) -> None:
+    """Time the pipeline as given, its schedule pinned to `min_steps` and to about the steps that fit (that one
+    twice, apart), once per study: the latency model's fixed and per-evaluation cost, and the run-to-run noise.
+    Without the schedule knob in the space the step count is not searched, and nothing is calibrated."""
+    if stored.latency_calibration or schedule.NAME not in settings.space:
+        return
+    low = context.min_steps
+    high = min(context.max_steps, max(low + 2, fit_steps))
+    if high <= low:
+        return
+    points = []
+    for k in (high, low, high):
+        recipe = Recipe(model=handle.spec, knobs={schedule.NAME: schedule.Config(family="uniform", steps=k)})
+        latency = evaluator.latency(build_pipeline(handle, recipe, context))
+        points.append({"evals": k, "latency_s": latency.median_s, "rel_spread": latency.rel_spread})
+    stored.set_latency_calibration(points)
+
+
+def trial_loop(study: optuna.Study, stored: StoredStudy, settings: SearchSettings, handle: ModelHandle,
+               context: SpaceContext, budget_s: float, baseline: Baseline | None, seed: int) -> Callable[[], object]:
+    """The refill hook of the trial loop: the next hand-picked configuration, or with `--sampler fill` the
+    budget-filling loop (which also wraps the study's sampler to fill in step counts)."""
+    if settings.sampler != "fill":
+        return stored.enqueue_next_warm_start
+    planner = FillPlanner(stored, context, budget_s,
+                          model=lambda: LatencyModel.from_study(stored, context.default_steps, baseline),
+                          scheduler=handle.pipeline.scheduler, higher_is_better=HIGHER_IS_BETTER[settings.metric or ""],
+                          seed=seed, space=settings.space)
+    if not isinstance(study.sampler, FillSampler):
+        study.sampler = FillSampler(study.sampler, planner)
+    return planner.refill
 
 
 def stage_warm_start(stored: StoredStudy, settings: SearchSettings, context: SpaceContext, fit_steps: int) -> None:
@@ -283,14 +328,15 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
     rdb = open_storage(pre.storage_url, heartbeat_interval=run.heartbeat_interval, grace_period=run.grace_period)
     seed = worker_seed(settings.seed, worker_id()) if run.join else settings.seed
     study = open_study(rdb, run.study_name, settings, handle.identity, directions=directions(settings),
-                       sampler=make_sampler(settings.sampler, seed), create=not run.join)
+                       sampler=make_sampler(settings.sampler, seed), create=not run.join,
+                       metric_names=metric_names(settings))
     stored = StoredStudy(study)
     assert rdb.heartbeat_interval is not None and rdb.grace_period is not None
     lease = (contextlib.nullcontext() if run.join else  # a joiner runs the coordinator's study as stored
              CoordinatorLease(study, worker_id(), rdb.heartbeat_interval, rdb.grace_period))
     tracker = None if run.mlflow_uri is None else MlflowTracker(run.mlflow_uri, run.study_name, settings)
     try:
-        return _search(pre, study, stored, rdb, lease, tracker, callbacks=callbacks, progress=progress)
+        return _search(pre, study, stored, rdb, lease, tracker, seed, callbacks=callbacks, progress=progress)
     except BaseException:
         if tracker is not None:
             tracker.fail()
@@ -298,7 +344,7 @@ def _optimize(pre: Preflight, *, callbacks: Sequence[TrialCallback],
 
 
 def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, lease: Any,
-            tracker: MlflowTracker | None, *, callbacks: Sequence[TrialCallback],
+            tracker: MlflowTracker | None, seed: int, *, callbacks: Sequence[TrialCallback],
             progress: Callable[[Progress], None] | None) -> OptimizeResult:
     handle, settings, run = pre.handle, pre.settings, pre.run
     with lease, WorkerRegistry.for_storage(pre.storage_url, run.study_name) as registry:
@@ -317,18 +363,22 @@ def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, 
         fit_steps = plain_steps_that_fit(baseline, handle.default_steps, budget_s)
         context = stage_step_cap(pre.context, fit_steps)
         stored.set_steps_searched(context.min_steps, context.max_steps)
-        # 6. warm start
+        # 6. calibrate
+        stage_calibrate(stored, evaluator, handle, settings, context, fit_steps)
+        # 7. warm start
         stage_warm_start(stored, settings, context, fit_steps)
-        # 7. trials
+        # 8. trials
         space = SearchSpace(handle, settings.space, context)
-        objective = Objective(space, evaluator, budget_s, settings)
+        objective = Objective(space, evaluator, budget_s, settings, baseline)
+        refill = trial_loop(study, stored, settings, handle, context, budget_s, baseline, seed)
         started = time.monotonic()
 
         def report(state: str, reason: str | None) -> None:
             if progress is None:
                 return
             feasible = [r for r in stored.records() if r.feasible(budget_s) and r.score is not None]
-            progress(Progress(done=trial_counts(study).done, total=settings.trials, feasible=len(feasible),
+            progress(Progress(done=trial_counts(study, free_skips=settings.trials).done, total=settings.trials,
+                              feasible=len(feasible),
                               best_score=max((r.score for r in feasible if r.score is not None), default=None),
                               elapsed_s=time.monotonic() - started, last_state=state, last_reason=reason))
 
@@ -336,29 +386,38 @@ def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, 
             log_trial(trial, stored, budget_s)
             if tracker is not None:
                 tracker.trial(trial, budget_s)
-            report(trial.state.name, fail_reason(trial))
+            report(trial.state.name, fail_reason(trial) or skip_reason(trial))
 
         run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
-                   callbacks=[after_trial, *callbacks], refill=stored.enqueue_next_warm_start,
+                   callbacks=[after_trial, *callbacks], refill=refill,
                    on_wait=lambda counts, target: report(
                        "WAITING", f"waiting for {counts.running} trial(s) running on other workers"))
-    # 8. selection
+    # 9. selection
     records = stored.records()
+    model = LatencyModel.from_study(stored, context.default_steps, baseline)
     result = OptimizeResult(handle=handle, settings=settings, context=context, study=study, records=records,
                             pareto=pareto_front(records, budget_s), baseline=baseline, budget_s=budget_s,
-                            failed=stored.failures(), out=run.out)
+                            failed=stored.failures(), skipped=stored.skipped(), out=run.out)
 
     def remeasure(rec: TrialRecord) -> Any:
         return evaluator.remeasure(space.build(rec.recipe), budget_s, simulated=rec.recipe.is_simulated())
 
+    def measure_at(rec: TrialRecord, n: int) -> Any:
+        return evaluator.quality_at(space.build(rec.recipe), n)
+
+    def retime(rec: TrialRecord) -> Any:
+        return evaluator.retime(space.build(rec.recipe), simulated=rec.recipe.is_simulated())
+
     chosen = select(records, budget_s, top_k=settings.top_k, final_samples=settings.final_n, remeasure=remeasure,
-                    stored=stored)
+                    stored=stored, measure=measure_at, retime=retime, noise=model.margin)
     result.finalists, result.best, result.proxy_final_tau = chosen.finalists, chosen.best, chosen.proxy_final_tau
     result.failed.extend(chosen.failed)
-    # 9. recovery
+    result.halving = chosen.to_dict()
+    result.latency_model = LatencyModel.from_study(stored, context.default_steps, baseline).report()
+    # 10. recovery
     if run.recover_steps and result.best is not None:
         stage_recovery(result, evaluator, space, run.recover_steps)
-    # 10. summary and export
+    # 11. summary and export
     write_summary(result, run.out)  # before exporting: nothing measured is lost if the export fails
     if result.best is None:
         result.infeasible = no_feasible(result, run.out, run.best_effort, run.export)
@@ -379,7 +438,7 @@ def log_trial(trial: optuna.trial.FrozenTrial, stored: StoredStudy, budget_s: fl
     """One line per finished trial (INFO): its number, state, figures, feasibility, recipe, and the best so far."""
     m, recipe = measurement_of(trial), recipe_of(trial)
     if trial.state.name != "COMPLETE" or m is None:
-        logger.info(f"trial {trial.number} {trial.state.name}: {fail_reason(trial) or ''}")
+        logger.info(f"trial {trial.number} {trial.state.name}: {fail_reason(trial) or skip_reason(trial) or ''}")
         return
     best = max((r for r in stored.records() if r.score is not None and r.feasible(budget_s)),
                key=lambda r: r.score or 0.0, default=None)
@@ -431,9 +490,9 @@ def work(storage: str, study_name: str = "autoeff", *, model_path: str | None = 
                           f"study {study_name!r} searches ({stored_identity.get('model_identity')}); pass "
                           "--model-path to the same weights")
     with WorkerRegistry.for_storage(storage, study_name) as registry:
+        seed = worker_seed(settings.seed, worker_id())
         study = open_study(rdb, study_name, settings, handle.identity, directions=directions(settings),
-                           sampler=make_sampler(settings.sampler, worker_seed(settings.seed, worker_id())),
-                           create=False)
+                           sampler=make_sampler(settings.sampler, seed), create=False)
         stored = StoredStudy(study)
         context = context_for(handle, settings)
         steps = stored.steps_searched  # the coordinator's cut of the step range (stage 5)
@@ -442,11 +501,13 @@ def work(storage: str, study_name: str = "autoeff", *, model_path: str | None = 
         baseline = stored.baseline
         evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=threads,
                               noise_floor=None if baseline is None else baseline.noise_floor)
-        objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings)
+        objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings, baseline)
+        refill = trial_loop(study, stored, settings, handle, context, budget_s, baseline, seed)
         ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),
-                         callbacks=list(callbacks), refill=stored.enqueue_next_warm_start)
-        counts = trial_counts(study)
+                         callbacks=list(callbacks), refill=refill)
+        counts = trial_counts(study, free_skips=settings.trials)
     return WorkResult(ran=ran, done=counts.done, target=settings.trials, worker=registry.token)
 
 
-__all__ = ["optimize", "work", "Progress", "WorkResult", "STEP_HEADROOM", "plain_steps_that_fit", "stage_step_cap"]
+__all__ = ["optimize", "work", "Progress", "WorkResult", "STEP_HEADROOM", "plain_steps_that_fit", "stage_step_cap",
+           "stage_calibrate", "trial_loop"]

@@ -1,13 +1,23 @@
 """The study's objective: latency under a budget against quality, over the knobs of a SearchSpace.
 
-Multi-objective (Deb et al., 2002, NSGA-II by default): minimize latency, maximize quality (larger-is-better
-score), optionally minimize model size; the budget is a constraint (feasible when latency <= budget).
-Latency is measured first, and a candidate clearly over budget is not spent on quality: it completes with
-its measured latency and a pessimistic quality so the sampler still learns where the budget lies
-(multi-objective trials cannot use Optuna's pruners). Every trial stores its Recipe and its Measurement
+Multi-objective: minimize latency (ms), the raw quality metric in its own direction (FID minimized, CLIP
+maximized), optionally minimize model size (MB); Optuna's metric names say which is which
+(`metric_names`), and the budget is a constraint (`Trial.set_constraint`: feasible when latency <= budget),
+so `optuna-dashboard` and Optuna's plots show the real front. Before a candidate is built, the study's latency
+model (`autoeff.latency_model`) predicts its latency; a candidate predicted *clearly* over budget (even if the
+model errs high by the 80th percentile of its past errors) is not built: its trial ends PRUNED with the
+prediction and the reason (`study.skip_reason`). A built candidate is timed first; one measured more than 10 %
+over budget is not spent on quality: its trial ends PRUNED with its measured latency and the constraint, and
+no value stands in for the quality it does not have (multi-objective trials cannot use Optuna's pruners, but
+they can end PRUNED, which TPE counts among its bad trials). Every trial stores its Recipe and its Measurement
 (`autoeff.study`); a candidate that raises, returns non-finite images or runs out of memory becomes a FAILED
 trial with the reason stored, and the search goes on. How the winner is chosen is `autoeff.selection`; the
-order of a whole run is `autoeff.run`.
+budget-filling loop is `autoeff.planner`; the order of a whole run is `autoeff.run`.
+
+Samplers (`--sampler`): Optuna's NSGA-II (Deb et al., 2002), TPE (Bergstra et al., 2011; multivariate,
+Falkner et al., 2018), GP-based Bayesian optimisation with the constraint (`GPSampler`), random search, and
+`fill`, the budget-filling loop (TPE over the structures, step counts from the latency model, timestep
+positions by Bayesian optimisation at few steps; `autoeff.planner`).
 
 Compiling (`torch.compile`) is measured apart from latency (`Measurement.compile`, see `autoeff.measure`).
 With `--compile-budget`, the compile seconds of the study's trials are summed before each candidate; once
@@ -20,26 +30,34 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import optuna
 
 from autoeff.errors import SettingsError
+from autoeff.evaluators.metric_names import HIGHER_IS_BETTER
 from autoeff.evaluators.quality import score
+from autoeff.latency_model import ERROR_QUANTILE, LatencyModel, Prediction, evaluations
 from autoeff.measure import CompileRefused, Evaluator, compiled_frames
-from autoeff.measurement import Measurement
+from autoeff.measurement import Baseline, Measurement
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.groups import block_groups
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SAMPLERS, SearchSettings
-from autoeff.study import measurement_of, set_fail_reason, set_measurement, set_recipe
+from autoeff.study import (
+    StoredStudy,
+    measurement_of,
+    set_fail_reason,
+    set_measurement,
+    set_prediction,
+    set_recipe,
+    set_skipped,
+)
 
-# Quality value given to a candidate whose quality was not measured (over budget). The constraint makes it
-# infeasible anyway; the value only has to be worse than any measured score.
-UNMEASURED_SCORE = -1.0e9
 # A candidate is "clearly" over budget when its latency exceeds the budget by more than this margin; within
 # the margin, quality is still measured (the finalists are re-timed before the winner is chosen).
 OVER_BUDGET_MARGIN = 0.10
@@ -52,21 +70,44 @@ class CandidateFailed(Exception):
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's own samplers, seeded. The budget constraint is set on each trial (`Trial.set_constraint`,
-    Optuna 5), which NSGA-II and TPE read: a value <= 0 is feasible."""
+    Optuna 5), which NSGA-II, TPE and the GP sampler read: a value <= 0 is feasible. `fill` starts as TPE
+    (the structures' sampler); `run` wraps it in `planner.FillSampler` once the budget is known."""
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+    if name == "fill":  # it samples a view of the study (`planner.quality_view`), so it must not write to it
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8, constant_liar=False)
+    if name == "gp":
+        with warnings.catch_warnings():  # GPSampler's optional arguments are experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8, warn_independent_sampling=False)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SettingsError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
+def _metric(settings: SearchSettings) -> str:
+    if settings.metric is None:
+        raise ValueError("the settings are not resolved for a model (metric is None)")
+    return settings.metric
+
+
 def directions(settings: SearchSettings) -> list[Literal["minimize", "maximize"]]:
-    d: list[Literal["minimize", "maximize"]] = ["minimize", "maximize"]
+    """Latency down; the metric in its own direction (FID down, CLIP up); size down when searched."""
+    d: list[Literal["minimize", "maximize"]] = ["minimize",
+                                                "maximize" if HIGHER_IS_BETTER[_metric(settings)] else "minimize"]
     if settings.size_objective:
         d.append("minimize")
     return d
+
+
+def metric_names(settings: SearchSettings) -> list[str]:
+    """The names of the trial values, in order (Optuna's `set_metric_names`)."""
+    names = ["latency_ms", _metric(settings)]
+    if settings.size_objective:
+        names.append("size_mb")
+    return names
 
 
 def context_for(handle: ModelHandle, settings: SearchSettings) -> SpaceContext:
@@ -85,13 +126,16 @@ def context_for(handle: ModelHandle, settings: SearchSettings) -> SpaceContext:
 
 
 class Objective:
-    """The study's objective: build the candidate, time it, then (if within budget) score it."""
+    """The study's objective: predict the candidate's latency (skip it when clearly over budget), build it,
+    time it, then (if within budget) score it."""
 
-    def __init__(self, space: SearchSpace, evaluator: Evaluator, budget_s: float, settings: SearchSettings) -> None:
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, budget_s: float, settings: SearchSettings,
+                 baseline: Baseline | None = None) -> None:
         self.space = space
         self.evaluator = evaluator
         self.budget_s = budget_s
         self.settings = settings
+        self.baseline = baseline
         # compile seconds of this process's candidates that failed after compiling (a failed trial stores no
         # measurement, yet its compiling was spent)
         self.failed_compile_s = 0.0
@@ -102,6 +146,14 @@ class Objective:
         except Exception as e:  # a config the knobs refuse is a failed candidate, not a crashed search
             self._fail(trial, f"suggest: {type(e).__name__}: {e}")
         set_recipe(trial, recipe)
+        model = LatencyModel.from_study(StoredStudy(trial.study), self.space.context.default_steps, self.baseline)
+        prediction = model.predict(trial.params, evaluations(trial.params, self.space.context.default_steps))
+        set_prediction(trial, prediction.to_dict())
+        why = self.skip_reason(prediction, model.fastest_s)
+        if why is not None:
+            set_skipped(trial, why)
+            trial.set_constraint(BUDGET_CONSTRAINT, prediction.latency_s - self.budget_s)
+            raise optuna.TrialPruned(why)
         try:
             m = self.evaluate(recipe, compile_spent_s=self.compile_spent(trial))
         except KeyboardInterrupt:
@@ -110,12 +162,27 @@ class Objective:
             self._fail(trial, f"{type(e).__name__}: {e}")
         set_measurement(trial, m, self.budget_s)
         trial.set_constraint(BUDGET_CONSTRAINT, m.latency_s - self.budget_s)
-        values = [m.latency_s * 1000.0, m.score if m.score is not None else UNMEASURED_SCORE]
+        if m.quality is None:  # no value stands in for a quality that was not measured
+            raise optuna.TrialPruned(f"measured {m.latency_s * 1000:.1f} ms, more than {OVER_BUDGET_MARGIN:.0%} over "
+                                     f"the budget of {self.budget_s * 1000:.1f} ms: quality not measured")
+        values = [m.latency_s * 1000.0, m.quality.value]
         if self.settings.size_objective:
             values.append(m.size_mb or 0.0)
         if not all(math.isfinite(v) for v in values):
             self._fail(trial, f"non-finite objective values {values}")
         return values
+
+    def skip_reason(self, prediction: Prediction, fastest_s: float | None) -> str | None:
+        """Why a candidate is not built, or None. It is skipped when its predicted latency, lowered by the
+        80th percentile of its basis's past errors, is still more than 10 % over budget, and it is not
+        predicted faster than every candidate measured so far (the fastest is what `--best-effort` exports
+        when nothing fits, and the first candidates are always measured)."""
+        limit = self.budget_s * (1 + OVER_BUDGET_MARGIN)
+        if prediction.low_s <= limit or fastest_s is None or prediction.latency_s < fastest_s:
+            return None
+        return (f"predicted {prediction.latency_s * 1000:.1f} ms ({prediction.basis}: its predictions erred by at "
+                f"most {prediction.rel_error:.0%} in {ERROR_QUANTILE:.0%} of cases) against a budget of "
+                f"{self.budget_s * 1000:.1f} ms: clearly over, not built")
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         set_fail_reason(trial, reason)
@@ -169,5 +236,5 @@ class Objective:
             raise TimeoutError(f"candidate took more than the per-trial limit of {limit:g} s")
 
 
-__all__ = ["CandidateFailed", "Objective", "make_sampler", "directions", "context_for", "UNMEASURED_SCORE",
+__all__ = ["CandidateFailed", "Objective", "make_sampler", "directions", "metric_names", "context_for",
            "OVER_BUDGET_MARGIN", "BUDGET_CONSTRAINT"]

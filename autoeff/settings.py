@@ -23,7 +23,7 @@ from autoeff.errors import SettingsError
 from autoeff.evaluators.metric_names import METRICS
 from autoeff.models.handle import ModelHandle
 
-SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "random")
+SAMPLERS: tuple[str, ...] = ("nsga2", "tpe", "gp", "fill", "random")
 DEFAULT_SPACE: tuple[str, ...] = ("solver", "schedule", "cache")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 MAX_STUDY_NAME = 128  # it names a folder of the worker registry (NAME_MAX 255) and a database row
@@ -107,7 +107,8 @@ class SearchSettings:
                                                                    "int"))
     final_samples: int | None = field(default=None, metadata=_flag("--final-samples",
                                                                    "Images scored per finalist.", "int"))
-    top_k: int = field(default=3, metadata=_flag("--top-k", "Finalists re-measured.", "int"))
+    top_k: int = field(default=3, metadata=_flag("--top-k", "Candidates each selection rung keeps at least, when "
+                                                 "that many are within its noise of the best.", "int"))
     size_objective: bool = field(default=False, metadata=_flag("--size-objective", "Also minimize model size.",
                                                                "flag"))
     min_steps: int = field(default=2, metadata=_flag("--min-steps", "Fewest denoising steps searched.", "int"))

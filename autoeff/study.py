@@ -9,6 +9,7 @@ stored:
 | study | `settings_identity` | settings fields that must match to resume, plus the model identity | creation |
 | study | `budget` | the budget as the user wrote it (`10%`, `200ms`) | creation |
 | study | `created` | creation time | creation |
+| study | `objective` | `{version, names}`: what the trial values are (2: latency ms, raw metric, size MB) | creation |
 | study | `settings` | `SearchSettings.to_dict()` of the coordinator's latest run | coordinator |
 | study | `target_trials` | finished trials to reach (`--trials`) | coordinator |
 | study | `heartbeat` | `{interval, grace}` seconds, the coordinator's | coordinator |
@@ -16,23 +17,33 @@ stored:
 | study | `baseline` | `Baseline.to_dict()` | run, once |
 | study | `budget_s` | the budget in seconds (resolved against the baseline) | run |
 | study | `steps_searched` | `[min, max]` step range after the budget cut | run |
+| study | `latency_calibration` | `[{evals, latency_s, rel_spread}]`: the pipeline at two step counts | run, once |
 | study | `warm_started` | the hand-picked configurations were chosen | run, once |
 | study | `warm_start_queue` | their trial params not enqueued yet (one enqueued when none waits) | run, workers |
 | study | `finalists` | trial number -> re-measurement on the final sample (or why it failed) | selection |
+| study | `rungs` | trial number -> {n -> quality on the first n final-set images (or why it failed)} | selection |
+| study | `retimes` | trial number -> its latency re-timed before it became a finalist | selection |
 | trial | `recipe` | `Recipe.to_dict()` | objective |
 | trial | `measurement` | `Measurement.to_dict()` | objective |
 | trial | `constraint` | latency minus budget, seconds (<= 0 is feasible) | objective |
 | trial | `fail_reason` | why the trial failed | objective, workers |
+| trial | `prediction` | the latency model's prediction before it was built (`latency_model.Prediction`) | objective |
+| trial | `skipped` | why it was not built: predicted clearly over budget (PRUNED, no measurement) | objective |
+| trial | `planned` | which step of the budget-filling loop enqueued it (`schedule`, `positions`, ...) | planner |
 | trial | `worker` | the process that ran it (`host/pid-namespace/pid`) | workers |
 | trial | `warm_start` | enqueued as a hand-picked configuration | warm start |
 
-`recipe`, `measurement`, `constraint`, `fail_reason` and `worker` describe one attempt: a retry of a failed
-trial starts without them (`candidate_attrs`).
+`recipe`, `measurement`, `constraint`, `fail_reason`, `prediction`, `skipped` and `worker` describe one attempt:
+a retry of a failed trial starts without them (`candidate_attrs`).
+
+A study made before `objective` version 2 (trial values -FID, and a placeholder score for a candidate whose
+quality was not measured) is refused with one line (`incompatibility`); its trials are not comparable.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +54,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoeff.budget import Budget, BudgetError, parse_budget
 from autoeff.errors import IncompatibleStudyError, SearchError
+from autoeff.evaluators.latency import LatencyResult
+from autoeff.evaluators.quality import QualityResult
 from autoeff.measurement import Baseline, Measurement
 from autoeff.optuna_compat import storage_of, trial_id
 from autoeff.recipe import Recipe
@@ -53,6 +66,13 @@ from autoeff.storage import mask_url
 _IDENTITY = "settings_identity"
 _BUDGET_TEXT = "budget"
 _CREATED = "created"
+_OBJECTIVE = "objective"
+_CALIBRATION = "latency_calibration"
+_RUNGS = "rungs"
+_RETIMES = "retimes"
+_PREDICTION = "prediction"
+_SKIPPED = "skipped"
+_PLANNED = "planned"
 _SETTINGS = "settings"
 _TARGET = "target_trials"
 _HEARTBEAT = "heartbeat"
@@ -69,8 +89,10 @@ _CONSTRAINT = "constraint"
 _FAIL_REASON = "fail_reason"
 _WORKER = "worker"
 _WARM_START = "warm_start"
-_ATTEMPT_ATTRS = frozenset({_FAIL_REASON, _WORKER, _RECIPE, _MEASUREMENT, _CONSTRAINT})
+_ATTEMPT_ATTRS = frozenset({_FAIL_REASON, _WORKER, _RECIPE, _MEASUREMENT, _CONSTRAINT, _PREDICTION, _SKIPPED})
 _REASON_LIMIT = 2000
+# What the trial values mean (the `objective` attribute's version): 2 = latency ms, the raw metric, size MB.
+OBJECTIVE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -84,7 +106,8 @@ class FinalistEntry:
 
 @dataclass
 class TrialRecord:
-    """A completed trial as read back from storage."""
+    """A measured trial as read back from storage: COMPLETE, or PRUNED after its latency was measured clearly
+    over budget (its `score` is None: quality was not spent on it)."""
 
     number: int
     recipe: Recipe
@@ -132,12 +155,24 @@ class StoredStudy:
         value = self._get(_BUDGET_TEXT)
         return value if isinstance(value, str) else None
 
-    def initialize(self, settings: SearchSettings, model_identity: str) -> None:
-        """Mark a new study as autoeff's: what must match to resume it, its budget, when it was made (its
-        settings are the coordinator's, `set_run`)."""
+    def initialize(self, settings: SearchSettings, model_identity: str, metric_names: Sequence[str] = ()) -> None:
+        """Mark a new study as autoeff's: what must match to resume it, its budget, when it was made, what its
+        trial values are (also as Optuna's metric names, which the dashboard and plots show); its settings are
+        the coordinator's (`set_run`)."""
         self.study.set_user_attr(_IDENTITY, settings.identity(model_identity))
         self.study.set_user_attr(_BUDGET_TEXT, settings.budget.text)
         self.study.set_user_attr(_CREATED, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.study.set_user_attr(_OBJECTIVE, {"version": OBJECTIVE_VERSION, "names": list(metric_names)})
+        if metric_names:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(list(metric_names))
+
+    @property
+    def objective_version(self) -> int:
+        """What the trial values mean: `OBJECTIVE_VERSION`, or 1 for a study made before it was recorded."""
+        value = self._get(_OBJECTIVE)
+        return int(value.get("version", 1)) if isinstance(value, dict) else 1
 
     # -- the coordinator's settings ----------------------------------------------------------------------
     def set_run(self, settings: SearchSettings, heartbeat_interval: int, grace_period: int) -> None:
@@ -216,6 +251,15 @@ class StoredStudy:
         self.study.set_user_attr(_STEPS, [int(low), int(high)])
 
     @property
+    def latency_calibration(self) -> list[dict[str, float]]:
+        """The pipeline timed at a few step counts before the trials (`run.stage_calibrate`)."""
+        value = self._get(_CALIBRATION)
+        return [dict(p) for p in value] if isinstance(value, list) else []
+
+    def set_latency_calibration(self, points: Sequence[dict[str, float]]) -> None:
+        self.study.set_user_attr(_CALIBRATION, [dict(p) for p in points])
+
+    @property
     def warm_started(self) -> bool:
         return bool(self._get(_WARM_STARTED))
 
@@ -229,12 +273,19 @@ class StoredStudy:
 
         One at a time, when no trial waits: a retry of an interrupted trial (enqueued when its process is found
         dead) then runs next, instead of after every hand-picked configuration still queued."""
+        params = self.pop_warm_start()
+        if params is None:
+            return False
+        self.enqueue(params)
+        return True
+
+    def pop_warm_start(self) -> dict[str, Any] | None:
+        """Take the next stored hand-picked configuration off the queue (None when none is left)."""
         queue = list(self._get(_WARM_QUEUE) or [])
         if not queue:
-            return False
+            return None
         self.study.set_user_attr(_WARM_QUEUE, queue[1:])
-        self.enqueue(queue[0])
-        return True
+        return dict(queue[0])
 
     def finalist(self, number: int) -> FinalistEntry | None:
         entry = (self._get(_FINALISTS) or {}).get(str(number))
@@ -254,21 +305,59 @@ class StoredStudy:
         cache[str(number)] = value
         self.study.set_user_attr(_FINALISTS, cache)
 
+    def rung(self, number: int, samples: int) -> tuple[QualityResult | None, str | None] | None:
+        """Trial `number`'s quality on the first `samples` images of the final sample set, as `(result,
+        None)` or `(None, why it failed)`; None when it was not measured (successive halving, `selection`)."""
+        entry = ((self._get(_RUNGS) or {}).get(str(number)) or {}).get(str(samples))
+        if not isinstance(entry, dict):
+            return None
+        if "failed" in entry:
+            return None, str(entry["failed"])
+        return QualityResult.from_dict(entry), None
+
+    def set_rung(self, number: int, samples: int, quality: QualityResult | None, failed: str | None = None) -> None:
+        rungs = dict(self._get(_RUNGS) or {})
+        entry = dict(rungs.get(str(number)) or {})
+        entry[str(samples)] = {"failed": (failed or "")[:500]} if quality is None else quality.to_dict()
+        rungs[str(number)] = entry
+        self.study.set_user_attr(_RUNGS, rungs)
+
+    def retime(self, number: int) -> LatencyResult | None:
+        """Trial `number`'s latency re-timed (as the finalists are) before it became a finalist."""
+        value = (self._get(_RETIMES) or {}).get(str(number))
+        return None if not isinstance(value, dict) else LatencyResult.from_dict(value)
+
+    def set_retime(self, number: int, latency: LatencyResult) -> None:
+        retimes = dict(self._get(_RETIMES) or {})
+        retimes[str(number)] = latency.to_dict()
+        self.study.set_user_attr(_RETIMES, retimes)
+
     # -- trials -------------------------------------------------------------------------------------------
-    def enqueue(self, params: dict[str, Any]) -> None:
-        """Enqueue a hand-picked configuration (marked as a warm start; not twice)."""
-        self.study.enqueue_trial(params, user_attrs={_WARM_START: True}, skip_if_exists=True)
+    def enqueue(self, params: dict[str, Any], planned: str | None = None) -> None:
+        """Enqueue a configuration (not twice): a hand-picked one (marked as a warm start), or one the
+        budget-filling loop chose (`planned`: which of its steps)."""
+        attrs: dict[str, Any] = {_WARM_START: True} if planned is None or planned == "warm start" else {}
+        if planned is not None:
+            attrs[_PLANNED] = planned
+        self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
 
     def records(self) -> list[TrialRecord]:
-        """Completed trials with their Recipe and Measurement, in trial order."""
+        """Measured trials with their Recipe and Measurement, in trial order: every COMPLETE trial, and every
+        PRUNED one whose latency was measured (over budget; no score)."""
         out = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             recipe, measurement = recipe_of(t), measurement_of(t)
             if recipe is None or measurement is None:
                 continue
             out.append(TrialRecord(number=t.number, recipe=recipe, measurement=measurement, params=dict(t.params),
                                    warm_start=is_warm_start(t)))
         return out
+
+    def skipped(self) -> list[tuple[int, str]]:
+        """`(number, reason)` of every trial not built because it was predicted clearly over budget."""
+        return [(t.number, skip_reason(t) or "") for t in self.study.get_trials(deepcopy=False,
+                                                                              states=(TrialState.PRUNED,))
+                if skip_reason(t) is not None]
 
     def failures(self) -> list[tuple[int, str]]:
         """`(number, reason)` of every failed trial."""
@@ -300,6 +389,32 @@ def set_measurement(trial: optuna.Trial, measurement: Measurement, budget_s: flo
 def measurement_of(trial: FrozenTrial) -> Measurement | None:
     value = trial.user_attrs.get(_MEASUREMENT)
     return None if value is None else Measurement.from_dict(value)
+
+
+def set_prediction(trial: optuna.Trial, prediction: dict[str, Any]) -> None:
+    """The latency model's prediction for the trial's candidate, made before it was built."""
+    trial.set_user_attr(_PREDICTION, dict(prediction))
+
+
+def prediction_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    value = trial.user_attrs.get(_PREDICTION)
+    return dict(value) if isinstance(value, dict) else None
+
+
+def set_skipped(trial: optuna.Trial, reason: str) -> None:
+    """Why the candidate was not built (predicted clearly over budget); the trial ends PRUNED."""
+    trial.set_user_attr(_SKIPPED, reason[:_REASON_LIMIT])
+
+
+def skip_reason(trial: FrozenTrial) -> str | None:
+    value = trial.user_attrs.get(_SKIPPED)
+    return None if value is None else str(value)
+
+
+def planned_as(trial: FrozenTrial) -> str | None:
+    """Which step of the budget-filling loop enqueued the trial (None: a sampler drew it)."""
+    value = trial.user_attrs.get(_PLANNED)
+    return None if value is None else str(value)
 
 
 def set_fail_reason(trial: optuna.Trial, reason: str) -> None:
@@ -351,6 +466,10 @@ def incompatibility(stored: StoredStudy, settings: SearchSettings, model_identit
     if ident is None:
         return (f"study {stored.name!r} in {label} was not created by `autoeff optimize` (it has no "
                 f"{_IDENTITY}); use another --study-name")
+    if stored.objective_version != OBJECTIVE_VERSION:
+        return (f"study {stored.name!r} in {label} was made by an older autoeff, whose trial values were -FID and a "
+                "placeholder for unmeasured quality; its trials cannot be mixed with this version's: use another "
+                "--out or --study-name")
     mine = settings.identity(model_identity)
     diff = sorted(k for k in set(ident) | set(mine) if ident.get(k) != mine.get(k))
     if diff:
@@ -373,9 +492,11 @@ def _same_budget(stored_text: str, budget: Budget) -> bool:
 
 def open_study(storage: str | BaseStorage, study_name: str, settings: SearchSettings, model_identity: str, *,
                directions: Sequence[Literal["minimize", "maximize"]],
-               sampler: optuna.samplers.BaseSampler | None = None, create: bool = True) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, create: bool = True,
+               metric_names: Sequence[str] = ()) -> optuna.Study:
     """Open the study (creating and initializing it if new, unless `create` is False) and refuse one made for
-    another model, budget, metric or space (`IncompatibleStudyError`)."""
+    another model, budget, metric or space, or by an older objective (`IncompatibleStudyError`). A new study
+    gets `metric_names` as Optuna's metric names."""
     label = mask_url(storage if isinstance(storage, str) else str(getattr(storage, "url", storage)))
     if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # Optuna's default INFO logs every trial
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -394,7 +515,7 @@ def open_study(storage: str | BaseStorage, study_name: str, settings: SearchSett
         raise SearchError(f"cannot open storage {label!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     stored = StoredStudy(study)
     if stored.identity is None and create:
-        stored.initialize(settings, model_identity)
+        stored.initialize(settings, model_identity, metric_names)
         return study
     why = incompatibility(stored, settings, model_identity, label)
     if why is not None:
@@ -417,5 +538,6 @@ def load_existing(storage: str, study_name: str) -> optuna.Study:
 
 __all__ = ["StoredStudy", "TrialRecord", "FinalistEntry", "open_study", "load_existing", "incompatibility",
            "set_recipe", "recipe_of", "recipe_dict_of", "set_measurement", "measurement_of", "set_fail_reason",
+           "set_prediction", "prediction_of", "set_skipped", "skip_reason", "planned_as", "OBJECTIVE_VERSION",
            "set_fail_reason_by_id", "fail_reason", "set_worker", "worker_of", "is_warm_start", "candidate_attrs",
            "fail_trial"]

@@ -52,6 +52,7 @@ from autoeff.study import (
     set_fail_reason,
     set_fail_reason_by_id,
     set_worker,
+    skip_reason,
     worker_of,
 )
 
@@ -195,27 +196,33 @@ def fail_stale_trials(study: optuna.Study) -> None:
 class TrialCounts:
     """Trials of a study, each candidate counted once.
 
-    done: finished candidates (COMPLETE, PRUNED, and FAIL not superseded by a retry); running: RUNNING
-    trials; waiting: WAITING trials (enqueued configurations and pending retries); retried: FAIL trials
-    superseded by a retry (not in `done`).
+    done: finished candidates (COMPLETE, PRUNED, and FAIL not superseded by a retry), less the skipped ones
+    that `free_skips` lets go uncounted; running: RUNNING trials; waiting: WAITING trials (enqueued
+    configurations and pending retries); retried: FAIL trials superseded by a retry (not in `done`); skipped:
+    PRUNED trials never built (predicted clearly over budget, `study.skip_reason`).
     """
 
     done: int
     running: int
     waiting: int
     retried: int
+    skipped: int = 0
 
 
-def trial_counts(study: optuna.Study) -> TrialCounts:
+def trial_counts(study: optuna.Study, free_skips: int = 0) -> TrialCounts:
+    """The study's trials counted; up to `free_skips` skipped candidates (not built: predicted clearly over
+    budget, which costs no measurement) are left out of `done`, so `--trials` counts measured candidates while
+    a sampler that keeps proposing impossible ones still comes to an end."""
     trials = study.get_trials(deepcopy=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     done = sum(1 for t in trials if t.state in _FINISHED and t.number not in retried)
+    skipped = sum(1 for t in trials if t.state == TrialState.PRUNED and skip_reason(t) is not None)
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    return TrialCounts(done=done, running=running, waiting=waiting,
-                       retried=sum(1 for t in trials if t.number in retried))
+    return TrialCounts(done=done - min(skipped, free_skips), running=running, waiting=waiting,
+                       retried=sum(1 for t in trials if t.number in retried), skipped=skipped)
 
 
 # -- who is alive -----------------------------------------------------------------------------------------
@@ -447,7 +454,8 @@ def run_trials(
     many this process ran.
 
     Before each trial: fail orphaned and heartbeat-stale trials (they are retried), call `refill` when no trial
-    waits (it may enqueue one: the next hand-picked configuration), then take a trial only while
+    waits (it may enqueue one: the next hand-picked configuration, or the budget-filling loop's next
+    candidate), then take a trial only while
     finished + running < target, so a few processes overshoot the target by at most one trial each
     when they ask at the same moment. A worker stops once the target is reached; the coordinator
     (`wait_for_running`) also waits for the trials still running elsewhere, which finish, or go stale and
@@ -473,8 +481,8 @@ def run_trials(
     while True:
         reclaim_orphans(study, registry, max_retry)
         fail_stale_trials(study)
-        counts = trial_counts(study)
         target = stored.target_trials
+        counts = trial_counts(study, free_skips=target)
         if counts.done + counts.running < target:
             if counts.waiting == 0 and refill is not None:
                 refill()

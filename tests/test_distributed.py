@@ -182,7 +182,7 @@ def test_retries_stop_after_max_retry(tmp_path):
 def _make_study(url: str, name: str, identity: str, *, budget_s: float | None = 0.1) -> optuna.Study:
     from autoeff.budget import parse_budget
 
-    settings = SearchSettings(model="digits", budget=parse_budget("80%"), space=["solver", "schedule"],
+    settings = SearchSettings(model="digits", budget=parse_budget("80%"), space=["solver", "schedule"], metric="fid",
                               proxy_samples=16, final_samples=32, max_steps=10, trials=2, sampler="random")
     study = open_study(url, name, settings, identity, directions=directions(settings))
     stored = StoredStudy(study)

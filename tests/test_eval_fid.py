@@ -83,3 +83,16 @@ def test_inception_loads_a_torchvision_state_dict_from_safetensors(tmp_path):
     feats = extract_features(ext, torch.rand(2, 1, 16, 16))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
     assert len(ext.identity) == 16
+
+
+def test_the_split_half_standard_error_tracks_the_spread_over_independent_samples():
+    from autoeff.evaluators.fid import fid_split_se
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(2000, 8, generator=g)
+    for n in (64, 512):
+        samples = [0.3 + torch.randn(n, 8, generator=g) for _ in range(40)]
+        truth = torch.tensor([fid_from_features(real, s) for s in samples]).std().item()
+        se = fid_split_se(real, samples[0])
+        assert 0.5 * truth < se < 2.5 * truth, (n, se, truth)
+    assert fid_split_se(real, samples[0]) < fid_split_se(real, samples[0][:64])  # more images, less noise

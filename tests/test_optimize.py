@@ -14,7 +14,7 @@ from autoeff.api import NoFeasibleCandidateError, optimize
 from autoeff.export import load
 from autoeff.models.generate import default_spec, generate
 from autoeff.search_spaces.space import SearchSpace
-from autoeff.study import StoredStudy, measurement_of, recipe_of
+from autoeff.study import StoredStudy, measurement_of, recipe_of, skip_reason
 
 FAST = dict(proxy_samples=16, final_samples=32, max_steps=10, min_steps=2, top_k=2, sampler="random")
 
@@ -156,7 +156,10 @@ def test_failing_candidates_fail_their_trial_not_the_search(digits10, tmp_path, 
 
 def test_no_feasible_candidate_exports_nothing_unless_best_effort(digits10, tmp_path):
     res = optimize(digits10, budget="0.1ms", trials=2, out=tmp_path / "nf", warm_start=False, **FAST)
-    assert res.best is None and res.export_path is None and len(res.records) == 2  # the result, not lost
+    assert res.best is None and res.export_path is None  # the result, not lost:
+    # every trial is in it, measured or skipped unbuilt as predicted over budget (how many of each depends on
+    # the machine's measured noise)
+    assert res.records and len(res.records) + len(res.skipped) >= 2
     assert "no candidate met the budget" in res.infeasible and "fastest" in res.infeasible
     assert json.loads((tmp_path / "nf" / "summary.json").read_text())["infeasible"] == res.infeasible
     assert not (tmp_path / "nf" / "optimized").exists()
@@ -308,12 +311,16 @@ def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
     fit = int(stored.budget_s / (baseline / 10))
     cap = max(2, min(10, 3 * max(1, fit)))
     assert stored.steps_searched == (2, cap)
-    steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
-    assert len(steps) == 4 and max(steps) <= cap
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    measured = [t for t in finished if skip_reason(t) is None]  # skipped (predicted over) do not count
+    assert len(measured) == 4 and max(t.params["schedule.steps"] for t in finished) <= cap
     # a worker joining the study draws from the same cut range
     from autoeff.api import join
 
     StoredStudy(study).set_target_trials(7)
     ran = join(f"sqlite:///{tmp_path / 'cap' / 'study.db'}", "autoeff")
-    steps = [t.params["schedule.steps"] for t in study.get_trials() if t.state.is_finished()]
-    assert ran.done == 7 and len(steps) == 7 and max(steps) <= cap
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    measured = [t for t in finished if skip_reason(t) is None]
+    # (on a loaded machine more candidates are predicted over budget and skipped; past `--trials` free skips
+    # they count, so only the count of finished candidates is fixed)
+    assert ran.done == 7 and len(measured) >= 4 and max(t.params["schedule.steps"] for t in finished) <= cap

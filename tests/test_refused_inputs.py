@@ -77,6 +77,12 @@ def _foreign_sqlite(tmp: Path) -> None:
         con.execute("INSERT INTO notes VALUES ('mine')")
 
 
+def _older_objective(tmp: Path) -> None:
+    """The study as an autoeff before the raw-metric objective left it: no `objective` attribute."""
+    with sqlite3.connect(tmp / "study" / "study.db") as con:
+        con.execute("DELETE FROM study_user_attributes WHERE key = 'objective'")
+
+
 def _flip_weights_byte(tmp: Path) -> None:
     w = next((tmp / "optimized" / "unet").glob("*.safetensors"))
     data = bytearray(w.read_bytes())
@@ -261,6 +267,9 @@ ROWS: list[Row] = [
         _opt("--budget", "10%", "--mlflow-uri", "{tmp}/mlruns")),
     Row("log-file-unwritable", "a --log-file that cannot be written",
         _opt("--budget", "10%", "--log-file", "/proc/autoeff.log")),
+    Row("study-older-objective", "resuming a study an older autoeff made (trial values -FID, placeholders)",
+        ("optimize", "--model", "digits", "--budget", "1000%", "--out", "{study}", *STUDY_FLAGS), needs=("study",),
+        setup=_older_objective),
     Row("out-is-a-file", "--out naming an existing file", ("optimize", "--model", "digits", "--budget", "10%",
                                                           "--out", "{tmp}/file.txt"), setup=_write("file.txt", "x")),
     # -- show / export

@@ -7,14 +7,13 @@ import pytest
 
 from autoeff.budget import parse_budget
 from autoeff.errors import SearchError
-from autoeff.evaluators.quality import QualityResult
 from autoeff.measurement import Measurement
 from autoeff.recipe import Recipe
 from autoeff.search import context_for
 from autoeff.search_spaces.space import SearchSpace
-from autoeff.selection import pareto_front, select
+from autoeff.selection import pareto_front
 from autoeff.settings import SearchSettings
-from autoeff.study import StoredStudy, TrialRecord
+from autoeff.study import TrialRecord
 from autoeff.warm_start import warm_start_params
 
 ALL = ["prune", "quantize", "solver", "schedule", "cache"]
@@ -81,34 +80,3 @@ def test_a_tight_budget_warm_starts_at_the_step_counts_that_fit(random_digits_ha
     # fewer than min_steps fit: the picks run at min_steps
     lowest = warm_start_params(["solver", "schedule"], ctx, fit_steps=0)
     assert {p["schedule.steps"] for p in lowest if "schedule.steps" in p} == {ctx.min_steps}
-
-
-def _select_with(top_k: int, over_until: int = 4) -> tuple[object, list[int]]:
-    """Trials 0-7 all met a 10 ms budget in the search, proxy score = -trial number; re-timed, trials below
-    `over_until` take 11 ms (over budget) and the others 9 ms."""
-    records = [TrialRecord(number=n, recipe=Recipe(model="digits"), params={},
-                           measurement=Measurement(latency_s=0.009, score=-float(n))) for n in range(8)]
-    remeasured: list[int] = []
-
-    def remeasure(rec: TrialRecord) -> Measurement:
-        remeasured.append(rec.number)
-        latency = 0.011 if rec.number < over_until else 0.009
-        q = QualityResult(metric="fid", value=float(rec.number), higher_is_better=False, n=2)
-        return Measurement(latency_s=latency, score=-float(rec.number), quality=q, over_budget=latency > 0.010)
-
-    chosen = select(records, 0.010, top_k=top_k, final_samples=2, remeasure=remeasure,
-                    stored=StoredStudy(optuna.create_study()))
-    return chosen, remeasured
-
-
-def test_finalists_all_over_budget_when_re_timed_bring_in_the_next_best():
-    result, remeasured = _select_with(top_k=3)
-    # trials 0-2 (the top 3) are over budget when re-timed; trial 3 too; trial 4 meets it and wins
-    assert remeasured == [0, 1, 2, 3, 4]
-    assert result.best is not None and result.best.record.number == 4
-    # with top_k=2 the extension stops at 2 x top_k re-measurements: nothing meets the budget
-    result, remeasured = _select_with(top_k=2)
-    assert remeasured == [0, 1, 2, 3] and result.best is None
-    # one of the top 3 within the budget: exactly the top 3 are re-measured, the best within wins
-    result, remeasured = _select_with(top_k=3, over_until=2)
-    assert remeasured == [0, 1, 2] and result.best.record.number == 2

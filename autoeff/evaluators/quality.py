@@ -25,9 +25,9 @@ import torch
 from autoeff.evaluators.class_alignment import class_accuracy
 from autoeff.evaluators.clip_score import ClipScorer
 from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features
-from autoeff.evaluators.fid import fid_from_features, kid_from_features
+from autoeff.evaluators.fid import fid_from_features, fid_split_se, kid_from_features
 from autoeff.evaluators.fidelity import fidelity
-from autoeff.evaluators.metric_names import METRICS
+from autoeff.evaluators.metric_names import HIGHER_IS_BETTER, METRICS
 from autoeff.evaluators.reference import baseline_features, real_features, reference_images
 from autoeff.evaluators.validity import check_images
 from autoeff.models.builtin import load_classifier
@@ -35,7 +35,8 @@ from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
 from autoeff.records import JsonRecord
 
-__all__ = ["METRICS", "QualityMetric", "QualityResult", "evaluate_pipeline", "make_quality", "score"]
+__all__ = ["HIGHER_IS_BETTER", "METRICS", "QualityMetric", "QualityResult", "evaluate_pipeline", "make_quality",
+           "score", "standard_error"]
 
 DIGITS_FAMILIES = ("digits", "digits-dit")
 # Feature normalisation of the digits FID, chosen by the noise study in benchmarks/evaluators.py.
@@ -45,7 +46,9 @@ DIGITS_FID_NORMALIZE = "none"
 @dataclass
 class QualityResult(JsonRecord):
     """One quality measurement: `value` of `metric` on `n` images (`spread`: its standard deviation over
-    images or subsets, when the estimator has one); `details` holds metric-specific extras."""
+    images or subsets, when the estimator has one; `stderr`: the standard error of `value` itself, the noise
+    that separates two candidates measured on the same sample set, see `standard_error`); `details` holds
+    metric-specific extras."""
 
     metric: str
     value: float
@@ -53,7 +56,22 @@ class QualityResult(JsonRecord):
     n: int
     spread: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    stderr: float | None = None
     version: int = 1
+
+
+def standard_error(result: QualityResult) -> float:
+    """How far `result.value` moves with the sample: `stderr` when the metric measured it (FID: split halves;
+    KID: its spread over subsets, an over-estimate), `spread / sqrt(n)` for a mean over images (SSIM, CLIP),
+    the binomial `sqrt(p (1 - p) / n)` for an accuracy, else 5 % of the value."""
+    if result.stderr is not None and math.isfinite(result.stderr):
+        return float(result.stderr)
+    if result.spread is not None and math.isfinite(result.spread) and result.n > 0:
+        return float(result.spread) / math.sqrt(result.n)
+    if result.metric == "class_acc" and result.n > 0:
+        p = min(1.0, max(0.0, result.value))
+        return math.sqrt(max(p * (1 - p), 1.0 / result.n) / result.n)
+    return 0.05 * abs(result.value)
 
 
 def score(result: QualityResult) -> float:
@@ -91,9 +109,9 @@ class _DistributionMetric:
                    "normalize": self.normalize}
         if self.name == "fid":
             return QualityResult("fid", fid_from_features(ref, fake, self.normalize), False, len(images),
-                                 details=details)
+                                 details=details, stderr=fid_split_se(ref, fake, self.normalize))
         mean, std = kid_from_features(ref, fake, self.normalize)
-        return QualityResult("kid", mean, False, len(images), spread=std, details=details)
+        return QualityResult("kid", mean, False, len(images), spread=std, details=details, stderr=std)
 
 
 class _FidelityMetric:

@@ -49,6 +49,23 @@ AYS_TIMESTEPS: dict[str, tuple[int, ...]] = {
 }
 DEFAULT_RHO = 7.0
 RHO_RANGE = (1.0, 10.0)
+#: The trial parameter holding the step count (the denoiser evaluations of one call, for every solver here).
+STEPS_PARAM = f"{NAME}.steps"
+FAMILY_PARAM = f"{NAME}.family"
+
+
+def is_schedule_param(name: str) -> bool:
+    """Whether trial parameter `name` belongs to this knob: the step count, the family and the timesteps, which
+    change how many evaluations a call makes and where, never what one evaluation costs."""
+    return name.startswith(f"{NAME}.")
+
+
+FREE_PREFIX = f"{NAME}.free.t"
+
+
+def free_param(i: int) -> str:
+    """The trial parameter of the i-th timestep of a `free` schedule."""
+    return f"{FREE_PREFIX}{i}"
 
 
 @dataclass
@@ -259,25 +276,25 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     opts: Options = KNOB.options_for(context)
     _check_steps(context)
     rho_lo, rho_hi = opts.rho
-    family = trial.suggest_categorical(f"{NAME}.family", opts.families)
-    steps = trial.suggest_int(f"{NAME}.steps", context.min_steps, context.max_steps, log=True)
+    family = trial.suggest_categorical(FAMILY_PARAM, opts.families)
+    steps = trial.suggest_int(STEPS_PARAM, context.min_steps, context.max_steps, log=True)
     if family == "karras":
         return Config(family, steps, rho=trial.suggest_float(f"{NAME}.karras.rho", rho_lo, rho_hi))
     if family == "free":
         n = context.num_train_timesteps
-        raw = [trial.suggest_int(f"{NAME}.free.t{i}", 0, n - 1) for i in range(steps)]
+        raw = [trial.suggest_int(free_param(i), 0, n - 1) for i in range(steps)]
         return Config(family, steps, timesteps=repair(raw, steps, n))
     return Config(family, steps)
 
 
 def to_params(config: Config) -> dict[str, Any]:
     """The trial parameters `suggest` turns into `config` (for `study.enqueue_trial` and `FixedTrial`)."""
-    params: dict[str, Any] = {f"{NAME}.family": config.family, f"{NAME}.steps": config.steps}
+    params: dict[str, Any] = {FAMILY_PARAM: config.family, STEPS_PARAM: config.steps}
     if config.family == "karras":
         params[f"{NAME}.karras.rho"] = config.rho
     if config.family == "free":
         # `free` configs always hold their timesteps list (checked by Config.__post_init__).
-        params.update({f"{NAME}.free.t{i}": t for i, t in enumerate(cast(list[int], config.timesteps))})
+        params.update({free_param(i): t for i, t in enumerate(cast(list[int], config.timesteps))})
     return params
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
-from autoeff.search_spaces.base import ConfigError, SpaceContext, copy_pipeline
+from autoeff.search_spaces.base import ConfigError, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.registry import get_knob, knob_names, ordered
 
 # Which knobs `apply_knobs` applies: all of them, those whose effect an export stores in the weights, or the
@@ -73,8 +73,12 @@ class SearchSpace:
                               f"model; add one of: {','.join(applicable_knobs(context))}")
 
     def suggest(self, trial: Any) -> Recipe:
-        configs = {k.name: k.suggest(trial, self.context) for k in ordered(self.knobs)}
-        return Recipe(model=self.handle.spec, knobs=configs)
+        """Draw a Recipe. The step count and timesteps (`Stage.TIMESTEPS`) are drawn after every other knob, so
+        a sampler that chooses the step count knows the structure it is for (`planner.FillSampler`)."""
+        knobs = ordered(self.knobs)
+        last = [k for k in knobs if k.stage == Stage.TIMESTEPS]
+        drawn = {k.name: k.suggest(trial, self.context) for k in [*(k for k in knobs if k not in last), *last]}
+        return Recipe(model=self.handle.spec, knobs={k.name: drawn[k.name] for k in knobs})
 
     def build(self, recipe: Recipe, weights: Any = None) -> Any:
         return build_pipeline(self.handle, recipe, self.context, weights=weights)

@@ -1,0 +1,209 @@
+"""The budget-filling loop (`--sampler fill`): every structure at the step count that fills the budget, and at
+few steps the positions of those steps searched.
+
+A plain multi-objective sampler spends trials on step counts that leave most of the budget unused, or that
+cannot fit, and treats "5 steps" and "15 steps with DeepCache" as unrelated points. Here the step count is not
+searched: it follows from the latency model (`autoeff.latency_model`), as the most denoiser evaluations whose
+predicted latency stays a noise margin under the budget. What is searched is the structure (solver, cache,
+quantization, pruning, guidance, kernels, compile) and the schedule's shape. Trial by trial (this is
+`workers.run_trials`' refill hook, called when no trial waits):
+
+1. the hand-picked configurations (`warm_start.py`), each re-filled for its structure just before it runs
+   (the model then knows every trial measured before it);
+2. then, alternately,
+   - *exploit*: the structure of the best candidate so far (best proxy score within budget) at its filled step
+     count, first with the hand schedules it has not been measured with (`positions.STARTING_FAMILIES`), then,
+     at 2-8 steps, with timestep positions proposed by Bayesian optimisation over the ones measured
+     (`positions.propose`; AutoDiffusion, Li et al., ICCV 2023, searches positions by evolution);
+   - *explore*: nothing is enqueued, so the study's sampler draws the next candidate: `FillSampler`, Optuna's
+     TPE for the structure and schedule family, with the step count filled in from the model.
+
+Everything the loop decides is rebuilt from the study's stored trials at each call (no state in the
+process), so a resumed search and every worker of a distributed one plan from all that was measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autoeff.latency_model import LatencyModel, evaluations, structure_key, structure_params
+from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, propose
+from autoeff.search_spaces import schedule
+from autoeff.search_spaces.base import SpaceContext
+from autoeff.study import StoredStudy, TrialRecord, is_warm_start, planned_as
+
+EXPLOIT = ("schedule", "positions")
+
+
+class FillPlanner:
+    """Chooses the next candidate of the budget-filling loop (see the module docstring).
+
+    `model` builds the latency model from the study; `scheduler` is the pipeline's own (its training schedule
+    turns a recipe's family into timesteps); `higher_is_better` is the metric's direction."""
+
+    def __init__(self, stored: StoredStudy, context: SpaceContext, budget_s: float, *,
+                 model: Callable[[], LatencyModel], scheduler: Any, higher_is_better: bool, seed: int,
+                 space: Sequence[str]) -> None:
+        self.stored, self.context, self.budget_s = stored, context, budget_s
+        self.model, self.scheduler, self.higher_is_better, self.seed = model, scheduler, higher_is_better, seed
+        self.searches_steps = schedule.NAME in space
+        self.families = list(schedule.KNOB.options_for(context).families) if self.searches_steps else []
+
+    # -- the step count ---------------------------------------------------------------------------------
+    def steps_for(self, params: dict[str, Any], model: LatencyModel | None = None) -> int | None:
+        """The step count that fills the budget for the structure of `params` (None: not even the fewest
+        fits)."""
+        model = model or self.model()
+        return model.steps_that_fill(params, self.budget_s, self.context.min_steps, self.context.max_steps)
+
+    def filled(self, params: dict[str, Any], model: LatencyModel) -> dict[str, Any]:
+        """`params` at the step count that fills the budget (as they are without a schedule knob). When the
+        model says not even the fewest steps fit, the fewest: the objective measures it if nothing measured
+        so far is faster, and skips it otherwise."""
+        if schedule.STEPS_PARAM not in params or params.get(schedule.FAMILY_PARAM) == "free":
+            return dict(params)
+        k = self.steps_for(params, model)
+        return {**params, schedule.STEPS_PARAM: self.context.min_steps if k is None else k}
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def refill(self) -> bool:
+        """Enqueue the loop's next candidate when it is not the sampler's turn; True when one was enqueued."""
+        model = self.model()
+        while (pick := self.stored.pop_warm_start()) is not None:
+            if self._enqueue(self.filled(pick, model), "warm start"):
+                return True
+        if not self._exploit_turn():
+            return False
+        planned = self.exploit(model)
+        return planned is not None and self._enqueue(planned[1], planned[0])
+
+    def _enqueue(self, params: dict[str, Any], kind: str) -> bool:
+        """Enqueue unless an identical candidate exists (then False)."""
+        waiting = len(self.stored.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        self.stored.enqueue(params, planned=kind)
+        return len(self.stored.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting
+
+    def _exploit_turn(self) -> bool:
+        trials = self.stored.study.get_trials(deepcopy=False)
+        exploit = sum(1 for t in trials if planned_as(t) in EXPLOIT)
+        explore = sum(1 for t in trials if planned_as(t) is None and not is_warm_start(t))
+        return exploit <= explore
+
+    def exploit(self, model: LatencyModel) -> tuple[str, dict[str, Any]] | None:
+        """The best structure's next schedule: a hand family it lacks at its filled step count, else (2-8 steps)
+        positions proposed by Bayesian optimisation; `(kind, params)` or None."""
+        if not self.searches_steps:
+            return None
+        records = self.stored.records()
+        scored = [r for r in records if r.score is not None and r.feasible(self.budget_s)
+                  and schedule.STEPS_PARAM in r.params]
+        if not scored:
+            return None
+        best = max(scored, key=lambda r: r.score if r.score is not None else float("-inf"))
+        structure = structure_params(best.params)
+        k = self.steps_for(structure, model)
+        if k is None:
+            return None
+        key = structure_key(structure)
+        same = [r for r in records if structure_key(r.params) == key and r.score is not None
+                and evaluations(r.params, self.context.default_steps) == k]
+        tried = {r.params.get(schedule.FAMILY_PARAM) for r in same}
+        for family in STARTING_FAMILIES:
+            if family in self.families and family not in tried:
+                cfg = schedule.Config(family=family, steps=k)
+                return "schedule", {**structure, **schedule.to_params(cfg)}
+        if k > MAX_FEW_STEPS or "free" not in self.families:
+            return None
+        observed = [(self.timesteps(r), r.measurement.quality.value) for r in same if r.measurement.quality]
+        proposal = propose(observed, k, self.context.num_train_timesteps, higher_is_better=self.higher_is_better,
+                           seed=self.seed + len(records))
+        if proposal is None:
+            return None
+        cfg = schedule.Config(family="free", steps=k, timesteps=proposal)
+        return "positions", {**structure, **schedule.to_params(cfg)}
+
+    def timesteps(self, record: TrialRecord) -> list[int]:
+        return self.timesteps_of(record.recipe.knobs[schedule.NAME])
+
+    def timesteps_of(self, config: schedule.Config) -> list[int]:
+        """The timesteps a schedule config visits on this model."""
+        return schedule.timesteps_for_scheduler(config, self.scheduler, self.context.family)
+
+
+def quality_view(study: optuna.Study, higher_is_better: bool) -> optuna.Study:
+    """The study's finished trials as a single-objective in-memory study of their quality (the second trial
+    value), constraints kept; PRUNED trials (measured or predicted over budget) stay PRUNED.
+
+    With every candidate filled to the budget, latency is no longer a goal, only a constraint: a multi-objective
+    sampler would count a fast, broken candidate (DeepCache over 3 steps: FID in the hundreds at half the
+    budget) as Pareto-optimal and draw more like it."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        view = optuna.create_study(direction="maximize" if higher_is_better else "minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        complete = t.state == TrialState.COMPLETE and t.values is not None and len(t.values) > 1
+        view.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+            value=t.values[1] if complete and t.values is not None else None, params=t.params,
+            distributions=t.distributions, constraints=t.constraints or None))
+    return view
+
+
+class FillSampler(optuna.samplers.BaseSampler):
+    """Optuna's TPE (or any `base` sampler) for the structure and the schedule's family, with the step count
+    filled in from the latency model (`FillPlanner.steps_for`) instead of sampled.
+
+    `SearchSpace.suggest` draws the schedule after every other knob, so when `schedule.steps` is asked the
+    trial already holds its structure. The step count and a `free` schedule's positions (whose number depends
+    on it) are left out of the base sampler's joint (relative) space. The base sampler sees the study as
+    `quality_view`: quality alone, under the budget constraint; it must not write to the study it is given
+    (TPE without `constant_liar`)."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, planner: FillPlanner) -> None:
+        self.base, self.planner = base, planner
+        self._view: tuple[int, optuna.Study] | None = None
+
+    def view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
+        """`quality_view` of `study`, built once per trial."""
+        if self._view is None or self._view[0] != trial.number:
+            self._view = (trial.number, quality_view(study, self.planner.higher_is_better))
+        return self._view[1]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        space = self.base.infer_relative_search_space(self.view(study, trial), trial)
+        return {k: v for k, v in space.items()
+                if k != schedule.STEPS_PARAM and not k.startswith(schedule.FREE_PREFIX)}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.base.sample_relative(self.view(study, trial), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if param_name == schedule.STEPS_PARAM and isinstance(param_distribution, IntDistribution):
+            k = self.planner.steps_for(dict(trial.params))
+            # nothing fits: the fewest steps, which the objective then skips as predicted over budget
+            return param_distribution.low if k is None else min(param_distribution.high,
+                                                                max(param_distribution.low, k))
+        return self.base.sample_independent(self.view(study, trial), trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(self.view(study, trial), trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._view = None
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
+__all__ = ["FillPlanner", "FillSampler", "quality_view", "EXPLOIT"]

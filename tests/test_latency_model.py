@@ -1,0 +1,61 @@
+"""The latency model: fixed + per-evaluation cost per structure, learned from timed calls (`autoeff.latency_model`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoeff.latency_model import CALIBRATION_KEY, LatencyModel, LatencyPoint, features, structure_key
+
+
+def _pt(params: dict, evals: int, ms: float) -> LatencyPoint:
+    return LatencyPoint(structure_key(params), tuple(features(params)), evals, ms / 1000)
+
+
+CALIB = [LatencyPoint(CALIBRATION_KEY, (), 6, 0.070), LatencyPoint(CALIBRATION_KEY, (), 2, 0.030),
+         LatencyPoint(CALIBRATION_KEY, (), 6, 0.070)]
+PLAIN = {"solver.name": "dpmpp", "cache_interval": 1}
+CACHED = {"solver.name": "dpmpp", "cache_interval": 3}
+
+
+def test_the_calibration_separates_the_fixed_cost_and_a_structure_gets_its_own_per_step_cost():
+    model = LatencyModel.fit([*CALIB, _pt({**PLAIN, "schedule.steps": 4}, 4, 90.0)], default_per_eval_s=1.0)
+    assert model.fixed_s == pytest.approx(0.010) and model.per_eval_s == pytest.approx(0.010)
+    p = model.predict({**PLAIN, "schedule.steps": 3, "schedule.family": "ays"}, 3)  # schedule params: same structure
+    assert p.basis == "measured" and p.latency_s == pytest.approx(0.010 + 3 * 0.020)
+    # an unmeasured knob setting with no regression data: the calibration's cost
+    assert LatencyModel.fit(CALIB, default_per_eval_s=1.0).predict(CACHED, 3).basis == "calibration"
+
+
+def test_a_structure_timed_at_two_step_counts_gets_its_own_fixed_cost():
+    model = LatencyModel.fit([*CALIB, _pt(PLAIN, 2, 60.0), _pt(PLAIN, 6, 140.0)], default_per_eval_s=1.0)
+    assert model.predict(PLAIN, 4).latency_s == pytest.approx(0.100)  # 20 ms fixed + 20 ms per step, not 10 + ...
+
+
+def test_a_knob_settings_measured_effect_carries_over_to_an_unseen_structure():
+    points = [*CALIB, _pt(PLAIN, 4, 90.0), _pt(CACHED, 4, 50.0),  # cache N=3: 20 -> 10 ms per step
+              _pt({"solver.name": "unipc", "cache_interval": 1}, 4, 130.0)]  # unipc: 30 ms per step
+    model = LatencyModel.fit(points, default_per_eval_s=1.0)
+    unseen = model.predict({"solver.name": "unipc", "cache_interval": 3}, 4)
+    uncached = model.predict({"solver.name": "unipc", "cache_interval": 1}, 4)
+    assert unseen.basis == "similar" and unseen.latency_s < 0.8 * uncached.latency_s
+
+
+def test_the_step_count_that_fills_the_budget_leaves_the_noise_margin():
+    points = [*CALIB, _pt(PLAIN, 4, 90.0)]  # 10 ms + 20 ms per step
+    quiet = LatencyModel.fit(points, default_per_eval_s=1.0, noise=0.0)
+    noisy = LatencyModel.fit(points, default_per_eval_s=1.0, noise=0.10)
+    assert quiet.steps_that_fill(PLAIN, 0.095, 2, 50) == 4  # 90 ms under 95 / 1.02
+    assert noisy.steps_that_fill(PLAIN, 0.095, 2, 50) == 3  # 90 ms over 95 / 1.10: one step fewer
+    assert noisy.steps_that_fill(PLAIN, 0.095, 2, 3) == 3
+    assert noisy.steps_that_fill(PLAIN, 0.040, 2, 50) is None  # not even 2 steps fit
+
+
+def test_measured_errors_set_how_far_the_model_is_trusted_and_are_reported():
+    errors = {"measured": [0.25, -0.25, 0.3, 0.2], "similar": [1.0]}
+    model = LatencyModel.fit([*CALIB, _pt(PLAIN, 4, 90.0)], default_per_eval_s=1.0, errors=errors)
+    assert model.rel_error("measured") == pytest.approx(0.3)  # 80th percentile of |error|
+    assert model.rel_error("similar") == 0.3  # too few of its own: the default
+    assert model.margin == pytest.approx(0.25)  # the typical error of timed structures
+    report = model.report()
+    assert report["errors"]["measured"]["n"] == 4 and report["errors"]["measured"]["bias"] == pytest.approx(0.125)
+    assert report["fixed_ms"] == pytest.approx(10.0)

@@ -1,0 +1,107 @@
+"""The budget-filling loop (`autoeff.planner`) and the timestep-position search (`autoeff.positions`), on a
+synthetic objective: latency = 10 ms + a per-step cost that the cache halves, FID from the schedule's shape."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autoeff.budget import parse_budget
+from autoeff.evaluators.quality import QualityResult, score
+from autoeff.latency_model import LatencyModel, structure_params
+from autoeff.measurement import Measurement
+from autoeff.planner import FillPlanner, FillSampler
+from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, from_unit, propose, to_unit
+from autoeff.search import context_for
+from autoeff.search_spaces import schedule
+from autoeff.search_spaces.space import SearchSpace
+from autoeff.settings import SearchSettings
+from autoeff.study import StoredStudy, planned_as, set_measurement, set_recipe
+from autoeff.warm_start import warm_start_params
+
+BUDGET = 0.100
+SPACE = ["solver", "schedule", "cache"]
+
+
+def test_positions_round_trip_and_a_proposal_is_a_new_valid_schedule():
+    for ts in ([999, 500, 20], [687, 367, 90], [999, 850, 736, 645, 545, 455, 343, 233]):
+        assert from_unit(to_unit(ts, 1000), 1000) == ts
+    assert from_unit([0.0, 0.0, 0.0], 1000) == [400, 1, 0]  # any point of the cube is a valid schedule
+    seen = [([999, 666, 333], 13.0), ([999, 574, 128], 11.0), ([999, 444, 111], 9.5)]
+    proposal = propose(seen, 3, 1000, higher_is_better=False, seed=0)
+    assert proposal is not None and len(proposal) == 3 and proposal not in [ts for ts, _ in seen]
+    assert all(a > b for a, b in zip(proposal, proposal[1:], strict=False)) and 0 <= proposal[-1] < proposal[0] <= 999
+    assert propose(seen, 3, 1000, higher_is_better=False, seed=0) == proposal  # seeded
+
+
+def _fid(timesteps: list[int], cached: bool) -> float:
+    """Best when the steps sit at (1 - (i + 0.5) / k)^1.5 of the range; DeepCache costs 3."""
+    k = len(timesteps)
+    ideal = [999 * (1 - (i + 0.5) / k) ** 1.5 for i in range(k)]
+    return 4.0 + sum(abs(t - g) for t, g in zip(timesteps, ideal, strict=True)) / (50 * k) + (3.0 if cached else 0.0)
+
+
+@pytest.fixture
+def loop(random_digits_handle):
+    settings = SearchSettings(model="digits", budget=parse_budget("100ms"), space=SPACE, metric="fid",
+                              min_steps=2, max_steps=20)
+    ctx = context_for(random_digits_handle, settings)
+    space = SearchSpace(random_digits_handle, SPACE, ctx)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    stored = StoredStudy(study)
+    stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
+                                    {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
+    stored.set_warm_starts(warm_start_params(SPACE, ctx, fit_steps=9))
+    planner = FillPlanner(stored, ctx, BUDGET, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
+                          scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
+                          space=SPACE)
+    study.sampler = FillSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, constant_liar=False), planner)
+    drawn: list[tuple[int, int | None]] = []  # sampler-drawn trials: (steps used, steps the model fills)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        enqueued = bool(trial.user_attrs)
+        recipe = space.suggest(trial)
+        if not enqueued:  # the sampler drew it: its step count is the model's for its structure
+            drawn.append((recipe.knobs["schedule"].steps, planner.steps_for(structure_params(trial.params))))
+        cfg = recipe.knobs["schedule"]
+        cached = recipe.knobs["cache"].interval > 1
+        latency = 0.010 + cfg.steps * (0.010 if cached else 0.020)  # the cache halves a step
+        q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached), False, 32, stderr=0.3)
+        set_recipe(trial, recipe)
+        set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), BUDGET)
+        trial.set_constraint("latency", latency - BUDGET)
+        return [latency * 1000, q.value]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            planner.refill()
+            study.optimize(objective, n_trials=1)
+
+    return planner, study, run, drawn
+
+
+def test_the_loop_fills_the_budget_then_searches_the_best_structures_schedules(loop):
+    planner, study, run, drawn = loop
+    run(18)
+    trials = study.get_trials()
+    warm = [t for t in trials if planned_as(t) == "warm start"]
+    assert warm and warm[0].params[schedule.STEPS_PARAM] == 4  # 10 + 4 x 20 = 90 ms: the most under 100 / 1.02
+    assert all(t.params[schedule.STEPS_PARAM] != 9 for t in warm)  # re-filled, not the picks' own step counts
+    # the cache's measured cost fills its structure: 10 + 9 x 10 = 100 ms is over the margin, 8 steps fit
+    assert planner.steps_for({**structure_params(warm[0].params), "cache_interval": 3, "cache_branch": 1,
+                              "cache_schedule": "uniform"}) == 8
+    # exploit: the best structure with the hand families it lacked at its step count, then positions
+    kinds = [planned_as(t) for t in trials]
+    assert "schedule" in kinds and "positions" in kinds
+    exploit = [t for t in trials if planned_as(t) in ("schedule", "positions")]
+    families = [t.params[schedule.FAMILY_PARAM] for t in exploit if planned_as(t) == "schedule"]
+    assert set(families) <= set(STARTING_FAMILIES)
+    free = [t for t in trials if planned_as(t) == "positions"]
+    assert all(t.params[schedule.FAMILY_PARAM] == "free" for t in free)
+    steps = {t.params[schedule.STEPS_PARAM] for t in free}
+    assert len(steps) == 1 and steps <= set(range(2, MAX_FEW_STEPS + 1))
+    # explore: the sampler's structures at the step count the model fills for them
+    assert drawn and all(used == expected for used, expected in drawn if expected is not None)
+    # few candidates over budget: only where the model extrapolated to a structure it had not timed
+    over = [t for t in trials if t.values[0] > BUDGET * 1000]
+    assert len(over) <= 0.2 * len(trials)
