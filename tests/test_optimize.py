@@ -312,8 +312,11 @@ def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
     cap = max(2, min(10, 3 * max(1, fit)))
     assert stored.steps_searched == (2, cap)
     finished = [t for t in study.get_trials() if t.state.is_finished()]
-    measured = [t for t in finished if skip_reason(t) is None]  # skipped (predicted over) do not count
-    assert len(measured) == 4 and max(t.params["schedule.steps"] for t in finished) <= cap
+    # skipped (predicted over) do not count, up to --trials of them: how many are skipped depends on how busy the
+    # machine is (a loaded one may have none of its candidates under the budget); the range is what is tested
+    measured = [t for t in finished if skip_reason(t) is None]
+    assert 1 <= len(measured) <= 4 and len(finished) - min(len(finished) - len(measured), 4) == 4
+    assert max(t.params["schedule.steps"] for t in finished) <= cap
     # a worker joining the study draws from the same cut range
     from autoeff.api import join
 
@@ -323,4 +326,4 @@ def test_the_step_range_is_cut_to_what_can_meet_the_budget(digits10, tmp_path):
     measured = [t for t in finished if skip_reason(t) is None]
     # (on a loaded machine more candidates are predicted over budget and skipped; past `--trials` free skips
     # they count, so only the count of finished candidates is fixed)
-    assert ran.done == 7 and len(measured) >= 4 and max(t.params["schedule.steps"] for t in finished) <= cap
+    assert ran.done == 7 and len(measured) >= 1 and max(t.params["schedule.steps"] for t in finished) <= cap
