@@ -18,14 +18,15 @@ Families (k = `steps`, N = training timesteps):
 Every family is rounded to integers and, where rounding made duplicates or left the range, repaired by
 `repair` into strictly decreasing integers in [0, N-1]; a repaired schedule always has exactly k entries.
 
-Flow-matching models (the context's `noise == "flow"`) are scheduled in *sigmas*, the fraction of noise in
-(0, 1] (Lipman et al., 2023), unshifted: the scheduler shifts them by its own rule (SD3's static shift 3, Flux's
+Flow-matching models (the context's `noise == "flow"`) are scheduled in *sigmas*, the fraction of noise in (0, 1]
+(Lipman et al., 2023), unshifted: the scheduler shifts them by its own rule (SD3's static shift 3, Flux's
 resolution-dependent `mu`), as it shifts its built-in spacing. Each family maps to sigmas the way it maps to
-timesteps, a timestep t standing for sigma (t + 1) / N: `uniform` is exactly `linspace(1, 1/k, k)` (Flux's
-own spacing), `karras` is eq. 5 between 1 and 1/N (what diffusers' `use_karras_sigmas` does to flow sigmas),
-`ays` interpolates the published table's positions log-linearly (an SD1.5 schedule, not one tuned for flow
-models), and `free` picks the k positions themselves. `shift` (flow models with a static shift only) replaces
-the model's shift: the search may move the whole schedule towards more or less noise.
+timesteps, a timestep t standing for sigma (t + 1) / N: `uniform` is exactly `linspace(1, 1/k, k)` (Flux's own
+spacing), `linspace` exactly `linspace(1, s, k)` with s the scheduler's smallest training sigma
+(`FlowMatchEulerDiscreteScheduler`'s own spacing, so SD3's), `karras` is eq. 5 between 1 and 1/N (what diffusers'
+`use_karras_sigmas` does to flow sigmas), `ays` interpolates the published table's positions log-linearly (an SD1.5
+schedule, not one tuned for flow models), and `free` picks the k positions themselves. `shift` (flow models with a
+static shift only) replaces the model's shift: the search may move the whole schedule towards more or less noise.
 
 `apply` pins the timesteps with `_pinned.pin_timesteps` (sigmas with `_pinned.pin_sigmas`), so a plain `pipe(...)`
 call visits exactly them whatever `num_inference_steps` it passes. A scheduler without custom-timestep support is
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from autoeff.search_spaces._pinned import fit_to_pipeline, is_flow, pin_sigmas, pin_timesteps
+from autoeff.search_spaces._pinned import fit_to_pipeline, is_flow, pin_sigmas, pin_timesteps, plain_scheduler
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.registry import register
 
@@ -234,14 +235,17 @@ def timesteps_for_scheduler(config: Config, scheduler: SchedulerMixin, family: s
                          steps_offset=int(scheduler.config.get("steps_offset", 0) or 0))
 
 
-def flow_sigmas_for(config: Config, num_train_timesteps: int) -> list[float]:
+def flow_sigmas_for(config: Config, num_train_timesteps: int, lowest: float | None = None) -> list[float]:
     """The unshifted sigmas `config` visits on a flow-matching model: `config.steps` strictly decreasing values
-    in (0, 1] (the module docstring says how each family maps)."""
+    in (0, 1] (the module docstring says how each family maps). `lowest`: the scheduler's smallest training sigma
+    (`linspace` ends there; default 1/N)."""
     n, k = int(num_train_timesteps), config.steps
     if k > n:
         raise ConfigError(f"schedule.steps {k} exceeds the {n} training timesteps; use at most {n}")
     if config.family == "uniform":
         return [float(x) for x in np.linspace(1.0, 1.0 / k, k)]
+    if config.family == "linspace":
+        return [float(x) for x in np.linspace(1.0, lowest or 1.0 / n, k)]
     if config.family == "karras":
         rho = float(config.rho or DEFAULT_RHO)
         hi, lo = 1.0, 1.0 / n
@@ -349,6 +353,17 @@ def to_params(config: Config) -> dict[str, Any]:
     return params
 
 
+def lowest_flow_sigma(pipe: Any) -> float:
+    """The smallest training sigma of a flow model's scheduler as `FlowMatchEulerDiscreteScheduler` computes it:
+    1/N, shifted by the model's static shift (not by a dynamic one, which depends on the resolution)."""
+    cfg = plain_scheduler(pipe.scheduler).config
+    n = int(cfg.num_train_timesteps)
+    if cfg.get("use_dynamic_shifting"):
+        return 1.0 / n
+    shift = float(cfg.get("shift", cfg.get("flow_shift", 1.0)))
+    return shift * (1.0 / n) / (1 + (shift - 1) * (1.0 / n))
+
+
 def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     """A copy of `pipe` whose scheduler is pinned to `config`'s timesteps (sigmas, on a flow model); the base
     pipeline is untouched."""
@@ -360,7 +375,7 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
                 raise ConfigError("schedule.shift: this model shifts its schedule by resolution (dynamic shifting, as "
                                   "Flux does); leave shift null")
             overrides["flow_shift" if "flow_shift" in cfg else "shift"] = config.shift
-        sigmas = flow_sigmas_for(config, int(pipe.scheduler.config.num_train_timesteps))
+        sigmas = flow_sigmas_for(config, int(pipe.scheduler.config.num_train_timesteps), lowest_flow_sigma(pipe))
         return copy_pipeline(pipe, scheduler=fit_to_pipeline(pipe, pin_sigmas(pipe.scheduler, sigmas, **overrides)))
     if config.shift is not None:
         raise ConfigError("schedule.shift applies to flow-matching models only; leave it null for this model")
