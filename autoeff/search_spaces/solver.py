@@ -201,6 +201,8 @@ def _build_flow(config: Config, cfg: Any) -> SchedulerMixin:
             overrides["algorithm_type"] = "dpmsolver++"
         else:
             overrides["predict_x0"] = True
+            if _needs_sigma_min(config):  # as on DDPM models: NaN with a zero final sigma otherwise
+                overrides["final_sigmas_type"] = "sigma_min"
     return cls.from_config({k: v for k, v in cfg.items() if k in accepted}, **overrides)
 
 
