@@ -49,6 +49,14 @@ def optimize(
     warm_start: bool = True,
     trial_timeout_s: float | None = None,
     compile_budget_s: float | None = None,
+    prompts: str | Path | Sequence[str] | None = None,
+    negative_prompt: str | None = None,
+    labels: str | Sequence[int] | None = None,
+    resolution: int | None = None,
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    dtype: str | None = None,
+    reference: str | Path | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     out: str | Path = "autoeff-out",
     storage: str | None = None,
@@ -86,6 +94,11 @@ def optimize(
     cache is downloaded like diffusers' `from_pretrained` unless `offline` (or `HF_HUB_OFFLINE=1`).
     `recover_steps` > 0 distils the winner's pruned denoiser towards the unpruned one for that many steps,
     re-measures it and keeps (and exports) the recovered weights when they score at least as well.
+
+    The workload, as on the command line: `prompts` (a text file, one prompt per line, or a list), a
+    `negative_prompt`, class `labels`, the `resolution`, `guidance_scale` and `steps` of the baseline, the
+    weights' `dtype` (for a model autoeff loads), and `reference`, a folder of real images to score FID/KID
+    against (the default metric then).
     """
     settings = SearchSettings(
         model=str(model) if isinstance(model, str | Path) else "<pipeline>",
@@ -94,7 +107,12 @@ def optimize(
         trials=trials, sampler=sampler, seed=seed, batch_size=batch_size, proxy_samples=proxy_samples,
         final_samples=final_samples, top_k=top_k, size_objective=size_objective, min_steps=min_steps,
         max_steps=max_steps, warm_start=warm_start, trial_timeout_s=trial_timeout_s,
-        compile_budget_s=compile_budget_s, options=dict(options or {}))
+        compile_budget_s=compile_budget_s,
+        prompts=prompts if prompts is None or isinstance(prompts, str | Path) else list(prompts),  # type: ignore[arg-type]
+        negative_prompt=negative_prompt,
+        labels=labels if labels is None or isinstance(labels, str) else list(labels),  # type: ignore[arg-type]
+        resolution=resolution, guidance_scale=guidance_scale, steps=steps, dtype=dtype,
+        reference=None if reference is None else str(reference), options=dict(options or {}))
     run = RunOptions(out=Path(out), storage=storage, study_name=study_name, model_path=model_path, offline=offline,
                      threads=threads, join=join, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                      best_effort=best_effort, mlflow_uri=mlflow_uri, recover_steps=recover_steps, export=export)

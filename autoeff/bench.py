@@ -44,7 +44,8 @@ def _base_handle(info: dict[str, Any], exported: Any, model_path: str | None, de
         return None, str(e).splitlines()[0]
     if model.get("identity") and base.identity != model["identity"]:
         return None, f"the base model loaded here (identity {base.identity}) is not the one searched"
-    for f in ("default_steps", "resolution", "prompts", "num_classes", "guidance_scale", "extra"):
+    for f in ("default_steps", "resolution", "prompts", "num_classes", "guidance_scale", "extra", "labels",
+              "negative_prompt"):
         setattr(base, f, getattr(exported, f))
     return base, ""
 
@@ -76,9 +77,12 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     measured_info = info.get("measured") or {}
     batch = int(measured_info.get("batch_size") or 1)
     seed = int(measured_info.get("seed") or 0)
+    folder = (claim_q.get("details") or {}).get("folder")  # FID/KID against the user's --reference images
+    reference = folder if isinstance(folder, str) and Path(folder).is_dir() else None
     spec = EvaluationSpec(metric=metric, device=device, seed=seed, batch_size=batch, proxy_samples=2,
-                          final_samples=max(n, 2))
-    needs_base = metric == "fidelity" or (metric in ("fid", "kid") and handle.family not in DIGITS_FAMILIES)
+                          final_samples=max(n, 2), reference=reference)
+    needs_base = metric == "fidelity" or (metric in ("fid", "kid") and handle.family not in DIGITS_FAMILIES
+                                          and reference is None)
     eval_handle, why = (_base_handle(info, handle, model_path, device) if needs_base else (handle, ""))
     evaluator = Evaluator(eval_handle or handle, spec, threads=threads)
 

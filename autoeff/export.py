@@ -47,7 +47,8 @@ from autoeff.manifest import (
 )
 from autoeff.measurement import Measurement
 from autoeff.models.folder_checks import FolderError, check_component_config
-from autoeff.models.handle import FAMILIES, ModelHandle
+from autoeff.models.handle import FAMILIES, ModelHandle, family_denoiser, is_family
+from autoeff.models.kinds import NOISES
 from autoeff.models.registry import ModelNotAvailableError, class_count, family_of, load_pipeline_folder
 from autoeff.recipe import SCHEMA_VERSION, Recipe
 from autoeff.search_spaces import compile as compile_knob
@@ -64,7 +65,7 @@ _AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "weigh
 
 _CONTEXT_TYPES: dict[str, type] = {"family": str, "denoiser": str, "num_train_timesteps": int, "default_steps": int,
                                    "min_steps": int, "max_steps": int, "block_groups": list, "device": str,
-                                   "options": dict}
+                                   "options": dict, "noise": str}
 _TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
@@ -77,14 +78,16 @@ def _model_section(handle: ModelHandle) -> dict[str, Any]:
             "prompts": handle.prompts, "num_classes": handle.num_classes, "default_steps": handle.default_steps,
             "identity": handle.identity, "guidance_scale": handle.guidance_scale,
             "pipeline_class": type(handle.pipeline).__name__, "extra": dict(handle.extra),
-            "dtype": str(handle.denoiser.dtype).replace("torch.", "")}
+            "dtype": str(handle.denoiser.dtype).replace("torch.", ""), "labels": handle.labels,
+            "negative_prompt": handle.negative_prompt}
 
 
 def _context_section(context: SpaceContext) -> dict[str, Any]:
     return {"family": context.family, "denoiser": context.denoiser,
             "num_train_timesteps": context.num_train_timesteps, "default_steps": context.default_steps,
             "min_steps": context.min_steps, "max_steps": context.max_steps,
-            "block_groups": list(context.block_groups), "options": context.options}
+            "block_groups": list(context.block_groups), "options": context.options, "noise": context.noise,
+            "features": context.features, "flow_shift": context.flow_shift}
 
 
 def export_pipeline(
@@ -248,6 +251,9 @@ _MODEL_FIELDS: dict[str, _Check] = {
                                                      for k, x in v.items()),
               "an object of call arguments (not ones autoeff sets itself) to plain values"),
     "dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "labels": _optional((lambda v: isinstance(v, list) and 0 < len(v) <= 100_000
+                         and all(_is_int(x) and 0 <= x <= 1_000_000 for x in v), "a list of class numbers")),
+    "negative_prompt": _optional((lambda v: isinstance(v, str) and len(v) <= 10_000, "a string")),
 }
 _CONTEXT_FIELDS: dict[str, _Check] = {
     "num_train_timesteps": _int_in(1, 100_000), "default_steps": _int_in(1, 10_000),
@@ -255,6 +261,10 @@ _CONTEXT_FIELDS: dict[str, _Check] = {
     "block_groups": (lambda v: isinstance(v, list) and all(isinstance(g, str) for g in v), "a list of strings"),
     "options": (lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
                 "an object of knob -> options"),
+    "noise": (lambda v: v in NOISES, f"one of {', '.join(NOISES)}"),
+    "features": _optional((lambda v: isinstance(v, list) and all(isinstance(f, str) and len(f) <= 100 for f in v),
+                           "a list of strings")),
+    "flow_shift": _optional(_number_in(0.001, 1000)),
 }
 _MEASURED_FIELDS: dict[str, _Check] = {
     "trial": _optional(_int_in(0, 10**9)), "batch_size": _int_in(1, 4096), "seed": _int_in(0, 2**32 - 1),
@@ -314,8 +324,9 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
     except ConfigError as e:
         raise ExportError(f"{where}: {e}") from None
     model = info.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("family"), str) or model["family"] not in FAMILIES:
-        raise ExportError(f"{where}: model.family must be one of {sorted(FAMILIES)}")
+    if not isinstance(model, dict) or not is_family(model.get("family")):
+        raise ExportError(f"{where}: model.family must be one of {sorted(FAMILIES)} or a kind label such as "
+                          "flow-text-latent-transformer")
     if not isinstance(model.get("spec"), str) or not _is_int(model.get("resolution")):
         raise ExportError(f"{where}: model.spec must be a string and model.resolution an integer")
     _check_fields(where, "model", model, _MODEL_FIELDS)
@@ -339,9 +350,9 @@ def parse_autoeff_json(text: str, where: str = AUTOEFF_JSON) -> dict[str, Any]:
         info["context"] = SpaceContext(**ctx)
     except TypeError as e:
         raise ExportError(f"{where}: context: {e}") from None
-    if info["context"].denoiser != FAMILIES[model["family"]]["denoiser"]:
+    if info["context"].denoiser != family_denoiser(model["family"]):
         raise ExportError(f"{where}: context.denoiser {info['context'].denoiser!r} is not the "
-                          f"{model['family']} denoiser ({FAMILIES[model['family']]['denoiser']!r})")
+                          f"{model['family']} denoiser ({family_denoiser(model['family'])!r})")
     for key in ("measured", "baseline", "versions"):
         if not isinstance(info.get(key, {}), dict):
             raise ExportError(f"{where}: {key} must be an object")
@@ -409,7 +420,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
                          resolution=model["resolution"], prompts=model.get("prompts"),
                          num_classes=model.get("num_classes"), default_steps=model.get("default_steps", 50),
                          identity="export-" + sha256(path / MANIFEST_JSON)[:16],
-                         guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}))
+                         guidance_scale=model.get("guidance_scale"), extra=dict(model.get("extra") or {}),
+                         labels=model.get("labels"), negative_prompt=model.get("negative_prompt"))
     with contextlib.nullcontext() if compile else compile_knob.disabled():
         pipe = apply_knobs(pipe, recipe, context, which="runtime")
     changed = unchanged_since(path, listed)

@@ -119,7 +119,8 @@ def _merge(total: CompileRecord | None, more: CompileRecord | None) -> CompileRe
 @dataclass(frozen=True)
 class EvaluationSpec:
     """What every measurement of a search shares: the metric, the device, the seed of the sample sets, the
-    images per timed call and the sample counts of the proxy and the finalists."""
+    images per timed call, the sample counts of the proxy and the finalists, and the user's folder of real
+    images FID/KID compare with (`--reference`; `None`: the metric's own reference)."""
 
     metric: str
     device: str = "cpu"
@@ -127,6 +128,7 @@ class EvaluationSpec:
     batch_size: int = 1
     proxy_samples: int = 128
     final_samples: int = 1000
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -140,7 +142,8 @@ class EvaluationSpec:
         if settings.metric is None:
             raise ValueError("the settings are not resolved for a model (metric is None)")
         return cls(metric=settings.metric, device=settings.device, seed=settings.seed,
-                   batch_size=settings.batch_size, proxy_samples=settings.proxy_n, final_samples=settings.final_n)
+                   batch_size=settings.batch_size, proxy_samples=settings.proxy_n, final_samples=settings.final_n,
+                   reference=settings.reference)
 
 
 def denoiser_size_mb(pipe: Any, handle: ModelHandle) -> float:
@@ -169,7 +172,7 @@ class Evaluator:
                                        batch_size=qb)
         self.latency_spec = default_spec(handle, spec.batch_size, seed=sample_seed(spec.seed, LATENCY_SEED),
                                          batch_size=spec.batch_size)
-        self.metric = make_quality(spec.metric, handle, device=self.device)
+        self.metric = make_quality(spec.metric, handle, device=self.device, reference_dir=spec.reference)
         self.noise_floor = noise_floor
 
     # -- latency -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url, u
 from autoeff.study import StoredStudy, incompatibility
 from autoeff.tracking import check_uri
 from autoeff.workers import coordinator_conflict, worker_id
+from autoeff.workload import apply_workload
 
 
 @dataclass
@@ -51,10 +52,10 @@ class Preflight:
     searched: list[str]
 
 
-def check_metric(metric: str, handle: ModelHandle, device: str) -> None:
-    """Build the metric once: it must fit the model, and its weights must be here."""
+def check_metric(metric: str, handle: ModelHandle, device: str, reference: str | None = None) -> None:
+    """Build the metric once: it must fit the model (and the `--reference` folder), and its weights must be here."""
     try:
-        make_quality(metric, handle, device=device)
+        make_quality(metric, handle, device=device, reference_dir=reference)
     except (ValueError, FileNotFoundError) as e:
         raise SettingsError(f"--metric {metric}: {' '.join(str(e).split())}") from None
     except ImportError as e:
@@ -146,10 +147,12 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     if run.join and not has_studies:
         raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
                           f"`autoeff optimize --storage ... --study-name {run.study_name}`")
-    # model errors before output
-    handle = resolve_model(model, model_path=run.model_path, device=settings.device, offline=run.offline or None)
+    handle = resolve_model(model, model_path=run.model_path, device=settings.device,  # model errors before output
+                           offline=run.offline or None, dtype=settings.dtype)
+    handle = dataclasses.replace(handle)  # the workload is set on a copy: a handle passed in stays as it was
+    apply_workload(handle, settings)
     if settings.metric is not None:
-        check_metric(settings.metric, handle, settings.device)
+        check_metric(settings.metric, handle, settings.device, settings.reference)
     settings = settings.resolved(handle)
     check_steps(settings, handle)
     context = context_for(handle, settings)

@@ -44,7 +44,8 @@ from autoeff.measure import CompileRefused, Evaluator, compiled_frames
 from autoeff.measurement import Baseline, Measurement
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
-from autoeff.search_spaces.base import SpaceContext
+from autoeff.search_spaces.base import ConfigError, SpaceContext
+from autoeff.search_spaces.capabilities import denoiser_features
 from autoeff.search_spaces.groups import block_groups
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SAMPLERS, SearchSettings
@@ -110,8 +111,23 @@ def metric_names(settings: SearchSettings) -> list[str]:
     return names
 
 
+def flow_shift(scheduler: object) -> float | None:
+    """A flow scheduler's static shift (`shift`, or `flow_shift` of DPM-Solver / UniPC on flow sigmas); `None`
+    when it shifts by resolution (`use_dynamic_shifting`, Flux)."""
+    config = getattr(scheduler, "config", None) or {}
+    if config.get("use_dynamic_shifting"):
+        return None
+    value = config.get("shift", config.get("flow_shift"))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def context_for(handle: ModelHandle, settings: SearchSettings) -> SpaceContext:
     """The SpaceContext a model gives its knobs under these settings."""
+    kind = handle.model_kind
+    try:
+        groups = list(block_groups(handle.denoiser))
+    except ConfigError:  # a denoiser without block lists: the knobs that need groups do not apply to it
+        groups = []
     return SpaceContext(
         family=handle.family,
         denoiser=handle.denoiser_name,
@@ -119,9 +135,12 @@ def context_for(handle: ModelHandle, settings: SearchSettings) -> SpaceContext:
         default_steps=handle.default_steps,
         min_steps=settings.min_steps,
         max_steps=settings.max_steps,
-        block_groups=list(block_groups(handle.denoiser)),
+        block_groups=groups,
         device=settings.device,
         options=settings.options,
+        noise=kind.noise,
+        features=denoiser_features(handle.pipeline, kind, trace_prune="prune" in settings.space),
+        flow_shift=flow_shift(handle.pipeline.scheduler) if kind.noise == "flow" else None,
     )
 
 

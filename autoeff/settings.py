@@ -20,6 +20,7 @@ from typing import Any
 
 from autoeff.budget import Budget, parse_budget
 from autoeff.errors import SettingsError
+from autoeff.evaluators.digest import folder_digest
 from autoeff.evaluators.metric_names import METRICS
 from autoeff.models.handle import ModelHandle
 
@@ -70,10 +71,72 @@ def _whole(value: Any, flag: str, least: int, most: int | None = None) -> None:
         raise SettingsError(f"{flag} {value} must be at most {most}")
 
 
-def default_metric(handle: ModelHandle) -> str:
-    """FID against the real data for the built-in models; fidelity (SSIM to the baseline's own images on the
-    same seeds and prompts) for others, which needs no extra weights and no data set."""
-    return "fid" if handle.family in ("digits", "digits-dit") else "fidelity"
+def default_metric(handle: ModelHandle, reference: str | None = None) -> str:
+    """FID against the real data for the built-in models and against the user's `--reference` images; fidelity
+    (SSIM to the baseline's own images on the same seeds and prompts) for others, which needs no extra weights
+    and no data set."""
+    return "fid" if handle.family in ("digits", "digits-dit") or reference is not None else "fidelity"
+
+
+DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+MAX_PROMPTS = 100_000
+MAX_PROMPT_CHARS = 10_000
+# The workload fields: what the baseline and every candidate are called with. They were added after studies
+# existed, so a study's identity holds them only when they are set (an older study resumes unchanged).
+WORKLOAD_FIELDS: tuple[str, ...] = ("prompts", "negative_prompt", "labels", "resolution", "guidance_scale", "steps",
+                                    "dtype", "reference")
+
+
+def read_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:
+    """The prompts of a text file, one per line (blank lines skipped); SettingsError when the file is missing,
+    empty, not UTF-8 text, or too large."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SettingsError(f"{flag} {str(path)!r} is not a file; give a text file with one prompt per line")
+    if p.stat().st_size > 64 * 2**20:
+        raise SettingsError(f"{flag} {str(path)!r} is larger than 64 MiB; give a text file with one prompt per line")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{flag} {str(path)!r} is not UTF-8 text; give a text file with one prompt per "
+                            "line") from None
+    if "\x00" in text:
+        raise SettingsError(f"{flag} {str(path)!r} holds binary data (NUL bytes), not text; give a text file with "
+                            "one prompt per line")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SettingsError(f"{flag} {str(path)!r} holds no prompt; write one prompt per line")
+    return prompts
+
+
+def _check_prompts(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | Path):
+        value = read_prompts(value)
+    if (not isinstance(value, list | tuple) or not value or not all(isinstance(p, str) and p.strip() for p in value)):
+        raise SettingsError("--prompts must be a text file (or, from the API, a non-empty list of non-empty strings)")
+    if len(value) > MAX_PROMPTS or any(len(p) > MAX_PROMPT_CHARS for p in value):
+        raise SettingsError(f"--prompts: at most {MAX_PROMPTS} prompts of at most {MAX_PROMPT_CHARS} characters each")
+    return [str(p) for p in value]
+
+
+def _check_labels(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            value = [int(v) for v in parts]
+        except ValueError:
+            raise SettingsError(f"--labels {value!r} must be class numbers separated by commas, e.g. 3,1,4") from None
+    if (not isinstance(value, list | tuple) or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+        raise SettingsError(f"--labels {value!r} must be class numbers separated by commas, e.g. 3,1,4")
+    if any(v < 0 for v in value):
+        raise SettingsError(f"--labels {','.join(map(str, value))}: a class number is at least 0")
+    return list(value)
 
 
 def default_samples(handle: ModelHandle) -> tuple[int, int]:
@@ -120,10 +183,30 @@ class SearchSettings:
     compile_budget_s: float | None = field(default=None, metadata=_flag(
         "--compile-budget", "Seconds the search may spend compiling (torch.compile); once spent, candidates that "
         "compile are not measured.", "float"))
+    prompts: list[str] | None = field(default=None, metadata=_flag(
+        "--prompts", "Text file, one prompt per line: what a text-to-image model is measured on (default: 16 "
+        "ordinary prompts)."))
+    negative_prompt: str | None = field(default=None, metadata=_flag(
+        "--negative-prompt", "Negative prompt for every image (text-to-image models that take one)."))
+    labels: list[int] | None = field(default=None, metadata=_flag(
+        "--labels", "Class labels to draw, comma-separated (class-conditional models; default: every class in "
+        "turn)."))
+    resolution: int | None = field(default=None, metadata=_flag(
+        "--resolution", "Image side in pixels (default: the model's).", "int"))
+    guidance_scale: float | None = field(default=None, metadata=_flag(
+        "--guidance-scale", "Classifier-free guidance scale (default: the pipeline's).", "float"))
+    steps: int | None = field(default=None, metadata=_flag(
+        "--steps", "Denoising steps of the baseline, the pipeline as you run it today (default: the pipeline's).",
+        "int"))
+    dtype: str | None = field(default=None, metadata=_flag(
+        "--dtype", "Weights' precision (default: fp16 for text-to-image on CUDA, else fp32).", "choice",
+        choices=DTYPES))
+    reference: str | None = field(default=None, metadata=_flag(
+        "--reference", "Folder of real images: FID/KID against them (default metric then fid).", "dir"))
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     IDENTITY_FIELDS = ("model", "device", "space", "metric", "batch_size", "proxy_samples", "size_objective",
-                       "min_steps", "max_steps", "options", "seed")
+                       "min_steps", "max_steps", "options", "seed", *WORKLOAD_FIELDS)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, str):
@@ -167,12 +250,39 @@ class SearchSettings:
             raise SettingsError(f"--sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if not isinstance(self.device, str) or not self.device:
             raise SettingsError(f"--device {self.device!r} must be cpu, cuda or cuda:N")
+        self._check_workload()
         if not isinstance(self.options, dict) or not all(isinstance(v, dict) for v in self.options.values()):
             raise SettingsError("options must map knob names to objects of that knob's options, e.g. "
                                 "{'solver': {'names': ['dpmpp']}}")
         unknown = sorted(set(self.options) - set(knob_names()))
         if unknown:
             raise SettingsError(f"options name unknown knob(s) {unknown}; known knobs: {', '.join(knob_names())}")
+
+    def _check_workload(self) -> None:
+        """The workload fields' own values (what they mean for the model is checked by `preflight`)."""
+        self.prompts = _check_prompts(self.prompts)
+        self.labels = _check_labels(self.labels)
+        if self.negative_prompt is not None and (not isinstance(self.negative_prompt, str)
+                                                 or len(self.negative_prompt) > MAX_PROMPT_CHARS):
+            raise SettingsError(f"--negative-prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        if self.resolution is not None:
+            _whole(self.resolution, "--resolution", 8, 8192)
+        if self.steps is not None:
+            _whole(self.steps, "--steps", 1, 100_000)
+        g = self.guidance_scale
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g <= 100):
+            raise SettingsError(f"--guidance-scale {g!r} must be a number in [0, 100] (1 turns guidance off)")
+        if self.dtype is not None:
+            key = str(self.dtype).lower().removeprefix("torch.")
+            key = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(key, key)
+            if key not in DTYPES:
+                raise SettingsError(f"--dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+            self.dtype = key
+        if self.reference is not None:
+            if not isinstance(self.reference, str | Path) or not Path(self.reference).expanduser().is_dir():
+                raise SettingsError(f"--reference {str(self.reference)!r} is not a folder; give a folder of real "
+                                    "images (png, jpg, webp)")
+            self.reference = str(Path(self.reference).expanduser().resolve())
 
     @staticmethod
     def _flag(name: str) -> str:
@@ -184,7 +294,8 @@ class SearchSettings:
         proxy, final = default_samples(handle)
         proxy = self.proxy_samples if self.proxy_samples is not None else proxy
         final = self.final_samples if self.final_samples is not None else max(final, proxy)
-        return dataclasses.replace(self, model=handle.spec, metric=self.metric or default_metric(handle),
+        metric = self.metric or default_metric(handle, self.reference)
+        return dataclasses.replace(self, model=handle.spec, metric=metric,
                                    proxy_samples=proxy, final_samples=final, space=list(self.space),
                                    options=dict(self.options))
 
@@ -203,8 +314,13 @@ class SearchSettings:
         return self.final_samples
 
     def identity(self, model_identity: str) -> dict[str, Any]:
-        """What must match for trials to be comparable (budget excluded: feasibility is recomputed)."""
-        d = {k: getattr(self, k) for k in self.IDENTITY_FIELDS}
+        """What must match for trials to be comparable (budget excluded: feasibility is recomputed). A workload
+        field is in it only when set; the reference folder by the digest of its images, not its path (a worker
+        on another machine has its own copy)."""
+        d = {k: getattr(self, k) for k in self.IDENTITY_FIELDS
+             if k not in WORKLOAD_FIELDS or getattr(self, k) is not None}
+        if self.reference is not None:
+            d["reference"] = folder_digest(Path(self.reference))
         d["model_identity"] = model_identity
         return json.loads(json.dumps(d, sort_keys=True, default=str))
 
@@ -297,5 +413,6 @@ def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 __all__ = ["SearchSettings", "RunOptions", "Flag", "flag_of", "SAMPLERS", "DEFAULT_SPACE", "default_metric",
-           "default_samples", "settings_fields", "split_fields",
+           "default_samples", "settings_fields", "split_fields", "read_prompts", "folder_digest", "DTYPES",
+           "WORKLOAD_FIELDS",
            "HEARTBEAT_INTERVAL_S", "GRACE_FACTOR"]

@@ -1,9 +1,10 @@
 """Warm starts: the configurations a user would try by hand, enqueued before the sampler draws its own.
 
-DPM-Solver++ 2M and UniPC-2 at a few step counts with uniform and AYS-style schedules, and DeepCache N=3
-over a 20-step DPM-Solver++ (Ma et al., 2024). Every knob of the space a pick does not name is turned off
-through its registered `off()` (no cache, no pruning, no quantization, and the same for any knob registered
-later), so the hand-picked configurations are exactly what a user would run, not random mixtures.
+DPM-Solver++ 2M and UniPC-2 at a few step counts with uniform and AYS-style schedules, and DeepCache N=3 over a
+20-step DPM-Solver++ (Ma et al., 2024); on a model without DeepCache or block reuse, the cache a user would try
+first there (`cache.typical`: TaylorSeer N=3 on the flow-matching transformers). Every knob of the space a pick does
+not name is turned off through its registered `off()` (no cache, no pruning, no quantization, and the same for any
+knob registered later), so the hand-picked configurations are exactly what a user would run, not random mixtures.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def warm_start_params(space: Sequence[str], context: SpaceContext, fit_steps: in
     k_cache = 20 if context.min_steps <= 20 <= context.max_steps else steps[-1]
     if tight is not None:
         k_cache = clamp(min(20, 1.5 * tight))
-    picks.append({"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=k_cache),
-                  "cache": cache.Config(interval=3)})
+    cached = {"cache": cache.typical(context)} if cache.applies_to(context) else {}
+    picks.append({"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=k_cache), **cached})
     groups = searched_groups(context.block_groups)
     if tight is not None and groups and "quantize" in space and "int8" in quantize.level_choices(context):
         none = quantize.off(context)  # every block group int8, in the per-group form suggest() draws

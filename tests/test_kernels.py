@@ -75,7 +75,8 @@ def test_fused_projections_replace_the_separate_ones(tiny):
 
 def test_the_space_draws_what_the_family_has(random_digits_handle, random_digits_dit_handle):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for handle, drawn in ((random_digits_handle, {"kernels.channels_last"}),
+    # the digits U-Net's mid block has one attention module (SDPA applies there too)
+    for handle, drawn in ((random_digits_handle, {"kernels.channels_last", "kernels.sdpa"}),
                           (random_digits_dit_handle, {"kernels.channels_last", "kernels.sdpa"})):
         ctx = _ctx(handle)
         for _ in range(6):

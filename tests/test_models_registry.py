@@ -147,11 +147,23 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
     assert str(tmp_path) in str(info.value)
 
 
-def test_unsupported_pipeline_class_in_folder(tmp_path):
+def test_a_folder_without_a_denoiser_names_what_is_missing(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(UnsupportedModelError, match="FluxPipeline") as info:
         load_model(str(tmp_path))
-    assert "StableDiffusionXLPipeline" in str(info.value) and str(tmp_path) in str(info.value)
+    assert "no unet or transformer component" in str(info.value) and str(tmp_path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_folder_naming_a_class_outside_diffusers_is_refused_before_loading(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "os.system"}))
+    with pytest.raises(UnsupportedModelError, match="not a diffusers pipeline class"):
+        load_model(str(tmp_path))
+    (tmp_path / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "unet": ["my_package", "EvilUNet"],
+         "scheduler": ["diffusers", "DDPMScheduler"]}))
+    with pytest.raises(UnsupportedModelError, match="'my_package'.*diffusers and transformers only"):
+        load_model(str(tmp_path))
 
 
 def test_unknown_spec_lists_aliases():
@@ -184,14 +196,15 @@ def test_handle_defaults_and_overrides():
 
 
 def test_unsupported_pipeline_object():
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    """A score-SDE (variance-exploding) pipeline is neither DDPM-family nor flow matching: refused, saying so."""
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, block_out_channels=(32, 32), down_block_types=("DownBlock2D",) * 2,
                        up_block_types=("UpBlock2D",) * 2, layers_per_block=1)
-    with pytest.raises(UnsupportedModelError, match="DDPMPipeline") as info:
-        handle_from_pipeline(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
-    assert "PixArtAlphaPipeline" in str(info.value)
+    with pytest.raises(UnsupportedModelError, match="ScoreSdeVePipeline") as info:
+        handle_from_pipeline(ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler()))
+    assert "neither a DDPM-family scheduler" in str(info.value) and "flow-matching" in str(info.value)
 
 
 def test_identity_tracks_weights_and_dtype():

@@ -4,12 +4,14 @@ made a pipeline.
     latency.py          measure_latency, LatencyResult, noise_floor, is_faster, cpu_thread_setup
     lock.py             device_lock: one timing per device at a time, across processes
     validity.py         check_images / InvalidOutputError: NaN, inf or blank outputs fail the trial
-    features.py         digits-classifier and Inception-v3 feature extractors (local weights only)
+    features.py         digits-classifier, Inception-v3 (local weights only) and 8x8-pixel feature extractors
     fid.py              FID and KID (torchmetrics) on extracted features
     fidelity.py         PSNR / SSIM against the baseline's images on the same seeds
     clip_score.py       CLIP score with open_clip (local weights only)
     class_alignment.py  classifier accuracy on the requested digits
     reference.py        baseline images and reference features, cached with joblib.Memory
+    image_folder.py     a user's folder of real images (--reference), checked and read
+    digest.py           the digest of a folder's files (light: the settings schema uses it)
     agreement.py        Kendall's tau between a proxy metric and the final metric
     quality.py          make_quality(name, handle): the metric registry; QualityResult; score()
 

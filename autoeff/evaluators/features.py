@@ -15,7 +15,13 @@ save_file(inception_v3(weights=W.IMAGENET1K_V1).state_dict(), 'inception_v3.safe
 
 A `.pt`/`.pth` state dict is accepted too and read with `torch.load(weights_only=True)` (tensors only, no
 code is unpickled). These are torchvision's weights, not the TF-ported FID Inception of Heusel et al.:
-values are comparable with each other, not with published FIDs.
+values are comparable with each other, not with published FIDs. Without the variable, the file torchvision
+itself downloads (`inception_v3_google-0cc3c7bd.pth`) is used when it is already in the torch hub cache
+(`$TORCH_HOME/hub/checkpoints/`, default `~/.cache/torch/hub/checkpoints/`).
+
+FID/KID against a user's folder of real images (`--reference`) uses Inception when its weights are here, and
+otherwise `PixelFeatures`, a weight-free stand-in (the images' colour layout at 8x8), named in every figure it
+gives; `reference_extractor` picks, and says in one line what to place where for Inception.
 """
 
 from __future__ import annotations
@@ -35,14 +41,19 @@ from autoeff.models.digits.architectures import DigitsClassifier
 
 __all__ = [
     "DigitsFeatures",
+    "FeatureFallbackWarning",
     "InceptionFeatures",
     "MissingWeightsError",
+    "PixelFeatures",
+    "reference_extractor",
     "extract_features",
     "file_identity",
     "inception_weights_path",
 ]
 
 INCEPTION_ENV = "AUTOEFF_INCEPTION_WEIGHTS"
+# the file torchvision downloads for `inception_v3(weights=IMAGENET1K_V1)`, looked up in the torch hub cache
+TORCHVISION_INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -89,13 +100,22 @@ class DigitsFeatures(nn.Module):
         return self.classifier.features(images.float() * 2 - 1)
 
 
+def hub_inception_path() -> Path:
+    """Where torchvision's own download of the Inception-v3 weights lies in the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_INCEPTION_FILE
+
+
 def inception_weights_path(weights: str | Path | None = None) -> Path:
-    """The Inception-v3 weights file from `weights` or `$AUTOEFF_INCEPTION_WEIGHTS`, or a one-line error."""
+    """The Inception-v3 weights file from `weights`, `$AUTOEFF_INCEPTION_WEIGHTS` or the torch hub cache, or a
+    one-line error naming what to place where."""
     raw = weights or os.environ.get(INCEPTION_ENV)
+    if not raw and hub_inception_path().is_file():
+        return hub_inception_path()
     if not raw:
         raise MissingWeightsError(
-            f"Inception-v3 weights are not configured: set {INCEPTION_ENV}=/path/inception_v3.safetensors "
-            "(torchvision's inception_v3 state dict; see autoeff/evaluators/features.py for the one-liner)")
+            f"Inception-v3 weights are not on this machine: place torchvision's {TORCHVISION_INCEPTION_FILE} in "
+            f"{hub_inception_path().parent}/ or set {INCEPTION_ENV}=/path/inception_v3.safetensors (torchvision's "
+            "inception_v3 state dict; see autoeff/evaluators/features.py for the one-liner)")
     path = Path(raw).expanduser()
     if not path.is_file():
         source = "weights=" if weights else INCEPTION_ENV
@@ -146,6 +166,44 @@ class InceptionFeatures(nn.Module):
         # torchvision's ImageNet Inception weights are ported from Google's, which expect [-1, 1] inputs
         # (what `transform_input=True` converts ImageNet-normalised inputs into).
         return self.model(x * 2 - 1)
+
+
+class PixelFeatures(nn.Module):
+    """A weight-free feature space: each image area-averaged to 8x8 RGB (192 values), in [0, 1].
+
+    What FID/KID against `--reference` falls back to when no Inception weights are on this machine: it compares
+    colour and coarse layout, not content, so its figures are comparable with each other only, and every one
+    of them says it used these features (`name`).
+    """
+
+    name = "pixels-8x8"
+    identity = "pixels-8x8-v1"
+    num_features = 192
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("_device_anchor", torch.zeros(1))  # so `extract_features` finds the device
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return F.adaptive_avg_pool2d(x[:, :3], 8).flatten(1)
+
+
+class FeatureFallbackWarning(UserWarning):
+    """FID/KID against the user's images uses the weight-free `PixelFeatures` (no Inception weights here)."""
+
+
+def reference_extractor(device: str = "cpu", weights: str | Path | None = None) -> tuple[nn.Module, str | None]:
+    """The feature extractor for FID/KID against a folder of real images, and a one-line note when it is not
+    Inception (what to place where to get Inception)."""
+    try:
+        return InceptionFeatures(weights).to(device), None
+    except MissingWeightsError as e:
+        return PixelFeatures().to(device), (f"FID/KID against --reference use 8x8 pixel features (no Inception "
+                                            f"weights): {str(e).split(': ', 1)[-1]}")
 
 
 @torch.no_grad()

@@ -1,16 +1,17 @@
 """The quality metrics the CLI accepts, behind one registry: `make_quality(name, handle, ...)`.
 
-| name        | what                                                       | families          | better |
-| ----------- | ---------------------------------------------------------- | ----------------- | ------ |
-| `fid`       | FID; digits: vs the real digits, others: vs the baseline   | all               | lower  |
-| `kid`       | KID on l2-normalised features, same references as `fid`    | all               | lower  |
-| `fidelity`  | SSIM (or PSNR) vs the baseline's images on the same seeds  | all               | higher |
-| `clip`      | CLIP score against the prompts                             | text-to-image     | higher |
-| `class_acc` | classifier accuracy on the requested digits                | digits, digits-dit| higher |
+| name        | what                                                           | families          | better |
+| ----------- | -------------------------------------------------------------- | ----------------- | ------ |
+| `fid`       | FID vs the real digits / the `--reference` images / the baseline | all             | lower  |
+| `kid`       | KID on l2-normalised features, same references as `fid`        | all               | lower  |
+| `fidelity`  | SSIM (or PSNR) vs the baseline's images on the same seeds      | all               | higher |
+| `clip`      | CLIP score against the prompts                                 | text-to-image     | higher |
+| `class_acc` | classifier accuracy on the requested digits                    | digits, digits-dit| higher |
 
 A metric is called on already generated images and the `SampleSpec` that made them, and returns a
 `QualityResult`; `score(result)` turns any result into "larger is better" for the search.
 `evaluate_pipeline` generates once, checks the images (`InvalidOutputError`) and runs several metrics.
+`describe(result)` names a figure with what it was measured against and in which features, for every report.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ import torch
 
 from autoeff.evaluators.class_alignment import class_accuracy
 from autoeff.evaluators.clip_score import ClipScorer
-from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features
+from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features, reference_extractor
 from autoeff.evaluators.fid import fid_from_features, fid_split_se, kid_from_features
 from autoeff.evaluators.fidelity import fidelity
 from autoeff.evaluators.metric_names import HIGHER_IS_BETTER, METRICS
-from autoeff.evaluators.reference import baseline_features, real_features, reference_images
+from autoeff.evaluators.reference import baseline_features, folder_features, real_features, reference_images
 from autoeff.evaluators.validity import check_images
 from autoeff.models.builtin import load_classifier
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
 from autoeff.records import JsonRecord
 
-__all__ = ["HIGHER_IS_BETTER", "METRICS", "QualityMetric", "QualityResult", "evaluate_pipeline", "make_quality",
-           "score", "standard_error"]
+__all__ = ["HIGHER_IS_BETTER", "METRICS", "QualityMetric", "QualityResult", "describe", "evaluate_pipeline",
+           "make_quality", "score", "standard_error"]
 
 DIGITS_FAMILIES = ("digits", "digits-dit")
 # Feature normalisation of the digits FID, chosen by the noise study in benchmarks/evaluators.py.
@@ -74,6 +75,25 @@ def standard_error(result: QualityResult) -> float:
     return 0.05 * abs(result.value)
 
 
+def describe(result: QualityResult) -> str:
+    """E.g. `fid 12.3 (n=64; vs the real digits; features digits-classifier)`, `fidelity 0.91 (n=16; SSIM to
+    the baseline)`: the value with what it compared and in which features."""
+    d = result.details or {}
+    parts = [f"n={result.n}"]
+    ref = d.get("reference")
+    if ref == "folder":
+        parts.append(f"vs {d.get('n_reference', '?')} images of {d.get('folder', '--reference')}")
+    elif ref == "real":
+        parts.append("vs the real digits")
+    elif ref == "baseline":
+        parts.append("vs the baseline's images")
+    if d.get("features"):
+        parts.append(f"features {d['features']}")
+    if result.metric == "fidelity":
+        parts.append(f"{str(d.get('which', 'ssim')).upper()} to the baseline's images")
+    return f"{result.metric} {result.value:.4g} ({'; '.join(parts)})"
+
+
 def score(result: QualityResult) -> float:
     """The result as "larger is better" (e.g. -FID); a non-finite value scores -inf."""
     if not math.isfinite(result.value):
@@ -92,21 +112,26 @@ class _DistributionMetric:
     """FID or KID against real data or the baseline's outputs, in a given feature space."""
 
     def __init__(self, name: str, handle: ModelHandle, extractor: Any, reference: str,
-                 normalize: str) -> None:
+                 normalize: str, folder: str | None = None) -> None:
         self.name, self.handle, self.extractor = name, handle, extractor
-        self.reference, self.normalize = reference, normalize
+        self.reference, self.normalize, self.folder = reference, normalize, folder
         self.higher_is_better = False
 
     def reference_features(self, spec: SampleSpec) -> torch.Tensor:
         if self.reference == "real":
             return real_features(self.extractor, "digits")
+        if self.reference == "folder":
+            assert self.folder is not None  # make_quality sets it with reference "folder"
+            return folder_features(self.extractor, self.folder)
         return baseline_features(self.handle, spec, self.extractor)
 
     def __call__(self, images: torch.Tensor, spec: SampleSpec) -> QualityResult:
         ref = self.reference_features(spec)
         fake = extract_features(self.extractor, images)
-        details = {"reference": self.reference, "n_reference": len(ref), "features": self.extractor.name,
-                   "normalize": self.normalize}
+        details: dict[str, Any] = {"reference": self.reference, "n_reference": len(ref),
+                                   "features": self.extractor.name, "normalize": self.normalize}
+        if self.folder is not None:
+            details["folder"] = self.folder
         if self.name == "fid":
             return QualityResult("fid", fid_from_features(ref, fake, self.normalize), False, len(images),
                                  details=details, stderr=fid_split_se(ref, fake, self.normalize))
@@ -179,21 +204,36 @@ def make_quality(
     clip_weights: str | None = None,
     inception_weights: str | None = None,
     device: str = "cpu",
+    reference_dir: str | None = None,
 ) -> QualityMetric:
     """Build metric `name` (one of `METRICS`) for `handle`.
 
     `reference` (fid/kid): `real` (digits only), `baseline` (FID to the baseline's own outputs on the same
-    spec) or `auto` (real for digits, baseline otherwise). `features`: `classifier` (digits), `inception`
-    (needs local weights, see `autoeff.evaluators.features`) or `auto`. `normalize`: feature normalisation
-    (`none`/`l2`; default: the digits choice for FID, `l2` for KID).
+    spec), `folder` (the user's images in `reference_dir`) or `auto` (the folder when `reference_dir` is given,
+    real for digits, baseline otherwise). `features`: `classifier` (digits), `inception` (needs local
+    weights, see `autoeff.evaluators.features`) or `auto` (against a folder: Inception when its weights are
+    here, else the weight-free `PixelFeatures`). `normalize`: feature normalisation (`none`/`l2`; default: the
+    digits choice for FID, `l2` for KID).
     """
     if name not in METRICS:
         raise ValueError(f"unknown quality metric {name!r}; choose one of {', '.join(METRICS)}")
+    if reference_dir is not None and name not in ("fid", "kid"):
+        raise ValueError(f"--reference is for fid and kid; {name!r} does not compare with real images")
     if name in ("fid", "kid"):
-        auto = "real" if handle.family in DIGITS_FAMILIES else "baseline"
+        auto = "folder" if reference_dir is not None else "real" if handle.family in DIGITS_FAMILIES else "baseline"
         ref = auto if reference == "auto" else reference
-        if ref not in ("real", "baseline"):
-            raise ValueError(f"reference={reference!r} is not auto, real or baseline")
+        if ref not in ("real", "baseline", "folder"):
+            raise ValueError(f"reference={reference!r} is not auto, real, baseline or folder")
+        if ref == "folder":
+            if reference_dir is None:
+                raise ValueError("reference='folder' needs reference_dir")
+            norm = normalize or (DIGITS_FID_NORMALIZE if name == "fid" else "l2")
+            if features in ("auto", "inception"):
+                extractor, _note = reference_extractor(device, inception_weights) if features == "auto" else (
+                    InceptionFeatures(inception_weights).to(device), None)
+            else:
+                extractor = _extractor(handle, features, inception_weights, device)
+            return _DistributionMetric(name, handle, extractor, ref, norm, folder=str(reference_dir))
         if ref == "real" and handle.family not in DIGITS_FAMILIES:
             raise ValueError(f"no real reference data for {handle.family!r}; use reference='baseline'")
         norm = normalize or (DIGITS_FID_NORMALIZE if name == "fid" else "l2")

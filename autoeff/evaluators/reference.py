@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoeff.evaluators.digest import folder_digest
 from autoeff.evaluators.features import extract_features
+from autoeff.evaluators.image_folder import load_folder
 from autoeff.models.digits.data import load_digits_16
 from autoeff.models.generate import SampleSpec, generate
 from autoeff.models.handle import ModelHandle
 
-__all__ = ["EVALUATOR_VERSION", "baseline_features", "cache_dir", "memory", "real_features",
+__all__ = ["EVALUATOR_VERSION", "baseline_features", "cache_dir", "folder_features", "memory", "real_features",
            "reference_images"]
 
 EVALUATOR_VERSION = 1
@@ -45,8 +47,10 @@ def memory() -> joblib.Memory:
 
 def _call_key(handle: ModelHandle) -> str:
     """Everything besides the weights that changes what the baseline draws."""
-    key = {"family": handle.family, "resolution": handle.resolution, "steps": handle.default_steps,
-           "guidance": handle.guidance_scale, "extra": handle.extra}
+    key: dict[str, Any] = {"family": handle.family, "resolution": handle.resolution, "steps": handle.default_steps,
+                           "guidance": handle.guidance_scale, "extra": handle.extra}
+    if handle.negative_prompt is not None:  # only when set: the keys of every other model stay as they were
+        key["negative_prompt"] = handle.negative_prompt
     return json.dumps(key, sort_keys=True, default=repr)
 
 
@@ -105,3 +109,16 @@ def baseline_features(handle: ModelHandle, spec: SampleSpec, extractor: Any) -> 
     out = fn(handle.identity, _call_key(handle), spec.key(), extractor.name, extractor.identity,
              EVALUATOR_VERSION, handle, spec, extractor)
     return torch.from_numpy(out)
+
+
+def _folder_features(digest: str, extractor_name: str, extractor_identity: str, version: int, folder: str,
+                     extractor: nn.Module) -> np.ndarray:
+    return _features_of(extractor, load_folder(folder))
+
+
+def folder_features(extractor: Any, folder: str | Path) -> torch.Tensor:
+    """Features of every image of a user's reference folder (`--reference`), cached per folder content (its
+    digest, not its path) and extractor."""
+    fn = memory().cache(_folder_features, ignore=["folder", "extractor"])
+    return torch.from_numpy(fn(folder_digest(Path(folder)), extractor.name, extractor.identity, EVALUATOR_VERSION,
+                               str(folder), extractor))

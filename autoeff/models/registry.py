@@ -1,9 +1,13 @@
 """Resolve a model spec (`digits`, `sd15`, `sdxl`, `pixart`, a folder, a cached hub id) into a `ModelHandle`.
 
-Hub models load from `--model-path`, the local Hugging Face cache, or the Hub like diffusers'
-`from_pretrained` unless offline (`hub.py`), safetensors only. When a model cannot be had,
-`ModelNotAvailableError` says which hub id, where we looked and how to provide it; the CLI prints `str(e)` and
-exits with status 2.
+Any diffusers pipeline whose kind autoeff covers is accepted (`models.kinds`: the denoiser, conditioning, noise
+process, pixel or latent space and call signature are read from the pipeline, not from its class name); the named
+families (`PIPELINE_FAMILIES`) only add tables some knobs use. A folder's pipeline class must be one of diffusers'
+own (or autoeff's digits pipelines) and its components diffusers' or transformers': a folder never names code that
+loading would import or run. Hub models load from `--model-path`, the local Hugging Face cache, or the Hub like
+diffusers' `from_pretrained` unless offline (`hub.py`), safetensors only. When a model cannot be had,
+`ModelNotAvailableError` says which hub id, where we looked and how to provide it; the CLI prints `str(e)` and exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from autoeff.models import hub
 from autoeff.models.builtin import MissingBuiltinWeightsError, load_builtin
 from autoeff.models.digits import pipeline as digits_pipeline
 from autoeff.models.digits.data import NUM_CLASSES
-from autoeff.models.folder_checks import FolderError, check_pipeline_folder
-from autoeff.models.handle import FAMILIES, ModelHandle
+from autoeff.models.folder_checks import FolderError, check_component_config, check_pipeline_folder
+from autoeff.models.handle import ModelHandle
+from autoeff.models.kinds import ModelKind, UncoveredPipelineError, detect_kind, kind_of_class
 
 
 class ModelNotAvailableError(Exception):
@@ -34,10 +39,11 @@ class ModelNotAvailableError(Exception):
 
 
 class UnsupportedModelError(ModelNotAvailableError):
-    """The model loads, but its pipeline class is not one autoeff knows how to call."""
+    """The pipeline is not of a kind autoeff covers (`models.kinds`), or names a class autoeff does not load."""
 
 
-# Pipeline class name -> family. Subclasses of these classes are accepted for in-memory pipelines.
+# Named families: pipeline class name -> family (subclasses too). Any other pipeline of a covered kind is accepted
+# with its kind's label as its family (`models.kinds.ModelKind.label`).
 PIPELINE_FAMILIES: dict[str, str] = {
     "DigitsPipeline": "digits",
     "DigitsDiTPipeline": "digits-dit",
@@ -88,7 +94,7 @@ _DTYPES = {
 }
 # diffusers renamed `torch_dtype` to `dtype` (0.42.1 warns on the old name); older releases know only the old.
 _DTYPE_KWARG = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
-_OVERRIDABLE = {f.name for f in fields(ModelHandle)} - {"spec", "pipeline", "family"}
+_OVERRIDABLE = {f.name for f in fields(ModelHandle)} - {"spec", "pipeline", "family", "kind"}
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -124,23 +130,44 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str, family: str) -> to
     return _DTYPES[key]
 
 
+# Libraries a folder's components may come from: diffusers imports a component's class from the library its
+# model_index.json names, so any other name would make loading import (and run) code the folder chose.
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+
+
 def pipeline_class(name: str) -> type[Any]:
-    """The pipeline class for a supported `_class_name` (diffusers' or autoeff's digits pipelines)."""
+    """The pipeline class for a `_class_name`: diffusers' own pipeline classes and autoeff's digits pipelines."""
     # type[Any]: a DiffusionPipeline subclass; diffusers is untyped, so mypy cannot see `from_pretrained`.
     if name in ("DigitsPipeline", "DigitsDiTPipeline"):
-
         return getattr(digits_pipeline, name)
-    return getattr(diffusers, name)
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise UnsupportedModelError(f"{name} is not a diffusers pipeline class; autoeff loads diffusers' own "
+                                    "pipeline classes (and its digits pipelines), never code a folder names")
+    return cls
+
+
+def kind_of(pipe: Any) -> ModelKind:
+    """The kind of a loaded pipeline, or UnsupportedModelError naming what is missing (one line)."""
+    try:
+        return detect_kind(pipe)
+    except UncoveredPipelineError as e:
+        raise UnsupportedModelError(f"pipeline {type(pipe).__name__} is not a kind autoeff covers: {e}") from None
+
+
+def named_family(cls: type) -> str | None:
+    """The named family of a pipeline class (or of its first named base class), if it has one."""
+    for klass in cls.__mro__:
+        if klass.__name__ in PIPELINE_FAMILIES:
+            return PIPELINE_FAMILIES[klass.__name__]
+    return None
 
 
 def family_of(pipe: Any) -> str:
-    """The family of a loaded pipeline, from its class (or the first supported base class)."""
-    for cls in type(pipe).__mro__:
-        if cls.__name__ in PIPELINE_FAMILIES:
-            return PIPELINE_FAMILIES[cls.__name__]
-    raise UnsupportedModelError(
-        f"pipeline class {type(pipe).__name__} is not supported; autoeff supports "
-        f"{', '.join(PIPELINE_FAMILIES)} (and their subclasses)")
+    """The family of a loaded pipeline: its named family, else its kind's label (UnsupportedModelError when its
+    kind is not covered)."""
+    kind = kind_of(pipe)
+    return named_family(type(pipe)) or kind.label
 
 
 def class_count(pipe: Any, denoiser: str) -> int | None:
@@ -202,12 +229,32 @@ def pipeline_identity(pipe: Any, samples_per_tensor: int = 64) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolution(pipe: Any, family: str) -> int:
-    size = getattr(pipe, FAMILIES[family]["denoiser"]).config.sample_size
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
-    if family in ("digits", "digits-dit"):
-        return size
-    return size * int(getattr(pipe, "vae_scale_factor", 8))
+def vae_scale(pipe: Any, kind: ModelKind) -> int:
+    """Pixels per latent pixel (1 in pixel space)."""
+    if kind.space == "pixel":
+        return 1
+    scale = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(scale, int) and scale > 0:
+        return scale
+    vae = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
+    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
+    return 2 ** (len(blocks) - 1) if blocks else 8
+
+
+def _resolution(pipe: Any, kind: ModelKind) -> int:
+    """The image side the pipeline makes by default: its denoiser's `sample_size` (times the VAE's scale), else
+    its `default_sample_size`, else its `height` default."""
+    size = getattr(getattr(pipe, kind.denoiser).config, "sample_size", None)
+    if size is None:
+        size = getattr(pipe, "default_sample_size", None)
+    if size is not None:
+        size = int(size[0] if isinstance(size, (list, tuple)) else size)
+        return size * vae_scale(pipe, kind)
+    height = _call_default(pipe, "height")
+    if isinstance(height, int) and height > 0:
+        return height
+    raise UnsupportedModelError(f"cannot tell the image size of {type(pipe).__name__} (its {kind.denoiser} has no "
+                                "sample_size and the pipeline no default height); pass --resolution")
 
 
 def _call_default(pipe: Any, name: str) -> Any:
@@ -215,35 +262,45 @@ def _call_default(pipe: Any, name: str) -> Any:
     return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
+# Call arguments autoeff sets when a pipeline takes them: it passes square sizes itself (resolution binning would
+# only reject non-standard sizes), and caption cleaning depends on optional packages (bs4, ftfy), so outputs
+# would depend on them.
+_CALL_SETTINGS: dict[str, Any] = {"use_resolution_binning": False, "clean_caption": False}
+
+
 def handle_from_pipeline(pipe: Any, spec: str = "<pipeline>", **overrides: Any) -> ModelHandle:
-    """Wrap an already-loaded pipeline in a `ModelHandle`, detecting its family from its class.
+    """Wrap an already-loaded pipeline in a `ModelHandle`, detecting its kind and family (`kind_of`, `family_of`).
 
     Defaults: resolution = denoiser `sample_size` x VAE scale factor; `default_steps` and `guidance_scale`
-    = the pipeline's own `__call__` defaults (SD 50 / 7.5, SDXL 50 / 5.0, PixArt 20 / 4.5, digits 50);
-    `DEFAULT_PROMPTS` for text-to-image; identity = `pipeline_identity(pipe)`. Any `ModelHandle` field
-    except spec/pipeline/family can be overridden by keyword.
+    = the pipeline's own `__call__` defaults (SD 50 / 7.5, SDXL 50 / 5.0, PixArt 20 / 4.5, SD3 28 / 7.0, Sana
+    20 / 4.5, DDPM 1000, digits 50); `DEFAULT_PROMPTS` for text-to-image; every class in turn for a
+    class-conditional model; identity = `pipeline_identity(pipe)`. Any `ModelHandle` field except
+    spec/pipeline/family/kind can be overridden by keyword.
     """
     unknown = set(overrides) - _OVERRIDABLE
     if unknown:
         raise TypeError(f"handle_from_pipeline got unknown field(s) {sorted(unknown)}; "
                         f"known: {sorted(_OVERRIDABLE)}")
-    family = family_of(pipe)
-    values: dict[str, Any] = {"resolution": _resolution(pipe, family),
-                              "default_steps": int(_call_default(pipe, "num_inference_steps") or 50)}
-    if family in ("digits", "digits-dit"):
-
-        values["num_classes"] = NUM_CLASSES
-    else:
+    kind = kind_of(pipe)
+    family = named_family(type(pipe)) or kind.label
+    values: dict[str, Any] = {"default_steps": int(_call_default(pipe, "num_inference_steps") or 50)}
+    if "resolution" not in overrides:
+        values["resolution"] = _resolution(pipe, kind)
+    if kind.conditioning == "class":
+        values["num_classes"] = class_count(pipe, kind.denoiser)
+    if kind.conditioning == "text":
         values["prompts"] = list(DEFAULT_PROMPTS)
-        values["guidance_scale"] = float(_call_default(pipe, "guidance_scale") or 1.0)
-    if family == "pixart":
-        # We pass square sizes ourselves (binning would only reject non-standard sample sizes), and
-        # caption cleaning depends on optional packages (bs4, ftfy): off, so outputs do not depend on them.
-        values["extra"] = {"use_resolution_binning": False, "clean_caption": False}
+    if kind.takes("guidance_scale"):
+        default = _call_default(pipe, "guidance_scale")
+        values["guidance_scale"] = float(default) if isinstance(default, int | float) else (
+            1.0 if kind.conditioning == "text" else None)
+    extra = {k: v for k, v in _CALL_SETTINGS.items() if kind.takes(k)}
+    if extra:
+        values["extra"] = extra
     values.update(overrides)
     if "identity" not in overrides:
         values["identity"] = pipeline_identity(pipe)
-    return ModelHandle(spec=spec, pipeline=pipe, family=family, **values)
+    return ModelHandle(spec=spec, pipeline=pipe, family=family, kind=kind, **values)
 
 
 def _read_model_index(folder: Path) -> dict:
@@ -267,17 +324,46 @@ def load_pipeline_folder(folder: str | Path, device: str = "cpu", dtype: str | t
     return _load_folder(Path(folder), device, dtype, str(folder), components=components)
 
 
+def folder_kind(folder: Path, index: dict[str, Any], what: str) -> tuple[type[Any], ModelKind]:
+    """The pipeline class and kind of a saved folder, from `model_index.json` and the scheduler's config alone
+    (before any weight is read); UnsupportedModelError naming what is missing otherwise."""
+    class_name = str(index.get("_class_name"))
+    try:
+        cls = pipeline_class(class_name)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{what} holds a {class_name}, which autoeff does not load: {e}") from None
+    components: dict[str, str | None] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list):
+            continue
+        library, klass = entry
+        if library is not None and library not in COMPONENT_LIBRARIES:
+            raise UnsupportedModelError(
+                f"{what}: component {name!r} comes from {library!r}; autoeff loads components of "
+                f"{' and '.join(COMPONENT_LIBRARIES)} only (a folder never names code to import)")
+        components[name] = klass
+    scheduler_config: dict[str, Any] = {}
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    if config_path.is_file():
+        try:
+            scheduler_config = check_component_config(config_path)
+        except FolderError as e:
+            raise ModelNotAvailableError(_one_line(e)) from None
+    try:
+        kind = kind_of_class(cls, components, str(components.get("scheduler") or ""), scheduler_config)
+    except UncoveredPipelineError as e:
+        raise UnsupportedModelError(f"{what} holds a {class_name}, which autoeff cannot run: {e}") from None
+    return cls, kind
+
+
 def _load_folder(folder: Path, device: str, dtype: str | torch.dtype | None, what: str,
                  components: dict[str, Any] | None = None) -> Any:
     """Load a saved pipeline folder as is (safetensors only, never the network)."""
-    class_name = _read_model_index(folder).get("_class_name")
-    if class_name not in PIPELINE_FAMILIES:
-        raise UnsupportedModelError(
-            f"{what} holds a {class_name} pipeline, which autoeff does not support; supported: "
-            + ", ".join(PIPELINE_FAMILIES))
-    torch_dtype = parse_dtype(dtype, device, PIPELINE_FAMILIES[class_name])
+    index = _read_model_index(folder)
+    cls, kind = folder_kind(folder, index, what)
+    torch_dtype = parse_dtype(dtype, device, named_family(cls) or kind.label)
     try:
-        pipe = pipeline_class(class_name).from_pretrained(
+        pipe = cls.from_pretrained(
             str(folder), **{_DTYPE_KWARG: torch_dtype}, use_safetensors=True, local_files_only=True,
             **(components or {}))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:

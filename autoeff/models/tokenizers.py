@@ -11,6 +11,8 @@ The vocabularies are deliberately minimal but complete, so no input ever maps to
   `</w>`, then `<|startoftext|>` and `<|endoftext|>` last, as in the real CLIP vocabulary (514 entries).
 - T5: a Unigram model over printable ASCII characters, each alone and with SentencePiece's word-start
   marker, after T5's `<pad>`, `</s>`, `<unk>` (3 + 1 + 2 * 94 = 192 entries).
+- Gemma (Sana's text encoder): a BPE model with no merges over the same characters, after Gemma's `<pad>`,
+  `<eos>`, `<bos>`, `<unk>`, `<mask>` (5 + 1 + 2 * 94 = 194 entries).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import string
 
 from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer, T5Tokenizer
+from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
 CLIP_MAX_LENGTH = 77  # CLIP's context length; SD pipelines pad prompts to `tokenizer.model_max_length`.
 T5_MAX_LENGTH = 512
@@ -42,3 +44,13 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
         pieces.append(("\u2581" + c, -3.0))
         pieces.append((c, -4.0))
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def tiny_gemma_tokenizer() -> GemmaTokenizer:
+    """A character-level Gemma (BPE, no merges) tokenizer with 194 tokens (`<pad>`=0, `<eos>`=1, `<bos>`=2)."""
+    chars = sorted(set(string.printable) - set(string.whitespace))
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "\u2581": 5}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab["\u2581" + c] = len(vocab)
+    return GemmaTokenizer(vocab=vocab, merges=[])

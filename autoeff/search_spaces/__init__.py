@@ -15,10 +15,11 @@ import pkgutil
 
 from autoeff.search_spaces.registry import get_knob, knob_names, register
 
-# Modules of this package that are not knobs: the protocol, the registry, block groups (shared by knobs), and
-# the search space, which composes knobs into recipes (it imports `autoeff.recipe`, so it must not be imported
+# Modules of this package that are not knobs: the protocol, the registry, block groups (shared by knobs), what
+# a model can do (`capabilities`, which asks the knobs' techniques), and the search space, which composes knobs
+# into recipes (it imports `autoeff.recipe`, so it must not be imported
 # while the registry is being filled).
-INFRASTRUCTURE = frozenset({"base", "registry", "groups", "space"})
+INFRASTRUCTURE = frozenset({"base", "registry", "groups", "space", "capabilities"})
 KNOB_MODULES: tuple[str, ...] = tuple(
     f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)
     if not m.name.startswith("_") and m.name not in INFRASTRUCTURE)

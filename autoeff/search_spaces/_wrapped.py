@@ -1,37 +1,25 @@
 """What the knobs that change a (possibly wrapped) denoiser share, so none of them mutates what it is given.
 
-* `share_copy`: a structural copy of a module tree (new module objects) whose parameters and buffers are the
-  very same tensors, so a knob may swap submodules, set attention processors or compile regions of the copy
-  at no weight memory, and the base pipeline every candidate is built from stays untouched.
+* `share_copy` (defined in `base`, the bottom of the package, re-exported here): a structural copy of a module
+  tree (new module objects) whose parameters and buffers are the very same tensors, so a knob may swap
+  submodules, set attention processors or compile regions of the copy at no weight memory, and the base
+  pipeline every candidate is built from stays untouched.
 * `wrapper_chain`: the wrappers around a denoiser (a wrapper holds the module it wraps as its `base`
   submodule: the cache wrappers, guidance's wrapper, a plugin's) and the model inside them.
 * `bind_caches`: a cache wrapper reads the run length from the pipeline the cache knob built (a weak
-  reference, `cache.apply`); a later knob that builds a new pipeline around a copied wrapper points it at
-  the new pipeline's scheduler, else the reference dies with the intermediate pipeline.
+  reference, `CachedDenoiser.bind_pipeline`); a later knob that builds a new pipeline around a copied wrapper
+  points it at the new pipeline's scheduler, else the reference dies with the intermediate pipeline
+  (`base.copy_pipeline` does the same for the wrappers a plain copy keeps).
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from autoeff.search_spaces.cache.base import CachedDenoiser
-
-
-def share_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module`'s tree sharing its parameters and buffers; regions compiled in place
-    (`Module.compile()`) are dropped from the copy, since their compiled function calls the original module."""
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    new = copy.deepcopy(module, memo)
-    for m in new.modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None
-    return new
+from autoeff.search_spaces.base import share_copy
+from autoeff.search_spaces.cache.base import CachedDenoiser, scheduler_run_length
 
 
 def wrapper_chain(module: nn.Module) -> tuple[list[nn.Module], nn.Module]:
@@ -43,23 +31,11 @@ def wrapper_chain(module: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     return chain, module
 
 
-def scheduler_run_length(pipe: Any) -> Callable[[], int | None]:
-    """`len(pipe.scheduler.timesteps)`, read at each call through a weak reference to `pipe` (as the cache
-    knob's own `cache.apply` does)."""
-    ref = weakref.ref(pipe)
-
-    def run_length() -> int | None:
-        timesteps = getattr(getattr(ref(), "scheduler", None), "timesteps", None)
-        return None if timesteps is None else len(timesteps)
-
-    return run_length
-
-
 def bind_caches(tree: nn.Module, pipe: Any) -> None:
     """Point every cache wrapper in `tree` (a copy this knob owns) at `pipe`'s scheduler."""
     for m in tree.modules():
         if isinstance(m, CachedDenoiser):
-            m.schedule.run_length = scheduler_run_length(pipe)
+            m.bind_pipeline(pipe)
 
 
 def caches_in(tree: nn.Module) -> list[CachedDenoiser]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -67,7 +68,8 @@ class SpaceContext:
     """What a knob may know about the model when it suggests or applies a config.
 
     Attributes:
-        family: model family (`digits`, `digits-dit`, `sd15`, `sdxl`, `pixart`).
+        family: model family (`digits`, `digits-dit`, `sd15`, `sdxl`, `pixart`, or a kind's label such as
+            `flow-text-latent-transformer`; see `autoeff.models.kinds`).
         denoiser: `unet` or `transformer` (the pipeline attribute the knobs act on).
         num_train_timesteps: length of the training schedule (usually 1000).
         default_steps: the baseline's step count.
@@ -76,6 +78,12 @@ class SpaceContext:
         device: `cpu` or `cuda[:i]`.
         options: per-knob options from the user as plain JSON (e.g. {"solver": {"names": ["dpmpp"]}}); each
             knob reads its own through `Knob.options_for`, which validates them into its `Options` dataclass.
+        noise: `ddpm` or `flow` (the model's noise process: which solvers and schedules exist).
+        features: what the model and its denoiser can do, as `search_spaces.capabilities` finds it (`attention`,
+            `fuse_qkv`, `groups`, `prune`, `example_inputs`, `guidance:batched`, `cache:<method>`); `None` for a
+            context stored before features existed, read from its named family (`features_of`).
+        flow_shift: a flow model's static shift (its scheduler's `shift` / `flow_shift`); `None` when the shift
+            depends on the resolution (Flux's dynamic shifting) or the model is not a flow model.
     """
 
     family: str
@@ -87,6 +95,29 @@ class SpaceContext:
     block_groups: list[str] = field(default_factory=list)
     device: str = "cpu"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    noise: str = "ddpm"
+    features: list[str] | None = None
+    flow_shift: float | None = None
+
+
+# The features of the named families, for contexts stored before `SpaceContext.features` existed.
+_FAMILY_FEATURES: dict[str, frozenset[str]] = {
+    "digits": frozenset({"cache:reuse", "groups", "prune", "example_inputs"}),
+    "digits-dit": frozenset({"cache:reuse", "attention", "groups", "prune", "example_inputs"}),
+    "sd15": frozenset({"cache:reuse", "attention", "fuse_qkv", "groups", "prune", "example_inputs",
+                       "guidance:batched"}),
+    "sdxl": frozenset({"cache:reuse", "attention", "fuse_qkv", "groups", "prune", "example_inputs",
+                       "guidance:batched"}),
+    "pixart": frozenset({"cache:reuse", "attention", "fuse_qkv", "groups", "prune", "example_inputs",
+                         "guidance:batched"}),
+}
+
+
+def features_of(context: SpaceContext) -> frozenset[str]:
+    """The context's features (`SpaceContext.features`, or its named family's when it has none)."""
+    if context.features is not None:
+        return frozenset(context.features)
+    return _FAMILY_FEATURES.get(context.family, frozenset())
 
 
 @dataclass(frozen=True)
@@ -218,13 +249,47 @@ def config_from_dict(cls: type[ConfigT], payload: Any) -> ConfigT:
         raise ConfigError(f"{cls.__name__}: {e}") from None
 
 
-def copy_pipeline(pipe: Any) -> Any:
-    """A new pipeline object sharing the same component modules (knobs copy what they change)."""
-    kwargs = dict(pipe.components)
+def share_copy(module: Any) -> Any:
+    """A copy of `module`'s tree (an `nn.Module`) sharing its parameters and buffers; regions compiled in place
+    (`Module.compile()`) are dropped from the copy, since their compiled function calls the original module."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    new = copy.deepcopy(module, memo)
+    for m in new.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    return new
+
+
+def copy_pipeline(pipe: Any, **replace: Any) -> Any:
+    """A new pipeline object sharing the same component modules (knobs copy what they change), with the
+    components in `replace` swapped in.
+
+    Every component stays exactly what was given: some pipelines replace one in `__init__` (`DDIMPipeline` turns
+    any scheduler into a `DDIMScheduler`), which would silently undo a solver or a pinned schedule.
+    """
+    kwargs = {**dict(pipe.components), **replace}
     if "requires_safety_checker" in pipe.config:  # keeps SD pipelines from warning on every copy
         kwargs["requires_safety_checker"] = pipe.config.requires_safety_checker
     new = type(pipe)(**kwargs)
+    changed = {k: v for k, v in kwargs.items() if k in new.components and getattr(new, k, None) is not v}
+    if changed:
+        new.register_modules(**changed)
     cfg = getattr(pipe, "_progress_bar_config", None)
     if cfg is not None:
         new.set_progress_bar_config(**cfg)
+    bind_wrappers(new)
     return new
+
+
+def bind_wrappers(pipe: Any) -> None:
+    """Point every wrapper in `pipe`'s components that reads the pipeline (a cache wrapper reads its scheduler's
+    step count: `bind_pipeline`) at `pipe`. Only wrapped components (a `base` or a compiled `_orig_mod`) are
+    searched, so a plain model costs nothing."""
+    for component in pipe.components.values():
+        children = getattr(component, "_modules", None)
+        if not children or not ("base" in children or "_orig_mod" in children):
+            continue
+        for module in component.modules():
+            bind = getattr(type(module), "bind_pipeline", None)
+            if callable(bind):
+                bind(module, pipe)

@@ -5,8 +5,9 @@ instead: a handful of named groups of consecutive blocks. Group names (a fixed g
 
 * U-Nets (`UNet2DModel`, `UNet2DConditionModel`): `down.<i>` (= `down_blocks.<i>`), `mid` (= `mid_block`),
   `up.<i>` (= `up_blocks.<i>`);
-* transformers (DiT, PixArt): `blocks.<a>-<b>` (= `transformer_blocks.<a>` ... `.<b>`, at most
-  `MAX_TRANSFORMER_GROUPS` groups of consecutive blocks) or `blocks.<a>` for a single block;
+* transformers (DiT, PixArt, SD3, Sana, Flux): `blocks.<a>-<b>` (= `transformer_blocks.<a>` ... `.<b>`, at most
+  `MAX_TRANSFORMER_GROUPS` groups of consecutive blocks) or `blocks.<a>` for a single block; Flux's
+  single-stream blocks likewise as `single.<a>-<b>` (= `single_transformer_blocks.<a>` ... `.<b>`);
 * both: `embed` (stem, time/class/text embeddings) and `out` (final norm and projection), normally kept.
 
 `resolve_fqn_map` implements the key semantics of torchao's `FqnToConfig` (an ordered map from an exact
@@ -41,7 +42,10 @@ MAX_TRANSFORMER_GROUPS = 4
 # Top-level children of a denoiser that belong to `out` (all other non-block children are `embed`).
 _OUT_NAMES = frozenset({"conv_norm_out", "conv_act", "conv_out", "norm_out", "proj_out", "proj_out_1",
                         "proj_out_2"})
-_BLOCK_CONTAINERS = frozenset({"down_blocks", "mid_block", "up_blocks", "transformer_blocks"})
+_BLOCK_CONTAINERS = frozenset({"down_blocks", "mid_block", "up_blocks", "transformer_blocks",
+                               "single_transformer_blocks"})
+# transformer block lists and the group-name prefix of each
+_BLOCK_LISTS: tuple[tuple[str, str], ...] = (("transformer_blocks", "blocks"), ("single_transformer_blocks", "single"))
 # A group key: "re:(?:p1|p2)" + this suffix matches the prefixes' modules and everything below them.
 _SUFFIX = r")(?:\..+)?"
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -69,12 +73,13 @@ def block_groups(denoiser: nn.Module) -> dict[str, list[str]]:
         for i in range(len(children["up_blocks"])):
             body[f"up.{i}"] = [f"up_blocks.{i}"]
     elif "transformer_blocks" in children:
-        n = len(children["transformer_blocks"])
-        size = max(1, math.ceil(n / MAX_TRANSFORMER_GROUPS))
-        for a in range(0, n, size):
-            b = min(n, a + size) - 1
-            body[f"blocks.{a}" if a == b else f"blocks.{a}-{b}"] = [f"transformer_blocks.{i}"
-                                                                    for i in range(a, b + 1)]
+        for container, prefix in _BLOCK_LISTS:
+            n = len(children.get(container) or [])
+            size = max(1, math.ceil(n / MAX_TRANSFORMER_GROUPS))
+            for a in range(0, n, size):
+                b = min(n, a + size) - 1
+                body[f"{prefix}.{a}" if a == b else f"{prefix}.{a}-{b}"] = [f"{container}.{i}"
+                                                                            for i in range(a, b + 1)]
     else:
         raise ConfigError(f"{type(denoiser).__name__} has neither down_blocks/up_blocks (a U-Net) nor "
                           "transformer_blocks (a DiT/PixArt transformer); autoeff cannot group its layers "
@@ -106,13 +111,14 @@ def group_prefixes(name: str) -> list[str]:
         return [f"{m.group(1)}_blocks.{int(m.group(2))}"]
     if name == "mid":
         return ["mid_block"]
-    if m := re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", name):
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
+    if m := re.fullmatch(r"(blocks|single)\.(\d+)(?:-(\d+))?", name):
+        a = int(m.group(2))
+        b = int(m.group(3)) if m.group(3) is not None else a
+        container = dict((p, c) for c, p in _BLOCK_LISTS)[m.group(1)]
         if b >= a:
-            return [f"transformer_blocks.{i}" for i in range(a, b + 1)]
-    raise ConfigError(f"{name!r} is not a block group name; use down.<i>, mid, up.<i>, blocks.<a>-<b> or "
-                      "blocks.<a> (embed/out: read their prefixes from block_groups(denoiser))")
+            return [f"{container}.{i}" for i in range(a, b + 1)]
+    raise ConfigError(f"{name!r} is not a block group name; use down.<i>, mid, up.<i>, blocks.<a>-<b>, blocks.<a> "
+                      "or single.<a>-<b> (embed/out: read their prefixes from block_groups(denoiser))")
 
 
 def group_regex(prefixes: Iterable[str]) -> str:
@@ -133,10 +139,11 @@ def group_name_of_key(key: str) -> str | None:
         name = f"{m.group(1)}.{int(m.group(2))}"
     elif prefixes[0] == "mid_block":
         name = "mid"
-    elif m := re.fullmatch(r"transformer_blocks\.(\d+)", prefixes[0]):
-        last = re.fullmatch(r"transformer_blocks\.(\d+)", prefixes[-1])
+    elif m := re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)", prefixes[0]):
+        container, prefix = m.group(1), dict(_BLOCK_LISTS)[m.group(1)]
+        last = re.fullmatch(re.escape(container) + r"\.(\d+)", prefixes[-1])
         b = int(last.group(1)) if last else -1
-        name = f"blocks.{int(m.group(1))}" if len(prefixes) == 1 else f"blocks.{int(m.group(1))}-{b}"
+        name = f"{prefix}.{int(m.group(2))}" if len(prefixes) == 1 else f"{prefix}.{int(m.group(2))}-{b}"
     else:
         return None
     try:
@@ -221,8 +228,9 @@ def example_inputs(denoiser: Denoiser, batch: int = 1, generator: torch.Generato
                    timesteps: torch.Tensor | None = None) -> dict[str, Any]:
     """Keyword inputs for one forward pass of a diffusers denoiser (for tracing and calibration).
 
-    Supports `UNet2DModel`, `UNet2DConditionModel` (with SDXL's `text_time` added conditioning), DiT and
-    PixArt transformers; the shapes come from the model's config. Values are seeded random numbers.
+    Supports `UNet2DModel`, `UNet2DConditionModel` (with SDXL's `text_time` added conditioning), DiT, PixArt,
+    SD3, Flux and Sana transformers; the shapes come from the model's config. Values are seeded random numbers;
+    `timesteps` are in [0, 1000) (Flux, which takes fractions, gets them divided by 1000).
     """
     cfg = denoiser.config
     param = next(denoiser.parameters())
@@ -232,7 +240,8 @@ def example_inputs(denoiser: Denoiser, batch: int = 1, generator: torch.Generato
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(**kw)
 
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else int(cfg.sample_size[0])
+    raw_size = getattr(cfg, "sample_size", None) or 8
+    size = raw_size if isinstance(raw_size, int) else int(raw_size[0])
     name = type(denoiser).__name__
     if timesteps is None:
         timesteps = torch.randint(0, 1000, (batch,), generator=gen)
@@ -269,26 +278,65 @@ def example_inputs(denoiser: Denoiser, batch: int = 1, generator: torch.Generato
             extra = {"resolution": randn(batch, 2).abs() * 64, "aspect_ratio": randn(batch, 1).abs()}
         out["added_cond_kwargs"] = extra or {"resolution": None, "aspect_ratio": None}
         return out
+    size = min(size, 16)  # the transformers below interpolate or index positions: any small side traces the same
+    if name == "SD3Transformer2DModel":
+        return {"hidden_states": randn(batch, cfg.in_channels, size, size), "timestep": t,
+                "encoder_hidden_states": randn(batch, 8, cfg.joint_attention_dim),
+                "pooled_projections": randn(batch, cfg.pooled_projection_dim)}
+    if name == "SanaTransformer2DModel":
+        return {"hidden_states": randn(batch, cfg.in_channels, size, size), "timestep": t,
+                "encoder_hidden_states": randn(batch, 8, cfg.caption_channels)}
+    if name == "FluxTransformer2DModel":
+        side = 4  # packed latents: (batch, side * side, in_channels) with position ids per token
+        ids = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
+        img_ids = torch.cat([torch.zeros(side * side, 1), ids.float()], dim=1).to(**kw)
+        out = {"hidden_states": randn(batch, side * side, cfg.in_channels), "timestep": t.float() / 1000,
+               "encoder_hidden_states": randn(batch, 8, cfg.joint_attention_dim),
+               "pooled_projections": randn(batch, cfg.pooled_projection_dim), "img_ids": img_ids,
+               "txt_ids": torch.zeros(8, 3).to(**kw)}
+        if cfg.guidance_embeds:
+            out["guidance"] = torch.full((batch,), 3.5).to(**kw)
+        return out
     raise ConfigError(f"quantize/prune cannot build example inputs for a {name}; supported: UNet2DModel, "
-                      "UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel")
+                      "UNet2DConditionModel, DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel, "
+                      "FluxTransformer2DModel, SanaTransformer2DModel")
+
+
+def has_example_inputs(denoiser: nn.Module) -> bool:
+    """Whether `example_inputs` can build inputs for `denoiser` (the wrapped model of a wrapper)."""
+    try:
+        example_inputs(denoiser, batch=1)
+    except (ConfigError, AttributeError, TypeError, StopIteration):
+        return False
+    return True
 
 
 def noised_inputs(denoiser: nn.Module, scheduler: Any, batch: int, t: int | torch.Tensor,
                   generator: torch.Generator) -> dict[str, Any]:
     """`example_inputs` whose sample is x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, x0 ~ U(-1, 1) (a stand-in
-    for data), with the scheduler's `alphas_cumprod` (plain noise when it has none): realistic ranges at
-    every noise level, for calibration and distillation without a dataset."""
+    for data), with the scheduler's `alphas_cumprod`; on a flow-matching model (a scheduler without them)
+    x_t = (1 - s) x0 + s eps with s = t / 1000 (rectified flow's path): realistic ranges at every noise level,
+    for calibration and distillation without a dataset."""
     timesteps = t if isinstance(t, torch.Tensor) else torch.full((batch,), int(t))
     inputs = example_inputs(denoiser, batch=batch, generator=generator, timesteps=timesteps)
+    key = "sample" if "sample" in inputs else "hidden_states"
+    eps = inputs[key]
+    shape = (-1,) + (1,) * (eps.dim() - 1)
+    x0 = torch.rand(eps.shape, generator=generator).to(eps) * 2 - 1
     alphas = getattr(scheduler, "alphas_cumprod", None)
-    if alphas is not None:
-        key = "sample" if "sample" in inputs else "hidden_states"
-        eps = inputs[key]
-        shape = (-1,) + (1,) * (eps.dim() - 1)
+    if alphas is not None and not _is_flow(scheduler):
         a = alphas[timesteps.long().cpu()].reshape(shape).to(eps)
-        x0 = torch.rand(eps.shape, generator=generator).to(eps) * 2 - 1
         inputs[key] = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    elif scheduler is not None:
+        s = (timesteps.float() / 1000).clamp(0, 1).reshape(shape).to(eps)
+        inputs[key] = (1 - s) * x0 + s * eps
     return inputs
+
+
+def _is_flow(scheduler: Any) -> bool:
+    config = getattr(scheduler, "config", None) or {}
+    return ("FlowMatch" in type(scheduler).__name__ or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
 
 
 def denoiser_output(out: Any) -> torch.Tensor:

@@ -11,9 +11,11 @@ Config: `start`, `end` (fractions of the pipeline's denoiser calls: call `i` of 
 `start <= i / n < end`; `(0, 1)` guides every step, `(0, x)` is the cut-off after the first x of the steps),
 and `scale` (`None`: the guidance scale the pipeline is called with; an option searches it).
 
-Families: SD1.5, SDXL and PixArt, whose pipelines batch `[unconditional, conditional]` and combine them as
-`uncond + s * (cond - uncond)`. The knob does not apply to the digits models (no guidance) nor to a
-distilled-guidance model, so it is not in their search space (`Knob.applies_to`).
+Models: text-to-image pipelines that batch `[unconditional, conditional]` in one denoiser call and combine them
+as `uncond + s * (cond - uncond)` (the `guidance:batched` feature, `models.kinds`: SD1.5, SDXL, PixArt, SD3,
+Sana, ...). The knob does not apply to the digits models (no guidance), to a distilled-guidance model (Flux.1),
+to pipelines that run the two halves as separate calls, nor to DiT's class-conditional guidance (its batch is
+`[conditional, null class]`), so it is not in their search space (`Knob.applies_to`).
 
 How. The denoiser is wrapped (`GuidanceInterval`, its own module held as `base`) and the pipeline's class is
 subclassed once per class (same name, same signature) so that each call tells the wrapper whether it is
@@ -48,11 +50,11 @@ import torch
 from torch import nn
 
 from autoeff.search_spaces._wrapped import bind_caches, caches_in, share_copy
-from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline, features_of
 from autoeff.search_spaces.registry import register
 
 NAME = "guidance"
-GUIDED_FAMILIES: tuple[str, ...] = ("sd15", "sdxl", "pixart")
+GUIDED_FAMILIES: tuple[str, ...] = ("sd15", "sdxl", "pixart")  # the named families among them
 STEP = 0.05  # the grid `suggest` draws start and end on
 
 
@@ -155,8 +157,8 @@ def off(context: SpaceContext) -> Config:
 
 
 def applies_to(context: SpaceContext) -> bool:
-    """Text-to-image families with classifier-free guidance."""
-    return context.family in GUIDED_FAMILIES
+    """Models with batched classifier-free guidance (the `guidance:batched` feature)."""
+    return "guidance:batched" in features_of(context)
 
 
 # --- the wrapper --------------------------------------------------------------------------------------------
@@ -322,9 +324,9 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     if config.every_step and config.scale is None:
         return new
     if not applies_to(context):
-        raise ConfigError(f"the guidance knob does not apply to the {context.family} model (it has no classifier-free "
-                          f"guidance); leave guidance out of its search space (it applies to "
-                          f"{', '.join(GUIDED_FAMILIES)})")
+        raise ConfigError(f"the guidance knob does not apply to the {context.family} model (it has no batched "
+                          f"classifier-free guidance); leave guidance out of its search space (it applies to "
+                          f"{', '.join(GUIDED_FAMILIES)} and other pipelines that batch guidance in one call)")
     denoiser = getattr(pipe, context.denoiser, None)
     if denoiser is None:
         raise ConfigError(f"the pipeline {type(pipe).__name__} has no {context.denoiser!r} component")

@@ -1,11 +1,11 @@
 """The `kernels` knob: faster kernels for the same maths, from diffusers' and PyTorch's own switches (diffusers'
 "speed up inference" guide: SDPA, fused QKV projections, channels-last).
 
-* `fuse_qkv`: diffusers' `fuse_qkv_projections()`, on the denoiser classes that have it (`UNet2DConditionModel`
-  of SD1.5/SDXL, `PixArtTransformer2DModel`): one matmul for a self-attention's Q, K and V, one for a
-  cross-attention's K and V (`FusedAttnProcessor2_0`). diffusers keeps the separate projections for
-  `unfuse_qkv_projections`; nothing here unfuses, so the copy drops them: the weights are not held twice and the
-  quantize knob (a later stage) sees only the layers that run.
+* * `fuse_qkv`: diffusers' `fuse_qkv_projections()`, on the denoiser classes that have it (`UNet2DConditionModel` of
+  SD1.5/SDXL, `PixArtTransformer2DModel`, SD3's and Flux's transformers: the `fuse_qkv` feature): one matmul for a
+  self-attention's Q, K and V, one for a cross-attention's K and V (`FusedAttnProcessor2_0`). diffusers keeps the
+  separate projections for `unfuse_qkv_projections`; nothing here unfuses, so the copy drops them: the weights are
+  not held twice and the quantize knob (a later stage) sees only the layers that run.
 * `channels_last`: convolution weights in channels-last (NHWC) memory format, as the guide's
   `unet.to(memory_format=torch.channels_last)`; convolutions then produce channels-last outputs.
 * `sdpa`: the backend of `scaled_dot_product_attention` (`torch.nn.attention.sdpa_kernel`): `default` (torch
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autoeff.search_spaces._wrapped import bind_caches, share_copy, wrapper_chain
-from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline, features_of
 from autoeff.search_spaces.registry import register
 
 NAME = "kernels"
@@ -39,10 +39,8 @@ SDPA: dict[str, SDPBackend | None] = {"default": None, "math": SDPBackend.MATH,
                                       "cudnn": SDPBackend.CUDNN_ATTENTION}
 CPU_SDPA: tuple[str, ...] = ("default", "math", "flash")
 DEFAULT_SDPA: dict[str, tuple[str, ...]] = {"cpu": CPU_SDPA, "cuda": ("default", "flash", "efficient", "cudnn")}
-# Families whose denoiser class has diffusers' `fuse_qkv_projections`, and those with attention at all (the
-# built-in digits U-Net has none).
-FUSE_FAMILIES: tuple[str, ...] = ("sd15", "sdxl", "pixart")
-ATTENTION_FAMILIES: tuple[str, ...] = ("digits-dit", "sd15", "sdxl", "pixart")
+# Whether the denoiser class has diffusers' `fuse_qkv_projections`, and whether it has attention at all (the
+# built-in digits U-Net has none), are the context's `fuse_qkv` and `attention` features.
 
 
 def _device_kind(device: str) -> str:
@@ -109,15 +107,16 @@ def _sdpa_choices(context: SpaceContext, opts: Options) -> list[str]:
 
 
 def suggest(trial: Any, context: SpaceContext) -> Config:
-    """`kernels.fuse_qkv` (families with `fuse_qkv_projections`), `kernels.channels_last`, `kernels.sdpa`
-    (families with attention); what the options or the family rule out stays off."""
+    """`kernels.fuse_qkv` (models with `fuse_qkv_projections`), `kernels.channels_last`, `kernels.sdpa` (models
+    with attention); what the options or the model rule out stays off."""
     opts: Options = KNOB.options_for(context)
     choices = _sdpa_choices(context, opts)
-    fuse = opts.fuse_qkv and context.family in FUSE_FAMILIES and trial.suggest_categorical(
+    features = features_of(context)
+    fuse = opts.fuse_qkv and "fuse_qkv" in features and trial.suggest_categorical(
         f"{NAME}.fuse_qkv", [False, True])
     channels_last = opts.channels_last and trial.suggest_categorical(f"{NAME}.channels_last", [False, True])
     sdpa = "default"
-    if context.family in ATTENTION_FAMILIES:
+    if "attention" in features:
         sdpa = trial.suggest_categorical(f"{NAME}.sdpa", choices) if len(choices) > 1 else choices[0]
     return Config(fuse_qkv=bool(fuse), channels_last=bool(channels_last), sdpa=sdpa)
 
@@ -143,11 +142,11 @@ class SDPABackendProcessor:
         self.processor = processor
         self.backend = backend
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, attn: Any, *args: Any, **kwargs: Any) -> Any:
+        # exactly what the attention module passes (positionally or by name: processors differ, Flux's takes
+        # rotary embeddings fifth, Sana's linear-attention one has no `temb`)
         with sdpa_kernel(self.backend):
-            return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self.processor(attn, *args, **kwargs)
 
 
 def _attention_modules(model: nn.Module) -> list[Any]:
@@ -163,9 +162,14 @@ def _fuse(model: nn.Module) -> None:
     fuse()
     for attn in _attention_modules(model):
         if getattr(attn, "fused_projections", False):
-            unused = ("to_k", "to_v") if attn.is_cross_attention else ("to_q", "to_k", "to_v")
+            # each fused projection replaces the separate ones it concatenates
+            unused = [*(("to_q", "to_k", "to_v") if getattr(attn, "to_qkv", None) is not None else ()),
+                      *(("to_k", "to_v") if getattr(attn, "to_kv", None) is not None else ()),
+                      *(("add_q_proj", "add_k_proj", "add_v_proj")
+                        if getattr(attn, "to_added_qkv", None) is not None else ())]
             for name in unused:
-                setattr(attn, name, None)
+                if isinstance(getattr(attn, name, None), nn.Module):
+                    setattr(attn, name, None)
 
 
 def _channels_last(model: nn.Module) -> None:

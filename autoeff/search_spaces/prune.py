@@ -13,8 +13,10 @@ What is pruned:
   outside the attention blocks (`Attention`, `Transformer2DModel`), the time/class/text embeddings and
   `conv_out`. A set belongs to the block group of its first layer outside `embed`/`out` (the down block
   that writes a skip connection owns it, its up-block reader is sliced along).
-* Transformers (DiT, PixArt): the MLP hidden width of each block (`ff.net.0.proj` out / `ff.net.2` in).
-  Attention heads are not pruned (DiT's adaLN modulation ties the residual width to every block).
+* Transformers (DiT, PixArt, SD3, Flux's double-stream blocks, any whose `transformer_blocks` hold a diffusers
+  `FeedForward`): the MLP hidden width of each block (`ff.net.0.proj` out / `ff.net.2` in). Attention heads
+  are not pruned (DiT's adaLN modulation ties the residual width to every block). Sana's convolutional MLP
+  (GLUMBConv) and Flux's single-stream blocks have no such projection: nothing there is pruned.
 
 The pruned model keeps its original diffusers config, so `prune_plan(model)` (torch-pruning's pruning history:
 root layer FQN, out/in, removed indices) plus the unpruned config rebuild it: `apply_plan(fresh_model, plan)`
@@ -26,6 +28,7 @@ replays the history deterministically and the pruned `state_dict` then loads wit
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +42,15 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, StoredInWeights, copy_pipeline
+from autoeff.search_spaces.base import (
+    ConfigError,
+    Knob,
+    SpaceContext,
+    Stage,
+    StoredInWeights,
+    copy_pipeline,
+    features_of,
+)
 from autoeff.search_spaces.groups import (
     KEPT_GROUPS,
     Denoiser,
@@ -59,7 +70,6 @@ PLAN_FORMAT = "torch-pruning-history"
 PLAN_VERSION = 1
 PLAN_ATTR = "_autoeff_prune_plan"
 _UNETS = ("UNet2DModel", "UNet2DConditionModel")
-_TRANSFORMERS = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
 
 
 @dataclass
@@ -215,22 +225,46 @@ def _ignored_modules(model: nn.Module) -> list[nn.Module]:
 
 def _allowed_roots(model: Denoiser) -> set[nn.Module] | None:
     """Transformers: only the first MLP projection of each block may root a pruned set; U-Nets: any layer."""
-    if type(model).__name__ not in _TRANSFORMERS:
+    if type(model).__name__ in _UNETS:
         return None
     roots: set[nn.Module] = set()
-    for block in model.transformer_blocks:
+    for block in getattr(model, "transformer_blocks", None) or []:
         ff = getattr(block, "ff", None)
-        proj = getattr(ff.net[0], "proj", None) if ff is not None else None
+        net = getattr(ff, "net", None)
+        proj = getattr(net[0], "proj", None) if isinstance(net, nn.ModuleList) and len(net) else None
         if isinstance(proj, nn.Linear):
             roots.add(proj)
     return roots
 
 
+def prunable(model: nn.Module, trace: bool = False) -> bool:
+    """Whether this knob has channels to remove in `model`: a U-Net, or a transformer with MLP projections; with
+    `trace`, also whether torch-pruning can build its dependency graph (it cannot for Flux's transformer, whose
+    text and image tokens are concatenated: `IndexError` in its index mapping). The trace is remembered per
+    model class, config and size."""
+    if type(model).__name__ not in _UNETS and not _allowed_roots(model):
+        return False
+    if not trace:
+        return True
+    config = getattr(model, "config", {})
+    key = (type(model).__name__, json.dumps(dict(config), sort_keys=True, default=str), _num_params(model))
+    if key not in _TRACEABLE:
+        try:
+            graph = _dependency_graph(model)
+            list(graph.get_all_groups(ignored_layers=_ignored_modules(model), root_module_types=[nn.Conv2d, nn.Linear]))
+            _TRACEABLE[key] = True
+        except Exception:  # any failure of torch-pruning's tracing means the knob cannot prune this model
+            _TRACEABLE[key] = False
+    return _TRACEABLE[key]
+
+
+_TRACEABLE: dict[tuple[str, str, int], bool] = {}
+
+
 def _check_supported(model: nn.Module) -> None:
-    name = type(model).__name__
-    if name not in _UNETS + _TRANSFORMERS:
-        raise ConfigError(f"the prune knob supports {', '.join(_UNETS + _TRANSFORMERS)}, not {name}; leave "
-                          "'prune' out of the search space")
+    if not prunable(model):
+        raise ConfigError(f"the prune knob has nothing to prune in a {type(model).__name__} (it prunes U-Nets and the "
+                          "MLP width of transformer blocks); leave 'prune' out of the search space")
 
 
 def _dependency_graph(model: nn.Module) -> tp.DependencyGraph:
@@ -449,7 +483,12 @@ def recover(pipe_pruned: Any, pipe_teacher: Any, context: SpaceContext, steps: i
     return new
 
 
+def applies_to(context: SpaceContext) -> bool:
+    """Models with channels to prune and inputs to trace them with (the `prune` feature)."""
+    return "prune" in features_of(context)
+
+
 KNOB = register(Knob(
     name=NAME, stage=Stage.STRUCTURE, config=Config, options=Options, suggest=suggest, to_params=to_params,
-    apply=apply, off=off, stored_in_weights=StoredInWeights(plan=prune_plan, restore=apply_plan),
+    apply=apply, off=off, applies_to=applies_to, stored_in_weights=StoredInWeights(plan=prune_plan, restore=apply_plan),
     help="structured channel pruning per block group (torch-pruning DepGraph), weights physically smaller"))

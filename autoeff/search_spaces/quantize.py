@@ -64,6 +64,7 @@ from autoeff.search_spaces.groups import (
     group_name_of_key,
     group_prefixes,
     group_regex,
+    has_example_inputs,
     noised_inputs,
     resolve_fqn_map,
     searched_groups,
@@ -254,6 +255,9 @@ def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
     resolved = resolve_fqn_map(denoiser, config.mapping)
     modules = dict(denoiser.named_modules())
     dtype = next((p.dtype for p in denoiser.parameters() if p.is_floating_point()), torch.float32)
+    # static int8 convolutions are calibrated on example inputs (`groups.example_inputs`): without them, a
+    # `re:`/`_default` key leaves convolutions in float (Linear layers need no calibration)
+    calibratable = config.backend != "cpu-int8" or has_example_inputs(denoiser)
     out: dict[str, str] = {}
     for fqn, level in resolved.items():
         if level in FLOAT_LEVELS and FLOAT_LEVELS[level] != dtype:
@@ -261,7 +265,7 @@ def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
                               "knob does not cast single layers: use 'skip' or cast the whole pipeline")
         if level not in QUANT_LEVELS:
             continue
-        if _supports(config.backend, modules[fqn], level):
+        if _supports(config.backend, modules[fqn], level) and (calibratable or not isinstance(modules[fqn], nn.Conv2d)):
             out[fqn] = level
         elif fqn in config.mapping:
             raise ConfigError(f"quantize backend {config.backend!r} has no {level} kernel for "

@@ -18,11 +18,21 @@ Families (k = `steps`, N = training timesteps):
 Every family is rounded to integers and, where rounding made duplicates or left the range, repaired by
 `repair` into strictly decreasing integers in [0, N-1]; a repaired schedule always has exactly k entries.
 
-`apply` pins the timesteps with `_pinned.pin_timesteps`, so a plain `pipe(...)` call visits exactly them
-whatever `num_inference_steps` it passes. A scheduler without custom-timestep support is converted first
-(`_pinned.CONVERSIONS`): DDIM and UniPC keep their update rule, PNDM (SD1.5's default) and LMS become
-DPM-Solver++ 2M, EulerAncestral becomes Euler; DDPM (the digits models), Euler (SDXL) and DPM-Solver
-(PixArt) are pinned as they are. With the solver knob, the solver's scheduler is the one pinned.
+Flow-matching models (the context's `noise == "flow"`) are scheduled in *sigmas*, the fraction of noise in (0, 1]
+(Lipman et al., 2023), unshifted: the scheduler shifts them by its own rule (SD3's static shift 3, Flux's
+resolution-dependent `mu`), as it shifts its built-in spacing. Each family maps to sigmas the way it maps to
+timesteps, a timestep t standing for sigma (t + 1) / N: `uniform` is exactly `linspace(1, 1/k, k)` (Flux's own
+spacing), `linspace` exactly `linspace(1, s, k)` with s the scheduler's smallest training sigma
+(`FlowMatchEulerDiscreteScheduler`'s own spacing, so SD3's), `karras` is eq. 5 between 1 and 1/N (what diffusers'
+`use_karras_sigmas` does to flow sigmas), `ays` interpolates the published table's positions log-linearly (an SD1.5
+schedule, not one tuned for flow models), and `free` picks the k positions themselves. `shift` (flow models with a
+static shift only) replaces the model's shift: the search may move the whole schedule towards more or less noise.
+
+`apply` pins the timesteps with `_pinned.pin_timesteps` (sigmas with `_pinned.pin_sigmas`), so a plain `pipe(...)`
+call visits exactly them whatever `num_inference_steps` it passes. A scheduler without custom-timestep support is
+converted first (`_pinned.CONVERSIONS`): DDIM and UniPC keep their update rule, PNDM (SD1.5's default) and LMS
+become DPM-Solver++ 2M, EulerAncestral becomes Euler; DDPM (the digits models), Euler (SDXL) and DPM-Solver (PixArt)
+are pinned as they are. With the solver knob, the solver's scheduler is the one pinned.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from autoeff.search_spaces._pinned import pin_timesteps
+from autoeff.search_spaces._pinned import fit_to_pipeline, is_flow, pin_sigmas, pin_timesteps, plain_scheduler
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.registry import register
 
@@ -77,6 +87,7 @@ class Config:
         steps: number of timesteps (denoiser evaluations for first-order and multistep solvers).
         rho: Karras exponent; only for `karras` (filled with 7.0 when left out).
         timesteps: only for `free`: the timesteps, strictly decreasing integers, `len == steps`.
+        shift: flow-matching models only: the shift applied to the sigmas (`None`: the model's own).
     """
 
     family: str = "uniform"
@@ -84,6 +95,7 @@ class Config:
     rho: float | None = None
     timesteps: list[int] | None = None
     version: int = 1
+    shift: float | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -115,16 +127,23 @@ class Config:
         elif self.timesteps is not None:
             raise ConfigError(f"schedule.timesteps applies only to family 'free', not {self.family!r}; "
                               "leave it null")
+        if self.shift is not None:
+            if isinstance(self.shift, bool) or not isinstance(self.shift, int | float) or not (
+                    math.isfinite(self.shift) and 0 < self.shift <= 100):
+                raise ConfigError(f"schedule.shift {self.shift!r} must be a number in (0, 100] (SD3 uses 3)")
+            self.shift = float(self.shift)
 
     def describe(self) -> str:
-        """E.g. `uniform k=20`, `karras rho=7 k=8`, `AYS-loglinear k=8`, `free k=3 [999, 500, 20]`."""
+        """E.g. `uniform k=20`, `karras rho=7 k=8`, `AYS-loglinear k=8`, `free k=3 [999, 500, 20]`,
+        `uniform k=8 shift=4.5`."""
+        tail = "" if self.shift is None else f" shift={self.shift:g}"
         if self.family == "karras":
-            return f"karras rho={self.rho:g} k={self.steps}"
+            return f"karras rho={self.rho:g} k={self.steps}" + tail
         if self.family == "ays":
-            return f"AYS-loglinear k={self.steps}"
+            return f"AYS-loglinear k={self.steps}" + tail
         if self.family == "free":
-            return f"free k={self.steps} {self.timesteps}"
-        return f"{self.family} k={self.steps}"
+            return f"free k={self.steps} {self.timesteps}" + tail
+        return f"{self.family} k={self.steps}" + tail
 
 
 def repair(values: Sequence[float] | np.ndarray, steps: int, num_train_timesteps: int) -> list[int]:
@@ -166,7 +185,7 @@ def sigma_to_t(sigmas: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 def ays_table(family: str) -> tuple[int, ...]:
-    """The published AYS schedule used for a model family (SDXL's for `sdxl`, else SD1.5's)."""
+    """The published AYS schedule used for a model family (SDXL's for `sdxl`, else SD1.5's: flow models too)."""
     return AYS_TIMESTEPS["sdxl" if family == "sdxl" else "sd15"]
 
 
@@ -233,15 +252,54 @@ def timesteps_for_scheduler(config: Config, scheduler: SchedulerMixin, family: s
                          steps_offset=int(scheduler.config.get("steps_offset", 0) or 0))
 
 
+def flow_sigmas_for(config: Config, num_train_timesteps: int, lowest: float | None = None) -> list[float]:
+    """The unshifted sigmas `config` visits on a flow-matching model: `config.steps` strictly decreasing values
+    in (0, 1] (the module docstring says how each family maps). `lowest`: the scheduler's smallest training sigma
+    (`linspace` ends there; default 1/N)."""
+    n, k = int(num_train_timesteps), config.steps
+    if k > n:
+        raise ConfigError(f"schedule.steps {k} exceeds the {n} training timesteps; use at most {n}")
+    if config.family == "uniform":
+        return [float(x) for x in np.linspace(1.0, 1.0 / k, k)]
+    if config.family == "linspace":
+        return [float(x) for x in np.linspace(1.0, lowest or 1.0 / n, k)]
+    if config.family == "karras":
+        rho = float(config.rho or DEFAULT_RHO)
+        hi, lo = 1.0, 1.0 / n
+        sig = (hi ** (1 / rho) + np.linspace(0, 1, k) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    elif config.family == "ays":
+        table = (np.asarray(ays_table("flow"), dtype=np.float64) * (n - 1) / 999 + 1) / n
+        if k == 1:
+            sig = table[:1]
+        else:
+            log_sig = np.log(table)[::-1]  # increasing
+            sig = np.exp(np.interp(np.linspace(0, 1, k), np.linspace(0, 1, len(table)), log_sig))[::-1]
+    else:
+        ints = timesteps_for(config, n, "flow")
+        return [(t + 1) / n for t in ints]
+    # keep them strictly decreasing in (0, 1] after rounding to the N-point grid's precision
+    out: list[float] = []
+    for x in np.clip(sig, 1.0 / n, 1.0):
+        x = float(x)
+        out.append(min(x, out[-1] * (1 - 1e-6)) if out else x)
+    return out
+
+
+def _default_shifts(flow_shift: float) -> list[float]:
+    return [max(1.0, flow_shift / 2), max(2.0, 2 * flow_shift)]
+
+
 @dataclass
 class Options:
-    """Restrictions of the schedule space: `families` (a subset of `FAMILIES`), `rho` ([low, high] for Karras).
+    """Restrictions of the schedule space: `families` (a subset of `FAMILIES`), `rho` ([low, high] for Karras),
+    `shift` ([low, high] of a flow model's shift; default: half to twice the model's own; `false`: keep it).
 
     The step range is not an option here: it is the search's `min_steps`/`max_steps` (the context's).
     """
 
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     rho: list[float] = field(default_factory=lambda: list(RHO_RANGE))
+    shift: list[float] | bool | None = None
 
     def __post_init__(self) -> None:
         fams = self.families
@@ -255,6 +313,14 @@ class Options:
                 or not 0 < rho[0] <= rho[1]):
             raise ConfigError(f"schedule option rho={rho!r} must be [low, high] with 0 < low <= high")
         self.rho = [float(rho[0]), float(rho[1])]
+        sh = self.shift
+        if sh is False or sh is None:
+            return
+        if (not isinstance(sh, list | tuple) or len(sh) != 2
+                or not all(isinstance(r, int | float) and not isinstance(r, bool) for r in sh)
+                or not 0 < sh[0] <= sh[1] <= 100):
+            raise ConfigError(f"schedule option shift={sh!r} must be [low, high] with 0 < low <= high <= 100, or false")
+        self.shift = [float(sh[0]), float(sh[1])]
 
 
 def _check_steps(context: SpaceContext) -> None:
@@ -278,13 +344,17 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     rho_lo, rho_hi = opts.rho
     family = trial.suggest_categorical(FAMILY_PARAM, opts.families)
     steps = trial.suggest_int(STEPS_PARAM, context.min_steps, context.max_steps, log=True)
+    shift = None
+    if context.noise == "flow" and context.flow_shift is not None and opts.shift is not False:
+        lo, hi = opts.shift if isinstance(opts.shift, list) else _default_shifts(context.flow_shift)
+        shift = trial.suggest_float(f"{NAME}.shift", lo, hi, log=True)
     if family == "karras":
-        return Config(family, steps, rho=trial.suggest_float(f"{NAME}.karras.rho", rho_lo, rho_hi))
+        return Config(family, steps, rho=trial.suggest_float(f"{NAME}.karras.rho", rho_lo, rho_hi), shift=shift)
     if family == "free":
         n = context.num_train_timesteps
         raw = [trial.suggest_int(free_param(i), 0, n - 1) for i in range(steps)]
-        return Config(family, steps, timesteps=repair(raw, steps, n))
-    return Config(family, steps)
+        return Config(family, steps, timesteps=repair(raw, steps, n), shift=shift)
+    return Config(family, steps, shift=shift)
 
 
 def to_params(config: Config) -> dict[str, Any]:
@@ -295,15 +365,39 @@ def to_params(config: Config) -> dict[str, Any]:
     if config.family == "free":
         # `free` configs always hold their timesteps list (checked by Config.__post_init__).
         params.update({free_param(i): t for i, t in enumerate(cast(list[int], config.timesteps))})
+    if config.shift is not None:
+        params[f"{NAME}.shift"] = config.shift
     return params
 
 
+def lowest_flow_sigma(pipe: Any) -> float:
+    """The smallest training sigma of a flow model's scheduler as `FlowMatchEulerDiscreteScheduler` computes it:
+    1/N, shifted by the model's static shift (not by a dynamic one, which depends on the resolution)."""
+    cfg = plain_scheduler(pipe.scheduler).config
+    n = int(cfg.num_train_timesteps)
+    if cfg.get("use_dynamic_shifting"):
+        return 1.0 / n
+    shift = float(cfg.get("shift", cfg.get("flow_shift", 1.0)))
+    return shift * (1.0 / n) / (1 + (shift - 1) * (1.0 / n))
+
+
 def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
-    """A copy of `pipe` whose scheduler is pinned to `config`'s timesteps; the base pipeline is untouched."""
-    new = copy_pipeline(pipe)
+    """A copy of `pipe` whose scheduler is pinned to `config`'s timesteps (sigmas, on a flow model); the base
+    pipeline is untouched."""
+    if is_flow(pipe.scheduler):
+        overrides: dict[str, Any] = {}
+        if config.shift is not None:
+            cfg = pipe.scheduler.config
+            if cfg.get("use_dynamic_shifting"):
+                raise ConfigError("schedule.shift: this model shifts its schedule by resolution (dynamic shifting, as "
+                                  "Flux does); leave shift null")
+            overrides["flow_shift" if "flow_shift" in cfg else "shift"] = config.shift
+        sigmas = flow_sigmas_for(config, int(pipe.scheduler.config.num_train_timesteps), lowest_flow_sigma(pipe))
+        return copy_pipeline(pipe, scheduler=fit_to_pipeline(pipe, pin_sigmas(pipe.scheduler, sigmas, **overrides)))
+    if config.shift is not None:
+        raise ConfigError("schedule.shift applies to flow-matching models only; leave it null for this model")
     timesteps = timesteps_for_scheduler(config, pipe.scheduler, context.family)
-    new.scheduler = pin_timesteps(pipe.scheduler, timesteps)
-    return new
+    return copy_pipeline(pipe, scheduler=fit_to_pipeline(pipe, pin_timesteps(pipe.scheduler, timesteps)))
 
 
 KNOB = register(Knob(

@@ -10,6 +10,19 @@ Names, the diffusers 0.42.1 class that implements each, and the paper:
   bh1 or bh2. Zhao et al., 2023, UniPC.
 * `euler`: `EulerDiscreteScheduler`. Karras et al., 2022, EDM (Euler's method in sigma space).
 
+On flow-matching models (the context's `noise == "flow"`: SD3, Flux, Sana, ...) the solvers are the flow ones:
+
+* `euler`: `FlowMatchEulerDiscreteScheduler` (Euler's method on the rectified-flow ODE; Esser et al., 2024).
+* `heun`: `FlowMatchHeunDiscreteScheduler` (as `_pinned.FlowSigmasHeunDiscreteScheduler`): Heun's 2nd-order
+  method, two denoiser calls per step (Karras et al., 2022, Algorithm 1).
+* `dpmpp`: `DPMSolverMultistepScheduler` with `use_flow_sigmas=True, prediction_type="flow_prediction"` (as
+  `_pinned.FlowSigmasDPMSolverMultistepScheduler`), order 1-3: DPM-Solver++ on flow sigmas, as Sana ships it.
+* `unipc`: `UniPCMultistepScheduler` on flow sigmas, order 1-3.
+
+The flow solvers carry the model's shift over (FlowMatch's `shift` is DPM-Solver's and UniPC's `flow_shift`), and
+Flux's resolution-dependent shift (`use_dynamic_shifting`, the `mu` its pipeline passes); DDIM and
+DPM-Solver++ singlestep have no flow variant here and are not in a flow model's space.
+
 Every scheduler is built `from_config(base_scheduler.config)`, the way diffusers documents swapping a
 pipeline's scheduler, so the training betas, `prediction_type`, `steps_offset` and `clip_sample` carry over;
 settings the base left at its own defaults take the new class's defaults (diffusers' `_use_default_values`
@@ -35,30 +48,42 @@ When this knob runs alone, the pipeline's own `num_inference_steps` and the spac
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from autoeff.search_spaces._pinned import (
     SIGMA_SPACING_FLAGS,
+    FlowSigmasDPMSolverMultistepScheduler,
+    FlowSigmasHeunDiscreteScheduler,
     TimestepDDIMScheduler,
     TimestepUniPCMultistepScheduler,
+    fit_to_pipeline,
+    is_flow,
     plain_scheduler,
 )
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.registry import register
 
 NAME = "solver"
-SOLVERS: tuple[str, ...] = ("ddim", "dpmpp", "dpmpp_single", "unipc", "euler")
-MAX_ORDER: dict[str, int] = {"ddim": 1, "dpmpp": 3, "dpmpp_single": 3, "unipc": 3, "euler": 1}
+SOLVERS: tuple[str, ...] = ("ddim", "dpmpp", "dpmpp_single", "unipc", "euler", "heun")
+# the solvers of each noise process (the context's `noise`)
+NOISE_SOLVERS: dict[str, tuple[str, ...]] = {"ddpm": ("ddim", "dpmpp", "dpmpp_single", "unipc", "euler"),
+                                             "flow": ("euler", "heun", "dpmpp", "unipc")}
+MAX_ORDER: dict[str, int] = {"ddim": 1, "dpmpp": 3, "dpmpp_single": 3, "unipc": 3, "euler": 1, "heun": 1}
 # `variant` is diffusers' `solver_type`: the 2nd-order update of DPM-Solver++ (midpoint or Heun), and UniPC's
 # B(h) choice (bh1 or bh2, Zhao et al. 2023). The first entry is diffusers' default.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "dpmpp": ("midpoint", "heun"), "dpmpp_single": ("midpoint", "heun"), "unipc": ("bh2", "bh1")}
 _LABELS = {"ddim": "DDIM", "dpmpp": "DPM-Solver++", "dpmpp_single": "DPM-Solver++", "unipc": "UniPC",
-           "euler": "Euler"}
+           "euler": "Euler", "heun": "Heun"}
 
 
 def _variant_applies(name: str, order: int) -> bool:
@@ -72,7 +97,8 @@ class Config:
 
     Attributes:
         name: one of `SOLVERS`.
-        order: solver order, 1-3 for `dpmpp`, `dpmpp_single`, `unipc`; 1 for `ddim` and `euler`.
+        order: solver order, 1-3 for `dpmpp`, `dpmpp_single`, `unipc`; 1 for `ddim`, `euler` and `heun` (Heun is
+            a 2nd-order method in one step; `order` counts the steps a multistep solver remembers).
         lower_order_final: use lower orders on the last steps (diffusers' stabilizer for few steps); only
             meaningful, and only settable to False, at order 2-3.
         variant: `solver_type` (see `VARIANTS`); `None` means diffusers' default and is filled in.
@@ -144,9 +170,50 @@ def _needs_sigma_min(config: Config) -> bool:
     return config.name == "unipc" and (config.variant == "bh1" or (config.order > 1 and not config.lower_order_final))
 
 
+_FLOW_CLASSES: dict[str, type[SchedulerMixin]] = {
+    "euler": FlowMatchEulerDiscreteScheduler,
+    "heun": FlowSigmasHeunDiscreteScheduler,
+    "dpmpp": FlowSigmasDPMSolverMultistepScheduler,
+    "unipc": TimestepUniPCMultistepScheduler,
+}
+
+
+def _build_flow(config: Config, cfg: Any) -> SchedulerMixin:
+    """The flow solver of `config` on a flow model whose scheduler config is `cfg` (module docstring)."""
+    if config.name not in _FLOW_CLASSES:
+        raise ConfigError(f"solver {config.name!r} has no flow-matching variant; on this model use one of "
+                          f"{', '.join(NOISE_SOLVERS['flow'])}")
+    shift = cfg.get("shift", cfg.get("flow_shift", 1.0))
+    dynamic = bool(cfg.get("use_dynamic_shifting", False))
+    cls = _FLOW_CLASSES[config.name]
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    overrides: dict[str, Any] = {f: False for f in SIGMA_SPACING_FLAGS if f in accepted and f != "use_flow_sigmas"}
+    if config.name == "euler":
+        overrides.update(shift=shift, use_dynamic_shifting=dynamic)
+    elif config.name == "heun":
+        overrides.update(shift=shift)
+    else:
+        overrides.update(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
+                         use_dynamic_shifting=dynamic, time_shift_type=cfg.get("time_shift_type", "exponential"),
+                         solver_order=config.order, lower_order_final=config.lower_order_final,
+                         solver_type=config.variant or VARIANTS[config.name][0])
+        if config.name == "dpmpp":
+            overrides["algorithm_type"] = "dpmsolver++"
+        else:
+            overrides["predict_x0"] = True
+            if _needs_sigma_min(config):  # as on DDPM models: NaN with a zero final sigma otherwise
+                overrides["final_sigmas_type"] = "sigma_min"
+    return cls.from_config({k: v for k, v in cfg.items() if k in accepted}, **overrides)
+
+
 def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
     """A new scheduler implementing `config`, with `base`'s training configuration. `base` is untouched."""
     cfg = plain_scheduler(base).config  # a pinned base contributes its config, not its pin
+    if is_flow(base):
+        return _build_flow(config, cfg)
+    if config.name not in NOISE_SOLVERS["ddpm"]:
+        raise ConfigError(f"solver {config.name!r} is a flow-matching solver; on this model use one of "
+                          f"{', '.join(NOISE_SOLVERS['ddpm'])}")
     cls = _CLASSES[config.name]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"use_flow_sigmas"}
     overrides: dict[str, Any] = {f: False for f in SIGMA_SPACING_FLAGS if f in accepted}
@@ -168,16 +235,18 @@ def build_scheduler(config: Config, base: SchedulerMixin) -> SchedulerMixin:
 
 @dataclass
 class Options:
-    """Restrictions of the solver space: `names` (a subset of `SOLVERS`), `max_order` (1-3)."""
+    """Restrictions of the solver space: `names` (a subset of `SOLVERS`; default: every solver of the model's
+    noise process, `NOISE_SOLVERS`), `max_order` (1-3)."""
 
-    names: list[str] = field(default_factory=lambda: list(SOLVERS))
+    names: list[str] | None = None
     max_order: int = 3
 
     def __post_init__(self) -> None:
         names = self.names
-        if not isinstance(names, list | tuple) or not names or any(n not in SOLVERS for n in names):
+        if names is not None and (not isinstance(names, list | tuple) or not names
+                                  or any(n not in SOLVERS for n in names)):
             raise ConfigError(f"solver option names={names!r} must be a non-empty subset of {', '.join(SOLVERS)}")
-        self.names = list(names)
+        self.names = None if names is None else list(names)
         if isinstance(self.max_order, bool) or not isinstance(self.max_order, int) or not 1 <= self.max_order <= 3:
             raise ConfigError(f"solver option max_order={self.max_order!r} must be an integer in [1, 3]")
 
@@ -188,7 +257,13 @@ def suggest(trial: Any, context: SpaceContext) -> Config:
     Respects `context.options["solver"]`: `names` (subset of `SOLVERS`), `max_order` (1-3).
     """
     opts: Options = KNOB.options_for(context)
-    name = trial.suggest_categorical(f"{NAME}.name", opts.names)
+    own = NOISE_SOLVERS.get(context.noise, NOISE_SOLVERS["ddpm"])
+    names = list(own) if opts.names is None else opts.names
+    foreign = [n for n in names if n not in own]
+    if foreign:
+        raise ConfigError(f"solver option names={names!r}: {', '.join(foreign)} do(es) not run on a {context.noise} "
+                          f"model; use some of {', '.join(own)}")
+    name = trial.suggest_categorical(f"{NAME}.name", names)
     order = 1
     top = min(MAX_ORDER[name], opts.max_order)
     if top > 1:
@@ -216,11 +291,10 @@ def to_params(config: Config) -> dict[str, Any]:
 
 def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
     """A copy of `pipe` whose scheduler implements `config`; the base pipeline and scheduler are untouched."""
-    new = copy_pipeline(pipe)
-    new.scheduler = build_scheduler(config, pipe.scheduler)
-    return new
+    return copy_pipeline(pipe, scheduler=fit_to_pipeline(pipe, build_scheduler(config, pipe.scheduler)))
 
 
 KNOB = register(Knob(
     name=NAME, stage=Stage.SCHEDULER, config=Config, options=Options, suggest=suggest, to_params=to_params,
-    apply=apply, help="the solver and its order (DDIM, DPM-Solver++ 1-3M/S, UniPC 1-3, Euler)"))
+    apply=apply, help="the solver and its order (DDIM, DPM-Solver++ 1-3M/S, UniPC 1-3, Euler; flow models: "
+                      "flow-match Euler and Heun, DPM-Solver++ and UniPC on flow sigmas)"))

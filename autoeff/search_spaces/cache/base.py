@@ -8,6 +8,7 @@ the techniques and the step schedules.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,10 @@ from torch import nn
 from autoeff.search_spaces.base import ConfigError
 
 SCHEDULES: tuple[str, ...] = ("uniform", "nonuniform")
+# `reuse`: autoeff's own wrappers (DeepCache on U-Nets, block-residual reuse on DiT/PixArt); the others are
+# diffusers' cache hooks (`diffusers_hooks.py`): first-block cache, TaylorSeer, Pyramid Attention Broadcast.
+METHODS: tuple[str, ...] = ("reuse", "fbc", "taylorseer", "pab")
+HOOK_METHODS: tuple[str, ...] = METHODS[1:]
 
 
 def _is_int(value: Any) -> bool:
@@ -30,11 +35,16 @@ class Config:
     """Feature caching across steps.
 
     Attributes:
-        interval: N >= 1; the deep part runs on one step of every N (1 = no caching).
-        branch: depth recomputed on every step (U-Net: down/up blocks at each end; transformer: leading
-            blocks). Its upper bound depends on the model and is checked by `apply`.
-        schedule: `uniform` (steps 0, N, 2N, ...) or `nonuniform` (as many full steps, denser early).
+        interval: N >= 1; `reuse`: the deep part runs on one step of every N (1 = no caching); `taylorseer`: a
+            full computation every N steps, Taylor-extrapolated features between; `pab`: attention recomputed on
+            one call of every N, broadcast between.
+        branch: `reuse` only: depth recomputed on every step (U-Net: down/up blocks at each end; transformer:
+            leading blocks). Its upper bound depends on the model and is checked by `apply`.
+        schedule: `reuse` only: `uniform` (steps 0, N, 2N, ...) or `nonuniform` (as many full steps, denser early).
         power: the nonuniform schedule's exponent (>= 1; 1 spreads the full steps evenly over the run).
+        method: one of `METHODS` (`reuse` unless a diffusers hook is chosen).
+        threshold: `fbc` only: the relative change of the first block's residual below which the other blocks'
+            residual is reused (diffusers' `FirstBlockCacheConfig.threshold`).
     """
 
     interval: int = 1
@@ -42,8 +52,12 @@ class Config:
     schedule: str = "uniform"
     power: float = 1.0
     version: int = 1
+    method: str = "reuse"
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"cache.method={self.method!r} is unknown; use one of {list(METHODS)}")
         if not _is_int(self.interval) or self.interval < 1:
             raise ConfigError(f"cache.interval={self.interval!r} is invalid; use an integer >= 1 "
                               "(1 computes every step, N > 1 the deep part on one step of every N)")
@@ -62,8 +76,35 @@ class Config:
         if self.interval == 1 and (self.branch, self.schedule) != (1, "uniform"):
             raise ConfigError(f"cache.interval=1 caches nothing, so branch={self.branch} and "
                               f"schedule={self.schedule!r} have no effect; leave them at 1 and 'uniform'")
+        if self.method != "reuse" and (self.branch, self.schedule) != (1, "uniform"):
+            raise ConfigError(f"cache.branch and cache.schedule belong to method 'reuse', not {self.method!r}; "
+                              "leave them at 1 and 'uniform'")
+        if self.method == "fbc":
+            t = self.threshold
+            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 1:
+                raise ConfigError(f"cache.threshold={t!r} is invalid for method 'fbc'; use a number in (0, 1]")
+            self.threshold = float(t)
+            if self.interval != 1:
+                raise ConfigError("cache.interval has no effect with method 'fbc' (it decides by its threshold); "
+                                  "leave it at 1")
+        elif self.threshold is not None:
+            raise ConfigError(f"cache.threshold belongs to method 'fbc', not {self.method!r}; leave it null")
+        if self.method in ("taylorseer", "pab") and self.interval < 2:
+            raise ConfigError(f"cache.interval={self.interval} with method {self.method!r} caches nothing; use an "
+                              "interval >= 2, or method 'reuse' with interval 1 for no caching")
+
+    @property
+    def is_off(self) -> bool:
+        """No caching (method `reuse` at interval 1)."""
+        return self.method == "reuse" and self.interval == 1
 
     def describe(self) -> str:
+        if self.method == "fbc":
+            return f"first-block cache threshold={self.threshold:g}"
+        if self.method == "taylorseer":
+            return f"TaylorSeer N={self.interval}"
+        if self.method == "pab":
+            return f"PAB N={self.interval}"
         if self.interval == 1:
             return "off"
         sched = "uniform" if self.schedule == "uniform" else f"nonuniform(p={self.power:g})"
@@ -188,12 +229,17 @@ class CachedDenoiser(nn.Module):
     @property
     def stores_cache(self) -> bool:
         """Whether full steps need to keep anything (interval 1 never reuses)."""
-        return self.cache_config.interval > 1
+        return not self.cache_config.is_off
 
     def reset(self) -> None:
         """Start a new run at the next call and drop the cached tensors."""
         self.schedule.reset()
         self.clear_cache()
+
+    def bind_pipeline(self, pipe: Any) -> None:
+        """Read the run length (the pipeline scheduler's `len(timesteps)`) from `pipe`, through a weak reference;
+        every knob that builds a new pipeline around this wrapper re-binds it (`base.copy_pipeline`)."""
+        self.schedule.run_length = scheduler_run_length(pipe)
 
     def clear_cache(self) -> None:
         raise NotImplementedError
@@ -206,6 +252,17 @@ class CachedDenoiser(nn.Module):
             if base is None:
                 raise
             return getattr(base, name)
+
+
+def scheduler_run_length(pipe: Any) -> Callable[[], int | None]:
+    """`len(pipe.scheduler.timesteps)`, read at each call through a weak reference to `pipe`."""
+    ref = weakref.ref(pipe)
+
+    def run_length() -> int | None:
+        timesteps = getattr(getattr(ref(), "scheduler", None), "timesteps", None)
+        return None if timesteps is None else len(timesteps)
+
+    return run_length
 
 
 def _block_counts(denoiser: nn.Module) -> tuple[str, int]:
