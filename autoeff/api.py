@@ -37,7 +37,7 @@ def optimize(
     space: str | Sequence[str] = DEFAULT_SPACE,
     metric: str | None = None,
     trials: int = 30,
-    sampler: str = "nsga2",
+    sampler: str = "fill",
     seed: int = 0,
     batch_size: int = 1,
     proxy_samples: int | None = None,

@@ -162,8 +162,9 @@ class SearchSettings:
     metric: str | None = field(default=None, metadata=_flag(
         "--metric", f"{', '.join(METRICS)} (default per model)."))
     trials: int = field(default=30, metadata=_flag("--trials", "Candidates measured.", "int"))
-    sampler: str = field(default="nsga2", metadata=_flag("--sampler", "Optuna sampler.", "choice",
-                                                         choices=SAMPLERS))
+    sampler: str = field(default="fill", metadata=_flag(
+        "--sampler", "fill: the budget-filling loop (step counts from the measured latency model, timestep "
+        "positions searched at few steps); or an Optuna sampler.", "choice", choices=SAMPLERS))
     seed: int = field(default=0, metadata=_flag("--seed", "Sampler seed and sample-set seed.", "int"))
     batch_size: int = field(default=1, metadata=_flag("--batch", "Images per call.", "int"))
     proxy_samples: int | None = field(default=None, metadata=_flag("--proxy-samples", "Images scored per trial.",
