@@ -195,7 +195,8 @@ def _optimize(values: dict[str, Any]) -> None:
     from rich.console import Console  # lazy: the progress display
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from autoeff.preflight import preflight  # lazy: heavy
+    from autoeff.evaluators.quality import describe  # lazy: heavy
+    from autoeff.preflight import preflight
     from autoeff.run import BusyMachineWarning
     from autoeff.run import optimize as run_optimize
 
@@ -231,8 +232,8 @@ def _optimize(values: dict[str, Any]) -> None:
     base, best = result.baseline, result.best
     assert best is not None and best.final.quality is not None
     q, bq = best.final.quality, base.final_quality
-    click.echo(f"baseline: {format_seconds(base.latency_s)} per call, {bq.metric} {bq.value:.4g} (n={bq.n})")
-    click.echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {q.metric} {q.value:.4g} (n={q.n}) "
+    click.echo(f"baseline: {format_seconds(base.latency_s)} per call, {describe(bq)}")
+    click.echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {describe(q)} "
                f"-> {base.latency_s / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
                f"{best.record.recipe.describe()}")
     rec = result.recovery
@@ -357,13 +358,20 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
     _quiet_libraries()
     from autoeff.bench import bench_export  # lazy: heavy
     from autoeff.devices import validate_device
-    from autoeff.export import verify_folder
+    from autoeff.export import PlainDiffusersWarning, verify_folder
 
     if device is not None:
         device = validate_device(device)
     info = verify_folder(path)
     dev = validate_device(device or info.get("device") or "cpu")
-    rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlainDiffusersWarning)
+        rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+    for w in caught:
+        if issubclass(w.category, PlainDiffusersWarning):
+            click.echo(f"note: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for row in rows:
         click.echo(f"{row['what']:<10} claimed {row['claimed']:<24} measured {row['measured']}")
 
