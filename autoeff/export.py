@@ -520,7 +520,12 @@ def _warn_plain_diffusers(path: Path, info: dict[str, Any], recipe: Recipe, cont
     """Say, once per load, what plain diffusers would not reproduce of this export's recipe."""
     solver_saved = (info.get("base_scheduler") or {}).get("solver_saved") is True
     _gets, only, loadable = plain_diffusers(recipe, context, solver_saved)
-    if not loadable:
+    pipeline_class = str((info.get("model") or {}).get("pipeline_class") or "")
+    if pipeline_class and not hasattr(diffusers, pipeline_class):
+        warnings.warn(PlainDiffusersWarning(
+            f"{path}: plain diffusers cannot load this export ({pipeline_class} is autoeff's own pipeline class); "
+            "load it with autoeff.load"), stacklevel=3)
+    elif not loadable:
         warnings.warn(PlainDiffusersWarning(
             f"{path}: plain diffusers cannot load this export ({', '.join(only)} need autoeff.load); see its "
             f"{README}"), stacklevel=3)

@@ -4,7 +4,7 @@ user's own subclass) are detected by what they have; an uncovered pipeline is re
 is missing; and the stock configuration through the knobs reproduces the stock pipeline's images exactly.
 
 Tiny random-weight pipelines (`autoeff.models.tiny`), saved with `save_pretrained` as a user would; 3 steps,
-2 trials, 4 samples."""
+2 trials, 2 samples."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ KINDS: dict[str, tuple[str, str, dict]] = {
 }
 CALL = {"num_inference_steps": 2, "output_type": "np", "prompt": "a cube", "class_labels": [0], "height": 32,
         "width": 32, "batch_size": 1}
-FAST = {"budget": "300%", "trials": 2, "proxy_samples": 4, "final_samples": 4, "top_k": 1, "sampler": "random",
+FAST = {"budget": "300%", "trials": 2, "proxy_samples": 2, "final_samples": 2, "top_k": 1, "sampler": "random",
         "warm_start": False, "steps": 3, "min_steps": 2, "max_steps": 3}
 
 
@@ -110,7 +110,7 @@ def test_a_users_folder_goes_through_optimize_export_load_bench(name, folders, t
         assert "It does not get the chosen solver" in card
     out = plain(**{k: v for k, v in CALL.items() if k in plain_kind(plain).call}).images
     assert np.isfinite(np.asarray(out)).all()
-    rows = {r["what"]: r for r in bench_export(res.export_path, samples=4)}
+    rows = {r["what"]: r for r in bench_export(res.export_path, samples=2)}
     assert rows["latency"]["measured_value"] > 0
     assert rows["quality"]["measured_value"] is not None and rows["quality"]["claimed_value"] is not None
 
@@ -162,7 +162,7 @@ def test_a_pipeline_the_issue_does_not_name_is_detected_by_capability(tmp_path):
     res = autoeff.optimize(tmp_path / "ldm", out=tmp_path / "run", **FAST)
     pipe = autoeff.load(res.export_path)
     assert type(pipe).__name__ == "LDMPipeline"
-    assert bench_export(res.export_path, samples=4)[-1]["measured_value"] is not None
+    assert bench_export(res.export_path, samples=2)[-1]["measured_value"] is not None
 
 
 class MyDDPMPipeline(DDPMPipeline):
