@@ -203,6 +203,14 @@ def _optimize(values: dict[str, Any]) -> None:
     pre = preflight(settings.model, settings, run)  # model, storage, metric, space, study: before any output
     s = pre.settings
     console = Console(stderr=True)
+    if s.reference is not None:
+        from autoeff.evaluators.features import MissingWeightsError, inception_weights_path  # lazy: heavy
+
+        try:
+            inception_weights_path()
+        except MissingWeightsError as e:  # said once here; every figure names its features too
+            console.print(f"note: FID/KID against --reference use weight-free 8x8-pixel features: {e}",
+                          markup=False)
     left_out = [k for k in s.space if k not in pre.searched]
     console.print(f"autoeff: optimizing [bold]{settings.model}[/] on {s.device} within {s.budget.text} "
                   f"(space {','.join(pre.searched)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})"

@@ -138,6 +138,10 @@ def test_the_cli_takes_prompts_and_a_reference_folder(folders, tmp_path):
     quality = info["measured"]["final"]["quality"]
     assert quality["metric"] == "fid" and quality["details"]["reference"] == "folder"
     assert quality["details"]["features"] in ("inception-v3", "pixels-8x8")
+    # without Inception weights on the machine, the run says which features it used and what to place where
+    fallback = quality["details"]["features"] == "pixels-8x8"
+    assert ("note: FID/KID against --reference use weight-free 8x8-pixel features" in run.output) == fallback
+    assert not fallback or "inception_v3_google-0cc3c7bd.pth" in run.output
     bench = CliRunner().invoke(main, ["bench", str(tmp_path / "ddpm" / "optimized"), "--samples", "4"])
     assert bench.exit_code == 0, bench.output
 
