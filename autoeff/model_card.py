@@ -95,6 +95,19 @@ def model_card(info: dict[str, Any], recipe: Recipe, context: SpaceContext, sche
     lat, q = _figure(measured.get(which))
     device = info.get("device", "-")
     timed_on = ((measured.get(which) or {}).get("latency") or {}).get("device") or device
+    if isinstance(measured.get(which), dict) or isinstance(info.get("baseline"), dict) and info["baseline"]:
+        figures = [
+            f"Device: `{device}` ({timed_on}); batch {measured.get('batch_size', '-')} image(s) per call; sample-set "
+            f"seed {measured.get('seed', '-')} (the same seeds, prompts and labels for the baseline and the chosen "
+            f"pipeline); figures of the {'finalist re-measurement' if which == 'final' else 'search trial'}.",
+            "",
+            "| | latency per call | quality |",
+            "| --- | --- | --- |",
+            f"| baseline (the base pipeline, {model.get('default_steps', '-')} steps) | {base_lat} | {base_q} |",
+            f"| this export | {lat} | {q} |",
+        ]
+    else:
+        figures = ["Nothing was measured: this folder was exported without a search's figures."]
     lines = [
         f"# {pipeline_class} optimized by autoeff",
         "",
@@ -103,14 +116,7 @@ def model_card(info: dict[str, Any], recipe: Recipe, context: SpaceContext, sche
         "",
         "## Measured",
         "",
-        f"Device: `{device}` ({timed_on}); batch {measured.get('batch_size', '-')} image(s) per call; sample-set "
-        f"seed {measured.get('seed', '-')} (the same seeds, prompts and labels for the baseline and the chosen "
-        f"pipeline); figures of the {'finalist re-measurement' if which == 'final' else 'search trial'}.",
-        "",
-        "| | latency per call | quality |",
-        "| --- | --- | --- |",
-        f"| baseline (the base pipeline, {model.get('default_steps', '-')} steps) | {base_lat} | {base_q} |",
-        f"| this export | {lat} | {q} |",
+        *figures,
         "",
         "## Recipe",
         "",

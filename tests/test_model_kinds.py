@@ -258,3 +258,33 @@ def test_plain_diffusers_gets_the_solver_only_where_it_runs_it(name, config, why
             assert chosen.config.get("use_flow_sigmas") and chosen.config.get("prediction_type") == "flow_prediction"
     else:
         assert chosen is None and note.startswith(why)
+
+
+def test_the_model_card_says_what_was_measured_and_what_plain_diffusers_gets():
+    """The card's front matter is the Hub's (base_model only for a hub id), its figures carry device, sample
+    count, seeds and what the metric compared with, and it never claims what was not measured."""
+    from autoeff.model_card import model_card
+
+    handle = tiny.build_tiny_sd3()
+    context = context_for(handle, SearchSettings(model=handle.spec, budget="1s", max_steps=6))
+    recipe = Recipe(model="org/my-sd3", knobs={"solver": solver.Config("dpmpp", 2),
+                                               "schedule": schedule.Config("uniform", 3)})
+    quality = {"metric": "fid", "value": 12.5, "n": 64,
+               "details": {"reference": "folder", "n_reference": 500, "features": "pixels-8x8"}}
+    info = {"model": {"spec": "org/my-sd3", "family": "flow-text-latent-transformer", "default_steps": 28,
+                      "pipeline_class": "StableDiffusion3Pipeline", "prompts": ["a cat"]},
+            "device": "cuda", "baseline": {"latency_s": 2.0, "quality": {**quality, "value": 10.0}},
+            "measured": {"final": {"latency_s": 0.5, "latency": {"device": "NVIDIA H200"}, "quality": quality},
+                         "batch_size": 1, "seed": 7}}
+    card = model_card(info, recipe, context, "DPMSolverMultistepScheduler", None)
+    front = card.split("---")[1]
+    assert 'library_name: diffusers' in front and 'base_model: "org/my-sd3"' in front
+    assert "pipeline_tag: text-to-image" in front and '- "autoeff"' in front
+    assert "Device: `cuda` (NVIDIA H200)" in card and "sample-set seed 7" in card
+    assert "| this export | 500.0 ms | fid 12.5 (n=64; vs 500 reference images; features pixels-8x8) |" in card
+    assert "the chosen solver (`DPMSolverMultistepScheduler` in `scheduler/`)" in card
+    assert "Only `autoeff.load` applies: **schedule**" in card and "num_inference_steps=3" in card
+    bare = model_card({"model": {"spec": "/data/my-sd3", "pipeline_class": "StableDiffusion3Pipeline"}}, recipe,
+                      context, None, "why not")
+    assert "base_model" not in bare.split("---")[1] and "Nothing was measured" in bare and " ms " not in bare
+    assert "It does not get the chosen solver: why not." in bare
