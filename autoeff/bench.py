@@ -15,7 +15,7 @@ from typing import Any
 from autoeff.budget import format_seconds
 from autoeff.evaluators.latency import device_description
 from autoeff.evaluators.load import BUSY_SHARE
-from autoeff.evaluators.quality import DIGITS_FAMILIES
+from autoeff.evaluators.quality import DIGITS_FAMILIES, describe
 from autoeff.export import load
 from autoeff.measure import FINAL_SEED, PROXY_SEED, QUALITY_BATCH, EvaluationSpec, Evaluator, sample_seed
 from autoeff.models.generate import default_spec
@@ -122,7 +122,7 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     rows.append({
         "what": "quality",
         "claimed": "-" if claimed_v is None else f"{metric} {float(claimed_v):.4g} (n={claim_q.get('n')})",
-        "measured": "not measured" if q is None else f"{q.metric} {float(q.value):.4g} (n={q.n})",
+        "measured": "not measured" if q is None else describe(q),
         "claimed_value": None if claimed_v is None else float(claimed_v),
         "measured_value": None if q is None else float(q.value),
         "note": (f"{metric} compares to the base model's images, which are not available here ({why}); pass "

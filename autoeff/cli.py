@@ -263,11 +263,19 @@ def _optimize(values: dict[str, Any], as_json: bool, verbosity: int) -> None:
     from rich.console import Console  # lazy: the progress display
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from autoeff.preflight import preflight  # lazy: heavy
+    from autoeff.evaluators.quality import describe  # lazy: heavy
+    from autoeff.preflight import preflight
     from autoeff.run import optimize as run_optimize
 
     pre = preflight(settings.model, settings, run)  # model, storage, metric, space, study: before any output
     s = pre.settings
+    if s.reference is not None:
+        from autoeff.evaluators.features import MissingWeightsError, inception_weights_path  # lazy: heavy
+
+        try:
+            inception_weights_path()
+        except MissingWeightsError as e:  # said once here; every figure names its features too
+            click.echo(f"note: FID/KID against --reference use weight-free 8x8-pixel features: {e}", err=True)
     left_out = [k for k in s.space if k not in pre.searched]
     header = (f"autoeff: optimizing {settings.model} on {s.device} within {s.budget.text} (space "
               f"{','.join(pre.searched)}, {s.trials} trials, sampler {s.sampler}, seed {s.seed})"
@@ -301,8 +309,8 @@ def _optimize(values: dict[str, Any], as_json: bool, verbosity: int) -> None:
     base, best = result.baseline, result.best
     assert best is not None and best.final.quality is not None
     q, bq = best.final.quality, base.final_quality
-    echo(f"baseline: {format_seconds(base.latency_s)} per call, {bq.metric} {bq.value:.4g} (n={bq.n})")
-    echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {q.metric} {q.value:.4g} (n={q.n}) "
+    echo(f"baseline: {format_seconds(base.latency_s)} per call, {describe(bq)}")
+    echo(f"chosen:   {format_seconds(best.final.latency_s)} per call, {describe(q)} "
          f"-> {base.latency_s / best.final.latency_s:.1f}x faster; trial {best.record.number}: "
          f"{best.record.recipe.describe()}")
     rec = result.recovery
@@ -477,13 +485,20 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
     _quiet_libraries()
     from autoeff.bench import bench_export  # lazy: heavy
     from autoeff.devices import validate_device
-    from autoeff.export import verify_folder
+    from autoeff.export import PlainDiffusersWarning, verify_folder
 
     if device is not None:
         device = validate_device(device)
     info = verify_folder(path)
     dev = validate_device(device or info.get("device") or "cpu")
-    rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlainDiffusersWarning)
+        rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+    for w in caught:
+        if issubclass(w.category, PlainDiffusersWarning):
+            click.echo(f"note: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if as_json:
         click.echo(json.dumps({"export": str(path), "device": dev, "rows": rows}, indent=2, default=str))
         return

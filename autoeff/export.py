@@ -20,16 +20,19 @@ holds the base scheduler's config; the recipe's solver/schedule replace it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import diffusers
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors.torch import load_file
 
 from autoeff.env import environment
@@ -46,21 +49,30 @@ from autoeff.manifest import (
     why_not_replaceable,
 )
 from autoeff.measurement import Measurement
+from autoeff.model_card import model_card, plain_diffusers
 from autoeff.models.folder_checks import FolderError, check_component_config
 from autoeff.models.handle import FAMILIES, ModelHandle, family_denoiser, is_family
-from autoeff.models.kinds import NOISES
+from autoeff.models.kinds import NOISES, step_keywords
 from autoeff.models.registry import ModelNotAvailableError, class_count, family_of, load_pipeline_folder
 from autoeff.recipe import SCHEMA_VERSION, Recipe
 from autoeff.search_spaces import compile as compile_knob
+from autoeff.search_spaces._pinned import plain_scheduler
 from autoeff.search_spaces.base import ConfigError, SpaceContext
 from autoeff.search_spaces.registry import get_knob, ordered
+from autoeff.search_spaces.solver import build_scheduler
 from autoeff.search_spaces.space import apply_knobs, build_pipeline
 from autoeff.settings import SearchSettings
 from autoeff.storage import unwritable
 
 EXPORT_SCHEMA_VERSION = 2
 _AUTOEFF_FIELDS = {"export_schema_version", "recipe", "model", "context", "weights", "prune_plan", "measured",
-                   "baseline", "device", "versions", "created"}
+                   "baseline", "device", "versions", "created", "base_scheduler"}
+README = "README.md"
+
+
+class PlainDiffusersWarning(UserWarning):
+    """Plain diffusers (`DiffusionPipeline.from_pretrained`) does not reproduce this export's recipe: some knobs are
+    applied by `autoeff.load` only (the export's README.md says which)."""
 
 
 _CONTEXT_TYPES: dict[str, type] = {"family": str, "denoiser": str, "num_train_timesteps": int, "default_steps": int,
@@ -162,6 +174,16 @@ def _write(handle: ModelHandle, recipe: Recipe, context: SpaceContext, tmp: Path
     denoiser = getattr(pipe, context.denoiser)
     plans = {k.name: k.stored_in_weights.plan(denoiser) for k in ordered(stored) if k.stored_in_weights is not None}
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    # `scheduler/` holds the chosen solver, so plain diffusers runs it; the base scheduler, which `autoeff.load`
+    # applies the recipe to, goes to autoeff.json
+    base_scheduler = plain_scheduler(handle.pipeline.scheduler)
+    chosen, plain_note = _solver_for_plain_diffusers(handle, recipe)
+    if chosen is not None:
+        shutil.rmtree(tmp / "scheduler", ignore_errors=True)
+        chosen.save_config(str(tmp / "scheduler"))
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["scheduler"] = ["diffusers", type(chosen).__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     info = {
         "export_schema_version": EXPORT_SCHEMA_VERSION,
         "recipe": recipe.to_dict(),
@@ -173,9 +195,13 @@ def _write(handle: ModelHandle, recipe: Recipe, context: SpaceContext, tmp: Path
         "device": device or context.device,
         "versions": environment()["versions"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "base_scheduler": {"class": type(base_scheduler).__name__, "solver_saved": chosen is not None,
+                           "config": {k: v for k, v in dict(base_scheduler.config).items() if not k.startswith("_")}},
     }
     # no sort_keys: the order of a quantize mapping matters (the first matching `re:` pattern wins)
     (tmp / AUTOEFF_JSON).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (tmp / README).write_text(model_card(info, recipe, context, type(chosen).__name__ if chosen is not None else None,
+                                         plain_note))
     if extra_writer is not None:
         extra_writer(tmp)
     for p in tmp.rglob("*"):
@@ -184,6 +210,59 @@ def _write(handle: ModelHandle, recipe: Recipe, context: SpaceContext, tmp: Path
     _readable_by_all(tmp)
     files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST_JSON).write_text(json.dumps({"sha256": files}, indent=2, sort_keys=True) + "\n")
+
+
+def _solver_for_plain_diffusers(handle: ModelHandle, recipe: Recipe) -> tuple[Any, str | None]:
+    """The recipe's solver as a stock diffusers scheduler plain diffusers can run in this pipeline, or `(None, why
+    not)`; `(None, None)` when the recipe has no solver."""
+    config = recipe.knobs.get("solver")
+    if config is None:
+        return None, None
+    try:
+        chosen = plain_scheduler(build_scheduler(config, handle.pipeline.scheduler))
+    except (ConfigError, ValueError) as e:
+        return None, str(e)
+    pipe_class = type(handle.pipeline)
+    if getattr(diffusers, pipe_class.__name__, None) is not pipe_class:
+        return None, f"{pipe_class.__name__} is not a diffusers pipeline class"
+    params = inspect.signature(type(chosen).step).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        missing = sorted(k for k in step_keywords(pipe_class) if k not in params)
+        if missing:
+            return None, (f"{pipe_class.__name__} passes {', '.join(missing)} to the scheduler's step, which "
+                          f"{type(chosen).__name__} does not take")
+    takes = set(inspect.signature(type(chosen).set_timesteps).parameters)
+    try:
+        source = inspect.getsource(pipe_class.__call__)
+    except (OSError, TypeError):
+        source = ""
+    # a keyword the pipeline passes on (`sigmas=sigmas`) after filling it in itself (`sigmas = ...`): Flux makes its
+    # own sigmas and mu, which FlowMatchHeun's set_timesteps does not take (SD3 passes the user's sigmas, None)
+    unsupported = sorted(k for k in ("sigmas", "mu") if f"{k}={k}" in source and k not in takes
+                         and re.search(rf"^\s*{k} = ", source, re.M))
+    if unsupported:
+        return None, (f"{pipe_class.__name__} passes {' and '.join(unsupported)} to the scheduler, which "
+                      f"{type(chosen).__name__} does not take")
+    kwargs = {**handle.pipeline.components, "scheduler": chosen}
+    if "requires_safety_checker" in handle.pipeline.config:
+        kwargs["requires_safety_checker"] = handle.pipeline.config.requires_safety_checker
+    kept = type(pipe_class(**kwargs).scheduler)
+    if kept is not type(chosen):
+        return None, f"{pipe_class.__name__} replaces any scheduler with a {kept.__name__} when it is built"
+    return chosen, None
+
+
+def _base_scheduler(entry: Any, where: str) -> Any:
+    """The base scheduler an export recorded (`base_scheduler`): a diffusers scheduler class by name and a config."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("class"), str) and isinstance(entry.get("config"), dict)):
+        raise ExportError(f"{where}: base_scheduler must be an object with a class name and a config")
+    cls = getattr(diffusers, entry["class"], None) if entry["class"].isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ExportError(f"{where}: base_scheduler.class {entry['class']!r} is not a diffusers scheduler"[:300])
+    try:
+        return cast(Any, cls).from_config(entry["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ExportError(f"{where}: base_scheduler.config does not build a {entry['class']} ({e})"[:300]) from None
 
 
 def _readable_by_all(folder: Path) -> None:
@@ -407,6 +486,8 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
             dtype = None  # half precision was searched on a GPU; on the CPU the registry's default applies
     with quiet_third_party():  # diffusers' loading bars and warnings are noise to a user of autoeff.load
         pipe = load_pipeline_folder(path, device=device, dtype=dtype, components=overrides)
+    if info.get("base_scheduler") is not None:  # `scheduler/` holds the chosen solver; the recipe applies to the base
+        pipe.register_modules(scheduler=_base_scheduler(info["base_scheduler"], str(path / AUTOEFF_JSON)))
     _check_consistent(path, model, pipe, context)
     if overrides:  # diffusers does not cast components passed in; match the other components' dtype
         den = getattr(pipe, context.denoiser)
@@ -430,10 +511,31 @@ def load(path: str | Path, device: str = "cpu", dtype: str | None = None, compil
                           "nothing writes to the folder")
     pipe.set_progress_bar_config(disable=True)
     handle.pipeline = pipe
+    _warn_plain_diffusers(path, info, recipe, context)
     pipe.autoeff_info = {k: v for k, v in info.items() if k not in ("recipe", "context")}
     pipe.autoeff_info["recipe"] = recipe.to_dict()
     pipe.autoeff_handle = handle
     return pipe
+
+
+def _warn_plain_diffusers(path: Path, info: dict[str, Any], recipe: Recipe, context: SpaceContext) -> None:
+    """Say, once per load, what plain diffusers would not reproduce of this export's recipe."""
+    solver_saved = (info.get("base_scheduler") or {}).get("solver_saved") is True
+    _gets, only, loadable = plain_diffusers(recipe, context, solver_saved)
+    pipeline_class = str((info.get("model") or {}).get("pipeline_class") or "")
+    if pipeline_class and not hasattr(diffusers, pipeline_class):
+        warnings.warn(PlainDiffusersWarning(
+            f"{path}: plain diffusers cannot load this export ({pipeline_class} is autoeff's own pipeline class); "
+            "load it with autoeff.load"), stacklevel=3)
+    elif not loadable:
+        warnings.warn(PlainDiffusersWarning(
+            f"{path}: plain diffusers cannot load this export ({', '.join(only)} need autoeff.load); see its "
+            f"{README}"), stacklevel=3)
+    elif only:
+        warnings.warn(PlainDiffusersWarning(
+            f"{path}: {', '.join(only)} of the recipe are applied by autoeff.load only; "
+            f"DiffusionPipeline.from_pretrained on this folder does not reproduce the measured figures (see its "
+            f"{README})"), stacklevel=3)
 
 
 def _check_consistent(path: Path, model: dict[str, Any], pipe: Any, context: SpaceContext) -> None:

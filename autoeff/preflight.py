@@ -147,6 +147,9 @@ def preflight(model: str | Path | ModelHandle | Any, settings: SearchSettings, r
     if run.join and not has_studies:
         raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "
                           f"`autoeff optimize --storage ... --study-name {run.study_name}`")
+    if settings.dtype is not None and not isinstance(model, str | Path):
+        raise SettingsError("dtype applies to a model autoeff loads; cast a pipeline you pass yourself "
+                            "(pipe.to(torch.float16)) and leave dtype unset")
     handle = resolve_model(model, model_path=run.model_path, device=settings.device,  # model errors before output
                            offline=run.offline or None, dtype=settings.dtype)
     handle = dataclasses.replace(handle)  # the workload is set on a copy: a handle passed in stays as it was

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from autoeff.evaluators.latency import LatencyResult
-from autoeff.evaluators.quality import QualityResult
+from autoeff.evaluators.quality import QualityResult, describe
 from autoeff.measurement import Baseline
 from autoeff.models.generate import default_spec, generate
 from autoeff.search_spaces.space import build_pipeline
@@ -137,7 +137,8 @@ def _fmt_q(q: QualityResult | None) -> str:
     if q is None:
         return "not measured"
     spread = f" ± {q.spread:.3g}" if q.spread is not None else ""
-    return f"{q.metric} {q.value:.4g}{spread} (n={q.n})"
+    text = describe(q)  # the value with what it was compared with and in which features
+    return text.replace(f"{q.value:.4g} (", f"{q.value:.4g}{spread} (", 1)
 
 
 def _fmt_lat(lat: LatencyResult | None, latency_s: float) -> str:

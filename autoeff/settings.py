@@ -152,8 +152,8 @@ class SearchSettings:
     a stored study always holds resolved settings.
     """
 
-    model: str = field(metadata=_flag("--model", "digits, digits-dit, sd15, sd21, sdxl, pixart or a folder.",
-                                      required=True))
+    model: str = field(metadata=_flag("--model", "digits, digits-dit, sd15, sd21, sdxl, pixart, or a folder holding "
+                                      "any diffusers pipeline of a covered kind.", required=True))
     budget: Budget = field(metadata=_flag("--budget", "Latency of one pipeline call: 200ms, 0.2s, or 10% of "
                                           "baseline.", required=True))
     device: str = field(default="cpu", metadata=_flag("--device", "cpu, cuda or cuda:N."))

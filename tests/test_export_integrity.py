@@ -200,7 +200,7 @@ def test_bench_reports_claimed_and_measured(folder):
     lat, q = by["latency"], by["quality"]
     assert lat["claimed_value"] == 0.004 and 0 < lat["measured_value"] < 5
     assert q["claimed_value"] == 30.0 and q["claimed"].startswith("fid 30 (n=16)")
-    assert q["measured"].startswith("fid ") and "(n=16)" in q["measured"] and q["measured_value"] >= 0
+    assert q["measured"].startswith("fid ") and "(n=16;" in q["measured"] and q["measured_value"] >= 0
     # the quality is measured on the same seeds each time: a second run gives the same value
     again = {r["what"]: r for r in bench_export(folder, device="cpu", samples=16, threads=1)}
     assert again["quality"]["measured_value"] == q["measured_value"]

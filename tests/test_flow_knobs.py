@@ -15,7 +15,7 @@ from autoeff.models import tiny
 from autoeff.models.generate import default_spec, generate
 from autoeff.recipe import Recipe
 from autoeff.search import context_for
-from autoeff.search_spaces import cache, kernels, schedule, solver
+from autoeff.search_spaces import cache, kernels, quantize, schedule, solver
 from autoeff.search_spaces.base import ConfigError
 from autoeff.search_spaces.cache.diffusers_hooks import supported_methods
 from autoeff.search_spaces.space import build_pipeline
@@ -138,3 +138,16 @@ def test_kernels_keep_the_images_on_flow_transformers(flow, name):
     handle, spec, stock = flow[name]
     images = _run(handle, spec, {"kernels": kernels.Config(fuse_qkv=True, sdpa="math")})
     assert (images - stock).abs().max() < 1e-4  # the same maths in another order (test_kernels.TOLERANCE)
+
+
+@pytest.mark.parametrize("name", FLOW)
+def test_int8_quantization_runs_on_flow_transformers_on_a_copy(flow, name):
+    """CPU dynamic int8 on every Linear of the transformer (the quantize knob's `_default` level): the images stay
+    close to the stock ones (random tiny weights: a loose bound) and the base keeps its float weights."""
+    handle, spec, stock = flow[name]
+    config = quantize.Config(mapping={quantize.DEFAULT_KEY: "int8"})
+    pipe = build_pipeline(handle, Recipe(model=handle.spec, knobs={"quantize": config}), _ctx(handle))
+    quantized = [m for m in pipe.transformer.modules() if "quantized" in type(m).__module__]
+    assert quantized and not [m for m in handle.denoiser.modules() if "quantized" in type(m).__module__]
+    images = generate(handle, pipe, spec)
+    assert torch.isfinite(images).all() and (images - stock).abs().mean() < 0.1

@@ -4,7 +4,7 @@ user's own subclass) are detected by what they have; an uncovered pipeline is re
 is missing; and the stock configuration through the knobs reproduces the stock pipeline's images exactly.
 
 Tiny random-weight pipelines (`autoeff.models.tiny`), saved with `save_pretrained` as a user would; 3 steps,
-2 trials, 4 samples."""
+2 trials, 2 samples."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from diffusers import (
     DDPMPipeline,
+    DiffusionPipeline,
     LDMPipeline,
     ScoreSdeVePipeline,
     ScoreSdeVeScheduler,
@@ -29,13 +30,16 @@ from PIL import Image
 import autoeff
 from autoeff.bench import bench_export
 from autoeff.cli import main
+from autoeff.export import PlainDiffusersWarning, _solver_for_plain_diffusers
 from autoeff.models import tiny
 from autoeff.models.generate import default_spec, generate
+from autoeff.models.kinds import detect_kind as plain_kind
 from autoeff.models.registry import UnsupportedModelError, handle_from_pipeline, load_model
 from autoeff.preflight import preflight
 from autoeff.recipe import Recipe
 from autoeff.search import context_for
 from autoeff.search_spaces import schedule, solver
+from autoeff.search_spaces._pinned import plain_scheduler
 from autoeff.search_spaces.space import build_pipeline
 from autoeff.settings import RunOptions, SearchSettings
 
@@ -51,7 +55,9 @@ KINDS: dict[str, tuple[str, str, dict]] = {
     "flux": ("FluxPipeline", "flow-text-latent-transformer", {"resolution": 32}),
     "sana": ("SanaPipeline", "flow-text-latent-transformer", {"negative_prompt": "blurry"}),
 }
-FAST = {"budget": "300%", "trials": 2, "proxy_samples": 4, "final_samples": 4, "top_k": 1, "sampler": "random",
+CALL = {"num_inference_steps": 2, "output_type": "np", "prompt": "a cube", "class_labels": [0], "height": 32,
+        "width": 32, "batch_size": 1}
+FAST = {"budget": "300%", "trials": 2, "proxy_samples": 2, "final_samples": 2, "top_k": 1, "sampler": "random",
         "warm_start": False, "steps": 3, "min_steps": 2, "max_steps": 3}
 
 
@@ -79,7 +85,8 @@ def test_a_users_folder_goes_through_optimize_export_load_bench(name, folders, t
     assert json.loads((folders[name] / "model_index.json").read_text())["_class_name"] == class_name
     res = autoeff.optimize(folders[name], out=tmp_path / "run", **FAST, **workload)
     assert res.export_path is not None and res.context.family == label
-    pipe = autoeff.load(res.export_path)
+    with pytest.warns(PlainDiffusersWarning, match="schedule.* applied by autoeff.load only"):
+        pipe = autoeff.load(res.export_path)  # the pinned timesteps are autoeff's: plain diffusers is told so
     assert type(pipe).__name__ == class_name
     handle = pipe.autoeff_handle
     assert handle.family == label and handle.default_steps == 3  # the workload travels with the export
@@ -91,7 +98,19 @@ def test_a_users_folder_goes_through_optimize_export_load_bench(name, folders, t
     chosen = Recipe.from_dict(pipe.autoeff_info["recipe"]).knobs["solver"]
     built = solver.build_scheduler(chosen, load_model(str(folders[name])).pipeline.scheduler)
     assert type(built).__mro__[0].__name__ in {c.__name__ for c in type(pipe.scheduler).__mro__}
-    rows = {r["what"]: r for r in bench_export(res.export_path, samples=4)}
+    # plain diffusers: the chosen solver from `scheduler/` when it can run it; the card says what it gets
+    info = json.loads((res.export_path / "autoeff.json").read_text())
+    plain = DiffusionPipeline.from_pretrained(str(res.export_path))
+    card = (res.export_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and f"- **solver**: {chosen.describe()}" in card
+    if info["base_scheduler"]["solver_saved"]:
+        assert type(plain.scheduler).__name__ == type(plain_scheduler(built)).__name__
+        assert f"the chosen solver (`{type(plain.scheduler).__name__}` in `scheduler/`)" in card
+    else:
+        assert "It does not get the chosen solver" in card
+    out = plain(**{k: v for k, v in CALL.items() if k in plain_kind(plain).call}).images
+    assert np.isfinite(np.asarray(out)).all()
+    rows = {r["what"]: r for r in bench_export(res.export_path, samples=2)}
     assert rows["latency"]["measured_value"] > 0
     assert rows["quality"]["measured_value"] is not None and rows["quality"]["claimed_value"] is not None
 
@@ -119,6 +138,10 @@ def test_the_cli_takes_prompts_and_a_reference_folder(folders, tmp_path):
     quality = info["measured"]["final"]["quality"]
     assert quality["metric"] == "fid" and quality["details"]["reference"] == "folder"
     assert quality["details"]["features"] in ("inception-v3", "pixels-8x8")
+    # without Inception weights on the machine, the run says which features it used and what to place where
+    fallback = quality["details"]["features"] == "pixels-8x8"
+    assert ("note: FID/KID against --reference use weight-free 8x8-pixel features" in run.output) == fallback
+    assert not fallback or "inception_v3_google-0cc3c7bd.pth" in run.output
     bench = CliRunner().invoke(main, ["bench", str(tmp_path / "ddpm" / "optimized"), "--samples", "4"])
     assert bench.exit_code == 0, bench.output
 
@@ -143,7 +166,7 @@ def test_a_pipeline_the_issue_does_not_name_is_detected_by_capability(tmp_path):
     res = autoeff.optimize(tmp_path / "ldm", out=tmp_path / "run", **FAST)
     pipe = autoeff.load(res.export_path)
     assert type(pipe).__name__ == "LDMPipeline"
-    assert bench_export(res.export_path, samples=4)[-1]["measured_value"] is not None
+    assert bench_export(res.export_path, samples=2)[-1]["measured_value"] is not None
 
 
 class MyDDPMPipeline(DDPMPipeline):
@@ -213,3 +236,55 @@ def test_knobs_that_do_not_apply_to_a_kind_are_not_searched(name, applies, not_a
                                                            space=["solver", "schedule", "cache", "guidance"]),
                         RunOptions(out=tmp_path / "out"))
     assert applies <= set(checked.searched) and not (not_applying & set(checked.searched))
+
+
+@pytest.mark.parametrize("name, config, why", [
+    ("flux", solver.Config("heun", 1), "FluxPipeline passes mu and sigmas to the scheduler"),
+    ("ddim", solver.Config("dpmpp", 2), "DDIMPipeline passes eta, use_clipped_model_output to the scheduler's step"),
+    ("ddim", solver.Config("ddim", 1), None),
+    ("ddpm", solver.Config("unipc", 2), "DDPMPipeline passes generator to the scheduler's step"),
+    ("sd3", solver.Config("dpmpp", 2), None),
+    ("flux", solver.Config("unipc", 2), None),
+])
+def test_plain_diffusers_gets_the_solver_only_where_it_runs_it(name, config, why):
+    """The export's `scheduler/` holds the chosen solver only when plain diffusers can run it in that pipeline;
+    otherwise it keeps the base scheduler and the card says why."""
+    handle = tiny.BUILDERS[name]()
+    chosen, note = _solver_for_plain_diffusers(handle, Recipe(model=handle.spec, knobs={"solver": config}))
+    if why is None:
+        assert note is None and type(chosen).__name__ == type(plain_scheduler(
+            solver.build_scheduler(config, handle.pipeline.scheduler))).__name__
+        if name in ("sd3", "flux"):  # a flow solver, in diffusers' own config terms
+            assert chosen.config.get("use_flow_sigmas") and chosen.config.get("prediction_type") == "flow_prediction"
+    else:
+        assert chosen is None and note.startswith(why)
+
+
+def test_the_model_card_says_what_was_measured_and_what_plain_diffusers_gets():
+    """The card's front matter is the Hub's (base_model only for a hub id), its figures carry device, sample
+    count, seeds and what the metric compared with, and it never claims what was not measured."""
+    from autoeff.model_card import model_card
+
+    handle = tiny.build_tiny_sd3()
+    context = context_for(handle, SearchSettings(model=handle.spec, budget="1s", max_steps=6))
+    recipe = Recipe(model="org/my-sd3", knobs={"solver": solver.Config("dpmpp", 2),
+                                               "schedule": schedule.Config("uniform", 3)})
+    quality = {"metric": "fid", "value": 12.5, "n": 64,
+               "details": {"reference": "folder", "n_reference": 500, "features": "pixels-8x8"}}
+    info = {"model": {"spec": "org/my-sd3", "family": "flow-text-latent-transformer", "default_steps": 28,
+                      "pipeline_class": "StableDiffusion3Pipeline", "prompts": ["a cat"]},
+            "device": "cuda", "baseline": {"latency_s": 2.0, "quality": {**quality, "value": 10.0}},
+            "measured": {"final": {"latency_s": 0.5, "latency": {"device": "NVIDIA H200"}, "quality": quality},
+                         "batch_size": 1, "seed": 7}}
+    card = model_card(info, recipe, context, "DPMSolverMultistepScheduler", None)
+    front = card.split("---")[1]
+    assert 'library_name: diffusers' in front and 'base_model: "org/my-sd3"' in front
+    assert "pipeline_tag: text-to-image" in front and '- "autoeff"' in front
+    assert "Device: `cuda` (NVIDIA H200)" in card and "sample-set seed 7" in card
+    assert "| this export | 500.0 ms | fid 12.5 (n=64; vs 500 reference images; features pixels-8x8) |" in card
+    assert "the chosen solver (`DPMSolverMultistepScheduler` in `scheduler/`)" in card
+    assert "Only `autoeff.load` applies: **schedule**" in card and "num_inference_steps=3" in card
+    bare = model_card({"model": {"spec": "/data/my-sd3", "pipeline_class": "StableDiffusion3Pipeline"}}, recipe,
+                      context, None, "why not")
+    assert "base_model" not in bare.split("---")[1] and "Nothing was measured" in bare and " ms " not in bare
+    assert "It does not get the chosen solver: why not." in bare

@@ -148,6 +148,25 @@ def _user_pipeline(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], N
     return setup
 
 
+def _score_sde_pipeline(tmp: Path) -> None:
+    """A Score-SDE VE pipeline (Song et al., 2021): neither a DDPM-family nor a flow-matching scheduler."""
+    import torch
+    from diffusers import ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler()).save_pretrained(tmp / "sde")
+
+
+def _mixed_images(tmp: Path) -> None:
+    from PIL import Image
+
+    (tmp / "real").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp / "real" / "a.png")
+    Image.new("RGB", (32, 32)).save(tmp / "real" / "b.png")
+
+
 def _escaping_manifest(tmp: Path) -> None:
     (tmp / "x").write_text("outside the export")
     man_path = tmp / "optimized" / "manifest.json"
@@ -224,6 +243,21 @@ ROWS: list[Row] = [
     Row("model-folder-class-list", "a pipeline folder whose _class_name is a list",
         ("optimize", "--model", "{tmp}/mine", "--budget", "10%", "--out", "{out}"),
         setup=_write("mine/model_index.json", '{"_class_name": ["DigitsPipeline"]}')),
+    Row("model-folder-uncovered", "a user's pipeline of a kind autoeff does not cover (Score-SDE VE)",
+        ("optimize", "--model", "{tmp}/sde", "--budget", "10%", "--out", "{out}"), setup=_score_sde_pipeline),
+    # -- the workload
+    Row("prompts-empty", "a prompts file with no prompt in it", _opt("--budget", "10%", "--prompts", "{tmp}/p.txt"),
+        setup=_write("p.txt", "\n   \n\n")),
+    Row("prompts-not-text", "a prompts file that is not text", _opt("--budget", "10%", "--prompts", "{tmp}/p.txt"),
+        setup=_write("p.txt", b"\x89PNG\r\n\x1a\n\xff\xfe\x00")),
+    Row("prompts-model-takes-none", "prompts for a model that takes none (class-conditional digits)",
+        _opt("--budget", "10%", "--prompts", "{tmp}/p.txt"), setup=_write("p.txt", "a cat\n")),
+    Row("labels-out-of-range", "class labels beyond the model's classes (digits has 10)",
+        _opt("--budget", "10%", "--labels", "3,12")),
+    Row("reference-no-images", "a reference folder with no images in it",
+        _opt("--budget", "10%", "--reference", "{tmp}/real"), setup=_write("real/notes.txt", "no images here")),
+    Row("reference-mixed-sizes", "a reference folder of images of mixed sizes",
+        _opt("--budget", "10%", "--reference", "{tmp}/real"), setup=_mixed_images),
     # -- where the study is kept
     Row("storage-unknown-scheme", "a storage URL of no known database",
         _opt("--budget", "10%", "--storage", "foo://x")),

@@ -61,11 +61,17 @@ def test_re_export_keeps_a_users_files_and_changes(random_digits_handle, tmp_pat
     ctx, dest = _ctx(random_digits_handle), tmp_path / "optimized"
     export_pipeline(random_digits_handle, _recipe(), ctx, dest)
     export_pipeline(random_digits_handle, _recipe(), ctx, dest)  # an untouched export is replaced
-    (dest / "README.md").write_text("my notes on this model")
-    with pytest.raises(ExportError, match=r"holds files autoeff did not write \(README.md\)"):
+    (dest / "NOTES.md").write_text("my notes on this model")
+    with pytest.raises(ExportError, match=r"holds files autoeff did not write \(NOTES.md\)"):
         export_pipeline(random_digits_handle, _recipe(), ctx, dest)
-    assert (dest / "README.md").read_text() == "my notes on this model"
-    (dest / "README.md").unlink()
+    assert (dest / "NOTES.md").read_text() == "my notes on this model"
+    (dest / "NOTES.md").unlink()
+    card = (dest / "README.md").read_text()  # the model card autoeff wrote: a user's edit of it is kept too
+    (dest / "README.md").write_text(card + "\nmy notes on this model\n")
+    with pytest.raises(ExportError, match="holds README.md, changed since autoeff wrote it"):
+        export_pipeline(random_digits_handle, _recipe(), ctx, dest)
+    assert (dest / "README.md").read_text().endswith("my notes on this model\n")
+    (dest / "README.md").write_text(card)
     (dest / "autoeff.json").write_text((dest / "autoeff.json").read_text().replace('"created"', '"created" '))
     with pytest.raises(ExportError, match="holds autoeff.json, changed since autoeff wrote it"):
         export_pipeline(random_digits_handle, _recipe(), ctx, dest)

@@ -104,3 +104,38 @@ def test_stored_settings_round_trip(random_digits_handle):
     assert SearchSettings.from_dict(r.to_dict()) == r
     with pytest.raises(SettingsError, match="unknown field"):
         SearchSettings.from_dict({**r.to_dict(), "new_field": 1})
+
+
+def test_workload_fields_enter_the_identity_only_when_set(tmp_path):
+    """A study made before the workload flags existed has none of them in its identity, and a search without them
+    has the same identity, so it resumes; set, each one makes another study. The reference folder counts by its
+    images' digest, not its path (another machine's copy matches)."""
+    from PIL import Image
+
+    from autoeff.settings import WORKLOAD_FIELDS
+
+    plain = SearchSettings(model="digits", budget="50%").identity("m")
+    assert not set(WORKLOAD_FIELDS) & set(plain)
+    for changes in ({"prompts": ["a cat"]}, {"negative_prompt": "blurry"}, {"labels": "1,2"}, {"resolution": 64},
+                    {"guidance_scale": 3.0}, {"steps": 20}, {"dtype": "bf16"}):
+        changed = SearchSettings(model="digits", budget="50%", **changes).identity("m")
+        assert changed != plain and set(changed) - set(plain) == set(changes)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / name / "x.png")
+    ids = [SearchSettings(model="digits", budget="50%", reference=str(tmp_path / n)).identity("m") for n in "ab"]
+    assert ids[0] == ids[1] and ids[0]["reference"] != str(tmp_path / "a")
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "b" / "x.png")
+    assert SearchSettings(model="digits", budget="50%", reference=str(tmp_path / "b")).identity("m") != ids[0]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"labels": "1,x"}, "--labels '1,x' must be class numbers"),
+    ({"labels": [-1]}, "a class number is at least 0"),
+    ({"dtype": "int8"}, "--dtype 'int8' is not one of fp32, fp16, bf16"),
+    ({"guidance_scale": -1}, "--guidance-scale -1 must be a number in"),
+    ({"reference": "/nonexistent/images"}, "is not a folder"),
+])
+def test_workload_values_are_refused_naming_the_flag(changes, message):
+    with pytest.raises(SettingsError, match=message):
+        SearchSettings(model="digits", budget="50%", **changes)

@@ -17,6 +17,7 @@ A metric is called on already generated images and the `SampleSpec` that made th
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,7 +26,13 @@ import torch
 
 from autoeff.evaluators.class_alignment import class_accuracy
 from autoeff.evaluators.clip_score import ClipScorer
-from autoeff.evaluators.features import DigitsFeatures, InceptionFeatures, extract_features, reference_extractor
+from autoeff.evaluators.features import (
+    DigitsFeatures,
+    FeatureFallbackWarning,
+    InceptionFeatures,
+    extract_features,
+    reference_extractor,
+)
 from autoeff.evaluators.fid import fid_from_features, fid_split_se, kid_from_features
 from autoeff.evaluators.fidelity import fidelity
 from autoeff.evaluators.metric_names import HIGHER_IS_BETTER, METRICS
@@ -229,8 +236,10 @@ def make_quality(
                 raise ValueError("reference='folder' needs reference_dir")
             norm = normalize or (DIGITS_FID_NORMALIZE if name == "fid" else "l2")
             if features in ("auto", "inception"):
-                extractor, _note = reference_extractor(device, inception_weights) if features == "auto" else (
+                extractor, note = reference_extractor(device, inception_weights) if features == "auto" else (
                     InceptionFeatures(inception_weights).to(device), None)
+                if note is not None:
+                    warnings.warn(FeatureFallbackWarning(note), stacklevel=2)
             else:
                 extractor = _extractor(handle, features, inception_weights, device)
             return _DistributionMetric(name, handle, extractor, ref, norm, folder=str(reference_dir))
