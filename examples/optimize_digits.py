@@ -23,8 +23,11 @@ def main(argv: list[str] | None = None) -> None:
                               proxy_samples=a.proxy_samples, final_samples=a.final_samples)
     base, best = result.baseline, result.best
     print(f"baseline: {base.latency_s * 1000:.1f} ms, FID {base.final_quality.value:.2f}")
-    print(f"chosen:   {best.final.latency_s * 1000:.1f} ms, FID {best.final.quality.value:.2f} "
-          f"(n={best.final.quality.n}) -> {best.record.recipe.describe()}")
+    if best is None:  # nothing met the budget when re-timed: the result says why (and which was fastest)
+        print(f"no choice: {result.infeasible}")
+    else:
+        print(f"chosen:   {best.final.latency_s * 1000:.1f} ms, FID {best.final.quality.value:.2f} "
+              f"(n={best.final.quality.n}) -> {best.record.recipe.describe()}")
     print("Pareto front (latency ms, proxy score):")
     for rec in result.pareto:
         print(f"  trial {rec.number:3d}: {rec.latency_s * 1000:8.2f} ms  {rec.score:9.3f}")

@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = autoeff.optimize(pipe, budget=a.budget, trials=a.trials, out=out, callbacks=make_callbacks(out),
                               proxy_samples=a.proxy_samples, final_samples=a.final_samples)
-    summary = {"speedup": result.baseline.latency_s / result.best.final.latency_s,
-               "recipe": result.best.record.recipe.to_dict(), "export": str(result.export_path)}
+    if result.best is None:  # nothing met the budget when re-timed: keep what was measured, say why
+        summary = {"speedup": None, "infeasible": result.infeasible, "export": None}
+    else:
+        summary = {"speedup": result.baseline.latency_s / result.best.final.latency_s,
+                   "recipe": result.best.record.recipe.to_dict(), "export": str(result.export_path)}
     (out / "job_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return summary
