@@ -533,7 +533,7 @@ def _warn_plain_diffusers(path: Path, info: dict[str, Any], recipe: Recipe, cont
             f"{README}"), stacklevel=3)
     elif only:
         warnings.warn(PlainDiffusersWarning(
-            f"{path}: {', '.join(only)} of the recipe are applied by autoeff.load only; "
+            f"{path}: the recipe's {', '.join(only)} {'is' if len(only) == 1 else 'are'} applied by autoeff.load only; "
             f"DiffusionPipeline.from_pretrained on this folder does not reproduce the measured figures (see its "
             f"{README})"), stacklevel=3)
 
