@@ -15,7 +15,6 @@ import os
 # Set before torch is imported anywhere in this process: OpenMP spin-waiting made CPU forward passes ~35x
 # slower when another process was busy (FACTS.md). The value in effect is recorded with every latency.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 

@@ -98,12 +98,18 @@ def test_what_cannot_be_had_is_refused_in_one_line_and_no_remote_code_runs(repos
     assert not repos["marker"].exists()  # the repository's code was never imported
 
 
-def test_the_offline_flag_never_asks_the_hub(repos, tmp_path):
+def test_the_offline_flag_never_asks_the_hub_and_by_default_the_cli_downloads(repos, tmp_path):
     with LocalHub({"someone/tiny-sd": repos["good"]}) as hub:
         env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
-        cli = subprocess.run([str(Path(sys.executable).parent / "autoeff"), "generate", "--model", "someone/tiny-sd",
-                              "--offline", "--n", "1", "--out", str(tmp_path / "x.png")], env=env,
-                             capture_output=True, text=True, timeout=300)
+        autoeff_cli = str(Path(sys.executable).parent / "autoeff")
+        cli = subprocess.run([autoeff_cli, "generate", "--model", "someone/tiny-sd", "--offline", "--n", "1",
+                              "--out", str(tmp_path / "x.png")], env=env, capture_output=True, text=True, timeout=300)
         asked = list(hub.requests)
+        env.pop("HF_HUB_OFFLINE")  # as a user's shell has it: the CLI downloads like diffusers' from_pretrained
+        fetched = subprocess.run([autoeff_cli, "generate", "--model", "someone/tiny-sd", "--n", "1",
+                                  "--out", str(tmp_path / "y.png")], env=env, capture_output=True, text=True,
+                                 timeout=300)
     assert cli.returncode == 2 and "downloads are off" in cli.stderr and len(cli.stderr.splitlines()) == 1
     assert asked == []
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (tmp_path / "y.png").is_file() and "unet/diffusion_pytorch_model.safetensors" in hub.fetched()
