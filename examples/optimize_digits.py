@@ -17,10 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="autoeff-out")
     p.add_argument("--proxy-samples", type=int, default=None, help="default 128 for digits")
     p.add_argument("--final-samples", type=int, default=None, help="default 1000 for digits")
+    p.add_argument("--steps", type=int, default=None, help="steps you run today: the baseline (default: 50)")
     a = p.parse_args(argv)
 
     result = autoeff.optimize("digits", budget=a.budget, trials=a.trials, out=a.out,
-                              proxy_samples=a.proxy_samples, final_samples=a.final_samples)
+                              proxy_samples=a.proxy_samples, final_samples=a.final_samples, steps=a.steps)
     base, best = result.baseline, result.best
     print(f"baseline: {base.latency_s * 1000:.1f} ms, FID {base.final_quality.value:.2f}")
     if best is None:  # nothing met the budget when re-timed: the result says why (and which was fastest)

@@ -82,14 +82,14 @@ def test_a_failure_before_the_first_trial_removes_only_what_the_run_created(tmp_
 
 @pytest.mark.slow
 def test_optimize_show_export_bench(tmp_path):
-    """The whole CLI on the trained digits model (50-step baseline) with tiny counts."""
+    """The whole CLI on the trained digits model (a 10-step baseline) with tiny counts."""
     from autoeff.api import load_result
     from autoeff.bench import bench_export
 
     out = tmp_path / "run"
-    res = invoke("optimize", "--model", "digits", "--budget", "200%", "--trials", "2", "--proxy-samples", "16",
-                 "--final-samples", "32", "--max-steps", "10", "--top-k", "2", "--threads", "1",
-                 "--out", str(out))
+    res = invoke("optimize", "--model", "digits", "--steps", "10", "--budget", "200%", "--trials", "2",
+                 "--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--top-k", "2",
+                 "--threads", "1", "--out", str(out))
     assert res.exit_code == 0, res.stderr
     assert "baseline:" in res.stdout and "chosen:" in res.stdout and "exported:" in res.stdout
     assert (out / "study.db").is_file() and (out / "optimized" / "autoeff.json").is_file()
@@ -101,7 +101,7 @@ def test_optimize_show_export_bench(tmp_path):
 
     _, records = load_result(out)
     scored = [r for r in records if r.measurement.quality is not None]
-    assert scored, "a 10-step candidate within 200% of a 50-step baseline should have been scored"
+    assert scored, "a 10-step candidate within 200% of a 10-step baseline should have been scored"
     rec = scored[0]
     dest = tmp_path / "trial"
     res = invoke("export", "--out", str(out), "--trial", str(rec.number), "--to", str(dest))

@@ -24,7 +24,7 @@ from autoeff.study import StoredStudy, fail_reason, set_worker, worker_of
 from autoeff.workers import WorkerRegistry, open_storage, reclaim_orphans, trial_counts, worker_id
 
 AUTOEFF = str(Path(sys.executable).with_name("autoeff"))
-FAST = ["--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--min-steps", "2"]
+FAST = ["--steps", "10", "--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--min-steps", "2"]
 
 
 def _integrity(db: Path) -> str:

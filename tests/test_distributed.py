@@ -37,7 +37,7 @@ from autoeff.workers import (
 
 REPO = Path(__file__).resolve().parents[1]
 AUTOEFF = str(Path(sys.executable).with_name("autoeff"))
-FAST = ["--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--min-steps", "2"]
+FAST = ["--steps", "10", "--proxy-samples", "16", "--final-samples", "32", "--max-steps", "10", "--min-steps", "2"]
 
 # Runs the CLI with the device lock instrumented: every timed section (lock held) is appended to a log as
 # [pid, start, end], so the test can check that no two processes timed at once.

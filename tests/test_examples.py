@@ -32,7 +32,8 @@ def test_local_sdxl_example_on_a_tiny_sdxl_folder_then_load_and_generate(tmp_pat
 
 def test_optimize_loaded_pipeline_example_logs_every_trial(tmp_path):
     summary = _load("optimize_loaded_pipeline").main(["--budget", "40%", "--trials", "2", "--out", str(tmp_path),
-                                                      "--proxy-samples", "16", "--final-samples", "16"])
+                                                      "--proxy-samples", "16", "--final-samples", "16",
+                                                      "--steps", "10"])
     # (the budget-filling loop runs candidates close to the budget: on a busy machine the re-time may miss it)
     assert summary["speedup"] > 0 if summary["speedup"] is not None else "budget" in summary["infeasible"]
     lines = (tmp_path / "trials.jsonl").read_text().splitlines()
@@ -41,7 +42,7 @@ def test_optimize_loaded_pipeline_example_logs_every_trial(tmp_path):
 
 def test_optimize_digits_example(tmp_path, capsys):
     _load("optimize_digits").main(["--budget", "50%", "--trials", "2", "--out", str(tmp_path),
-                                   "--proxy-samples", "16", "--final-samples", "16"])
+                                   "--proxy-samples", "16", "--final-samples", "16", "--steps", "10"])
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     # the budget-filling loop runs candidates close to the budget: on a busy machine the re-time may miss it

@@ -21,8 +21,8 @@ from autoeff.config_file import read_config, write_config
 from autoeff.errors import SettingsError
 from autoeff.settings import RunOptions, SearchSettings
 
-FLAGS = ["--budget", "200%", "--trials", "3", "--proxy-samples", "8", "--final-samples", "8", "--max-steps", "6",
-         "--threads", "1", "--sampler", "random"]
+FLAGS = ["--steps", "10", "--budget", "200%", "--trials", "3", "--proxy-samples", "8", "--final-samples", "8",
+         "--max-steps", "6", "--threads", "1", "--sampler", "random"]
 
 
 @pytest.fixture(scope="module")

@@ -219,7 +219,7 @@ def test_optimize_accepts_an_already_loaded_pipeline(tmp_path):
     """MLOps use: a diffusers pipeline object rather than a spec."""
     h = autoeff.load_model("digits")
     res = optimize(h.pipeline, budget="200%", trials=2, out=tmp_path / "obj", export=False, warm_start=False,
-                   **FAST)
+                   steps=10, **FAST)
     assert res.handle.family == "digits"
     assert len(res.records) + len(res.failed) == 2
 
