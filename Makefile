@@ -8,6 +8,9 @@ PIP := $(VENV)/bin/pip
 # OpenMP threads spin-wait by default; with another busy process that slows CPU forward passes ~35x (FACTS).
 export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
+# Test processes (pytest-xdist): each test runs torch on one thread, so 2 processes use a 2-core machine's
+# cores; a file's tests stay in one process (its module fixtures are made once). 1 runs the plain way.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-gpu install install-dev lint clean
 
@@ -32,7 +35,7 @@ lint: install-dev
 	$(VENV)/bin/mypy
 
 test: install-dev lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # The CUDA checks (torchao kernels); needs a GPU and `pip install -e '.[tensorrt]'`. CI has no GPU.
 test-gpu: install-dev
