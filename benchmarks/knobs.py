@@ -4,6 +4,7 @@ effect and quality effect.
     OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py            # about 3 h on 2 quiet CPU cores
     OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py --quick    # plumbing check, small counts
     python benchmarks/knobs.py --quick --out /tmp/K.md            # ... without touching BENCHMARKS.md
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/knobs.py --levers-only # compile, kernels, guidance: latency only
 
 Reference: DPM-Solver++ 2M (Lu et al., 2022), 50 uniform (trailing) steps, nothing else. Each row changes one
 knob on top of it: DeepCache N=2/3/5 (Ma et al., 2024) with the shallowest and the deepest branch; int8
@@ -27,7 +28,10 @@ model interleaved round-robin (`--rounds` rounds of `--repeats` calls each), med
 denoiser's share (the U-Net / transformer calls alone) is timed in the same calls by forward hooks.
 Quality: FID of `--samples` images against the 1797 real digits on two seed sets, class accuracy.
 Only the `<!-- knobs:start -->` ... `<!-- knobs:end -->` section of `--out` is replaced; the raw numbers go to
-`knobs.json` (in benchmarks/results/ for the real BENCHMARKS.md). Run it alone on the machine: latency
+`knobs.json` (in benchmarks/results/ for the real BENCHMARKS.md). `--levers-only` keeps the reference and the
+`kernels`, `compile` and `guidance` rows, all latency only (no FID: these levers change rounding, which the tests
+and the search's own compiled-vs-eager check bound), and writes its own `<!-- levers:start -->` section and
+`levers.json`, leaving the knobs table as it is. Run it alone on the machine: latency
 numbers are only meaningful without other load.
 """
 
@@ -68,6 +72,7 @@ from benchmarks._common import (  # noqa: E402
 )
 
 START, END = "<!-- knobs:start -->", "<!-- knobs:end -->"
+LEVERS_START, LEVERS_END = "<!-- levers:start -->", "<!-- levers:end -->"
 TINY = ("tiny-sd15", "tiny-sdxl")
 QUALITY_SEEDS = (101, 102)  # apart from the search's seeds (0-2 per search seed) and compare.py's
 LATENCY_SEED = 2
@@ -126,10 +131,12 @@ def lever_rows(model: str, handle: Any, recipe: Any, args: argparse.Namespace) -
     """kernels and compile on a digits model; compile at each `--compile-batches` against the reference there."""
     from autoeff.search_spaces import compile, kernels
 
-    rows = [Row(model, "kernels", "channels-last", recipe(kernels=kernels.Config(channels_last=True)))]
+    scored = not args.levers_only
+    rows = [Row(model, "kernels", "channels-last", recipe(kernels=kernels.Config(channels_last=True)),
+                quality=scored)]
     if handle.denoiser_name == "transformer":
         for b in ("math", "flash"):
-            rows.append(Row(model, "kernels", f"SDPA {b}", recipe(kernels=kernels.Config(sdpa=b))))
+            rows.append(Row(model, "kernels", f"SDPA {b}", recipe(kernels=kernels.Config(sdpa=b)), quality=scored))
     if args.no_compile:
         return rows
     if args.compile_backend == "inductor":
@@ -160,6 +167,8 @@ def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) ->
         return Recipe(model=model, knobs={**base, **knobs})
 
     ref = f"DPM-Solver++ 2M, uniform k={args.steps}"
+    if args.levers_only:
+        return [Row(model, "reference", ref, recipe(), quality=False), *lever_rows(model, handle, recipe, args)]
     rows = [Row(model, "reference", ref, recipe())]
     deepest = cache.branch_range(handle.denoiser)[1]
     technique = "DeepCache" if handle.denoiser_name == "unet" else "block cache (FORA-style)"
@@ -343,15 +352,20 @@ def _compile_s(r: dict[str, Any]) -> str:
 
 def render(res: dict[str, Any]) -> str:
     cfg = res["config"]
-    lines = [START, "## Knobs one at a time", "",
+    levers = cfg.get("levers_only", False)
+    title = "Compile, fused kernels and the guidance interval, latency only" if levers else "Knobs one at a time"
+    lines = [LEVERS_START if levers else START, f"## {title}", "",
              f"`{cfg['command']}` — {machine_line(cfg['machine'])}; {cfg['wall_min']:.0f} min.", "",
              f"Latency: one pipeline call of {cfg['batch']} images, every configuration of a model "
              f"interleaved round-robin ({cfg['rounds']} rounds x {cfg['repeats']} timed calls after 1 "
              "warm-up), median of all timed calls (p10-p90 in brackets). *Denoiser*: the time spent in "
-             "the U-Net / transformer calls of the same pipeline calls (forward hooks). Quality: FID of "
-             f"{cfg['samples']} samples against the 1797 real digits (digits-classifier features) on two "
-             f"seed sets ({' and '.join(map(str, cfg['quality_seeds']))}; mean ± half the difference), and the "
-             "classifier's accuracy on the requested labels. "
+             "the U-Net / transformer calls of the same pipeline calls (forward hooks). " + (
+                 "No quality column: every row here is latency only (compile, fused kernels and the SDPA backend "
+                 "change rounding only, which the knob tests and the search's compiled-vs-eager check bound; the "
+                 "tiny SD pipelines have random weights). " if levers else
+                 f"Quality: FID of {cfg['samples']} samples against the 1797 real digits (digits-classifier "
+                 f"features) on two seed sets ({' and '.join(map(str, cfg['quality_seeds']))}; mean ± half the "
+                 "difference), and the classifier's accuracy on the requested labels. ") +
              "Size: the denoiser's weights in MB (fake-quant rows: at the simulated width). Compile s: "
              "seconds spent compiling before the first timed call, with an empty inductor cache / from the cache "
              "the first pass filled, never part of the latency; compile rows are timed at their own batch "
@@ -376,7 +390,7 @@ def render(res: dict[str, Any]) -> str:
                          f"{speed} | {ms(r['denoiser_s'])} | {dspeed} | {fid_pm(r['quality'])} | "
                          f"{acc} | {r['size_mb']:.2f} | {_compile_s(r)} |")
         lines.append("")
-    lines += ["What the numbers say:", "", *notes(res["models"]), "", END]
+    lines += ["What the numbers say:", "", *notes(res["models"]), "", LEVERS_END if levers else END]
     return "\n".join(lines) + "\n"
 
 
@@ -401,6 +415,8 @@ def main() -> None:
     p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
                    help="eager/aot_eager: a plumbing check of the compile rows (no code generation, no speed)")
     p.add_argument("--no-cache", action="store_true", help="recompute quality even if cached")
+    p.add_argument("--levers-only", action="store_true", help="only the reference, kernels, compile and guidance "
+                   "rows, latency only, into their own section and levers.json")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--json", type=Path, default=None, help="default: knobs.json in the results folder")
     args = p.parse_args()
@@ -428,10 +444,11 @@ def main() -> None:
                       "samples": args.samples, "quality_seeds": list(QUALITY_SEEDS), "steps": args.steps,
                       "fixed_steps": args.fixed_steps, "recover_steps": args.recover_steps, "quick": q,
                       "tiny_steps": args.tiny_steps, "compile_batches": args.compile_batches,
+                      "levers_only": args.levers_only,
                       "wall_min": (time.perf_counter() - t_start) / 60},
            "models": models}
-    write_section(args.out, START, END, render(res))
-    out_json = args.json or results_dir(args.out) / "knobs.json"
+    write_section(args.out, *((LEVERS_START, LEVERS_END) if args.levers_only else (START, END)), render(res))
+    out_json = args.json or results_dir(args.out) / ("levers.json" if args.levers_only else "knobs.json")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1, default=str) + "\n")
     log(f"wrote {args.out} and {out_json}")
