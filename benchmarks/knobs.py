@@ -370,9 +370,11 @@ def render(res: dict[str, Any]) -> str:
              "seconds spent compiling before the first timed call, with an empty inductor cache / from the cache "
              "the first pass filled, never part of the latency; compile rows are timed at their own batch "
              "against the reference at that batch, and score no quality (compiling changes rounding only: "
-             "tests and the search's own check). Tiny SD1.5/SDXL rows: random weights, latency only. Recover: "
-             f"`prune.recover` (distillation towards the unpruned denoiser), {cfg['recover_steps']} steps of "
-             f"batch {cfg['batch']}, lr 1e-4, seed 0; its build time is in knobs.json.", ""]
+             "tests and the search's own check); the compile rows share one inductor cache in row order, so a "
+             "row's cold seconds can reuse kernels an earlier row compiled. Tiny SD1.5/SDXL rows: random "
+             f"weights, latency only. Latency inputs: seed {LATENCY_SEED}." + ("" if levers else
+             f" Recover: `prune.recover` (distillation towards the unpruned denoiser), {cfg['recover_steps']} "
+             f"steps of batch {cfg['batch']}, lr 1e-4, seed 0; its build time is in knobs.json."), ""]
     for m in res["models"]:
         lines += [f"### {m['model']}", "",
                   "| knob | configuration | latency ms | speedup | denoiser ms | denoiser speedup | FID | "
