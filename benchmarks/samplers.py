@@ -52,6 +52,7 @@ from benchmarks.compare import LATENCY_SEED, Bench, Piece, _jsonable, final_qual
 
 START, END = "<!-- samplers:start -->", "<!-- samplers:end -->"
 SAMPLERS = ("nsga2", "tpe", "gp", "fill")
+FULL_SEEDS = 3  # runs per sampler before a winner is declared
 
 
 def checkpoint_winners(bench: Bench, out: Path, budget_s: float, checkpoints: list[int]) -> dict[int, Any]:
@@ -137,7 +138,8 @@ def render(args: argparse.Namespace) -> str:
         return "\n".join(lines) + "\n"
     cfg = runs[0]["config"]
     checkpoints = runs[0]["checkpoints"]
-    lines += [f"`{cfg['command']}` — {machine_line(cfg['machine'])}. {cfg['model']}, batch {cfg['batch']}, budget "
+    commands = "; ".join(f"`{c}`" for c in sorted({r["config"]["command"] for r in runs}))  # resumed runs
+    lines += [f"{commands} — {machine_line(cfg['machine'])}. {cfg['model']}, batch {cfg['batch']}, budget "
               f"{cfg['budget_pct']:g}% ({ms(runs[0]['budget_s'])} ms), {cfg['trials']} trials, space "
               f"`{cfg['space']}`, proxy {cfg['proxy_samples']} / search final {cfg['search_final_samples']} "
               f"samples. Cells: FID ({cfg['final_samples']} samples x 2 seed sets) of the candidate autoeff's "
@@ -159,9 +161,14 @@ def render(args: argparse.Namespace) -> str:
 
     ranking = sorted(by_sampler, key=lambda s: (mean_at(by_sampler[s], checkpoints[-1]),
                                                 statistics.fmean(mean_at(by_sampler[s], n) for n in checkpoints)))
-    lines += ["", "Mean over seeds: " + "; ".join(
+    means = "Mean over seeds: " + "; ".join(
         f"{s}: " + " / ".join(f"{mean_at(by_sampler[s], n):.2f}" for n in checkpoints) for s in ranking)
-        + f". Winner by the rule above: **{ranking[0]}**.", END]
+    if all(len(by_sampler.get(s, [])) >= FULL_SEEDS for s in SAMPLERS):
+        lines += ["", means + f". Winner by the rule above: **{ranking[0]}**.", END]
+    else:  # a partial set of runs ranks nothing: one seed's FID moves by more than the samplers differ
+        lines += ["", means + f". **Partial: {len(runs)} of {len(SAMPLERS) * FULL_SEEDS} runs** "
+                  f"({FULL_SEEDS} seeds x {', '.join(SAMPLERS)}); no winner is declared until all have run (the "
+                  "same command continues: finished runs are kept, an interrupted study resumes).", END]
     return "\n".join(lines) + "\n"
 
 
