@@ -73,6 +73,12 @@ from benchmarks._common import (  # noqa: E402
 
 START, END = "<!-- knobs:start -->", "<!-- knobs:end -->"
 LEVERS_START, LEVERS_END = "<!-- levers:start -->", "<!-- levers:end -->"
+
+
+def markers(levers_only: bool) -> tuple[str, str]:
+    """The BENCHMARKS.md section a run writes: the knobs table, or the `--levers-only` one."""
+    return (LEVERS_START, LEVERS_END) if levers_only else (START, END)
+
 TINY = ("tiny-sd15", "tiny-sdxl")
 QUALITY_SEEDS = (101, 102)  # apart from the search's seeds (0-2 per search seed) and compare.py's
 LATENCY_SEED = 2
@@ -167,9 +173,9 @@ def rows_for(model: str, handle: Any, context: Any, args: argparse.Namespace) ->
         return Recipe(model=model, knobs={**base, **knobs})
 
     ref = f"DPM-Solver++ 2M, uniform k={args.steps}"
+    rows = [Row(model, "reference", ref, recipe(), quality=not args.levers_only)]
     if args.levers_only:
-        return [Row(model, "reference", ref, recipe(), quality=False), *lever_rows(model, handle, recipe, args)]
-    rows = [Row(model, "reference", ref, recipe())]
+        return rows + lever_rows(model, handle, recipe, args)
     deepest = cache.branch_range(handle.denoiser)[1]
     technique = "DeepCache" if handle.denoiser_name == "unet" else "block cache (FORA-style)"
     for n in (2, 3, 5):
@@ -353,8 +359,9 @@ def _compile_s(r: dict[str, Any]) -> str:
 def render(res: dict[str, Any]) -> str:
     cfg = res["config"]
     levers = cfg.get("levers_only", False)
+    start, end = markers(levers)
     title = "Compile, fused kernels and the guidance interval, latency only" if levers else "Knobs one at a time"
-    lines = [LEVERS_START if levers else START, f"## {title}", "",
+    lines = [start, f"## {title}", "",
              f"`{cfg['command']}` — {machine_line(cfg['machine'])}; {cfg['wall_min']:.0f} min.", "",
              f"Latency: one pipeline call of {cfg['batch']} images, every configuration of a model "
              f"interleaved round-robin ({cfg['rounds']} rounds x {cfg['repeats']} timed calls after 1 "
@@ -392,7 +399,7 @@ def render(res: dict[str, Any]) -> str:
                          f"{speed} | {ms(r['denoiser_s'])} | {dspeed} | {fid_pm(r['quality'])} | "
                          f"{acc} | {r['size_mb']:.2f} | {_compile_s(r)} |")
         lines.append("")
-    lines += ["What the numbers say:", "", *notes(res["models"]), "", LEVERS_END if levers else END]
+    lines += ["What the numbers say:", "", *notes(res["models"]), "", end]
     return "\n".join(lines) + "\n"
 
 
@@ -449,7 +456,7 @@ def main() -> None:
                       "levers_only": args.levers_only,
                       "wall_min": (time.perf_counter() - t_start) / 60},
            "models": models}
-    write_section(args.out, *((LEVERS_START, LEVERS_END) if args.levers_only else (START, END)), render(res))
+    write_section(args.out, *markers(args.levers_only), render(res))
     out_json = args.json or results_dir(args.out) / ("levers.json" if args.levers_only else "knobs.json")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1, default=str) + "\n")

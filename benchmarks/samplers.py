@@ -178,7 +178,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--budget", type=float, default=10.0, help="percent of the 50-step DPM-Solver++ 1 latency")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
-    p.add_argument("--search-seeds", type=int, default=3, help="runs per sampler, seeds 0..N-1")
+    p.add_argument("--search-seeds", type=int, default=FULL_SEEDS, help="runs per sampler, seeds 0..N-1")
     p.add_argument("--trials", type=int, default=None, help="trials per run (24; quick 6)")
     p.add_argument("--space", default="solver,schedule,cache")
     p.add_argument("--proxy-samples", type=int, default=None, help="(128; quick 32)")
