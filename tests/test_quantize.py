@@ -271,6 +271,59 @@ def test_torchao_missing_names_the_install(random_digits_dit_handle, monkeypatch
         quantize.apply(random_digits_dit_handle.pipeline, cfg, _ctx(random_digits_dit_handle))
 
 
+def _rows_seen(model: nn.Module, batch: int) -> dict[str, int]:
+    """Rows (GEMM M) each Linear layer multiplies in one forward pass at `batch`."""
+    rows: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: rows.__setitem__(n, a[0].numel() // a[0].shape[-1]))
+             for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with torch.inference_mode():
+        model(**example_inputs(model, batch=batch))
+    for h in hooks:
+        h.remove()
+    return rows
+
+
+@pytest.mark.parametrize("model", ["random_digits_dit_handle", "random_digits_handle", "tiny_sdxl"])
+def test_torchao_int8_leaves_out_the_layers_that_see_one_row_per_image(request, model):
+    # torch._int_mm needs more than 16 rows: compiled torchao int8 failed on an H200 at batch <= 16 on the
+    # DiT's adaLN / embedding layers, whose GEMM has one row per image
+    if model == "tiny_sdxl":
+        from autoeff.models.tiny import build_tiny_sdxl
+
+        denoiser = build_tiny_sdxl().denoiser
+    else:
+        denoiser = request.getfixturevalue(model).denoiser
+    per_image = quantize.per_image_linears(denoiser)
+    rows = _rows_seen(denoiser, batch=3)
+    assert per_image and per_image == {n for n, r in rows.items() if r == 3}
+    assert any(r > 16 for r in rows.values())
+    everything = {"_default": "int8"}
+    int8 = quantize.quantized_layers(denoiser, quantize.Config(mapping=everything, backend="torchao"))
+    linears = {n for n, m in denoiser.named_modules() if isinstance(m, nn.Linear)}
+    assert set(int8) == linears - per_image
+    fp8 = quantize.quantized_layers(denoiser, quantize.Config(mapping={"_default": "fp8"}, backend="torchao"))
+    assert per_image & set(fp8)  # only int8's kernel has the row limit
+    name = sorted(per_image)[0]  # naming one of them exactly is an error, as for a layer without a kernel
+    with pytest.raises(ConfigError, match="no int8 kernel"):
+        quantize.quantized_layers(denoiser, quantize.Config(mapping={name: "int8"}, backend="torchao"))
+
+
+def test_torchao_int4_asks_for_the_packing_that_torch_itself_runs():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class NewInt4Config:  # torchao >= 0.15: the default packing needs the mslk package
+        group_size: int = 128
+        int4_packing_format: str = "plain"
+
+    @dataclasses.dataclass
+    class OldInt4Config:  # older torchao: tinygemm packing is the only one
+        group_size: int = 128
+
+    assert NewInt4Config(**quantize._int4_kwargs(NewInt4Config)).int4_packing_format == "tile_packed_to_4d"
+    assert quantize._int4_kwargs(OldInt4Config) == {}
+
+
 @pytest.mark.gpu  # deselected by default (pyproject addopts); `make test-gpu` runs it on a CUDA machine
 @pytest.mark.parametrize("level", ["int8", "fp8"])
 def test_torchao_on_cuda(random_digits_dit_handle, level):

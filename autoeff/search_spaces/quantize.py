@@ -14,9 +14,10 @@ Backends (only real low-precision kernels count as speed):
   inputs and converted with `torch.ao.quantization.prepare/convert`, so the rest of the diffusers forward
   stays float and nothing is rewritten. `torch.ao.quantization` is deprecated in favour of torchao but is
   what runs int8 kernels on this CPU (torchao 0.18's int8 configs ran slower than fp32 here).
-* `torchao` (CUDA): torchao's `quantize_` with `Int8DynamicActivationInt8WeightConfig` (int8),
-  `Int4WeightOnlyConfig` (int4, bf16 models) and `Float8DynamicActivationFloat8WeightConfig` (fp8, Hopper or
-  newer); Linear layers only. Needs `pip install 'autoeff[tensorrt]'` (or `pip install torchao`).
+* `torchao` (CUDA): torchao's `quantize_` with `Int8DynamicActivationInt8WeightConfig` (int8; not on the
+  layers that see one row per image, `per_image_linears`), `Int4WeightOnlyConfig` (int4, bf16 models, tinygemm
+  packing) and `Float8DynamicActivationFloat8WeightConfig` (fp8 per row, Hopper or newer); Linear layers only.
+  Needs `pip install 'autoeff[tensorrt]'` (or `pip install torchao`).
   A torchao candidate is built compiled: its dynamic int8/fp8 kernels are fast only under `torch.compile`
   (diffusers-torchao, Flux-dev on an H100: int8 dynamic + compile 3.41 s, uncompiled 130.5 s; BENCHMARKS.md
   measured uncompiled torchao at 0.05-0.32x of bf16 on an H200). The rule is built in rather than left for the
@@ -61,6 +62,7 @@ from autoeff.search_spaces.compile import compile_blocks, compile_kwargs, enable
 from autoeff.search_spaces.groups import (
     DEFAULT_KEY,
     check_fqn_keys,
+    example_inputs,
     group_name_of_key,
     group_prefixes,
     group_regex,
@@ -246,11 +248,47 @@ def _supports(backend: str, module: nn.Module, level: str) -> bool:
     return True
 
 
+# torch._int_mm (the int8 GEMM inductor emits for torchao's dynamic int8) needs more than 16 rows; with torch
+# 2.11 + torchao 0.18 on an H200 a compiled candidate failed at run time ("self.size(0) needs to be greater than
+# 16") on the DiT's per-image layers (adaLN, time and class embeddings: one row per image, so M = batch). Those
+# layers are found structurally (one row per image at batch 1) rather than by a row threshold, because the
+# example inputs are smaller than real ones (8 text tokens, latents capped at 32): a threshold would also drop
+# token-wise layers that see hundreds of rows at the real sizes.
+
+
+def per_image_linears(denoiser: nn.Module) -> set[str]:
+    """FQNs of the Linear layers that see one row per image (time/class/pooled-text embeddings, adaLN
+    modulation): one batch-1 forward pass on `groups.example_inputs` with pre-hooks counting each layer's rows.
+
+    Their GEMMs have M = batch (times 2 under classifier-free guidance), too few for the int8 GEMM kernel below
+    17 images and too small to gain from any kernel. Token-wise layers see rows per image (tokens, pixels) at
+    batch 1 and stay searchable. Empty when no example inputs can be built for this denoiser (nothing known).
+    """
+    if not has_example_inputs(denoiser):
+        return set()
+    rows: dict[str, int] = {}
+    handles = []
+    for fqn, module in denoiser.named_modules():
+        if isinstance(module, nn.Linear):
+            def count(m: nn.Module, args: tuple[Any, ...], fqn: str = fqn) -> None:
+                if args and isinstance(args[0], torch.Tensor):
+                    rows[fqn] = max(rows.get(fqn, 0), args[0].numel() // max(1, args[0].shape[-1]))
+            handles.append(module.register_forward_pre_hook(count))
+    try:
+        with torch.inference_mode():
+            denoiser(**example_inputs(denoiser, batch=1))
+    finally:
+        for h in handles:
+            h.remove()
+    return {fqn for fqn, n in rows.items() if n <= 1}
+
+
 def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
     """`{fqn: level}` of the layers `apply` will quantize (after the backend's kernel coverage).
 
-    Layers a `re:`/`_default` key covers but the backend has no kernel for are left in float; an exact FQN
-    key naming such a layer is an error. A float level other than the denoiser's dtype is an error.
+    Layers a `re:`/`_default` key covers but the backend has no kernel for are left in float (torchao int8: also
+    the layers that see one row per image, `per_image_linears`); an exact FQN key naming such a layer is an
+    error. A float level other than the denoiser's dtype is an error.
     """
     resolved = resolve_fqn_map(denoiser, config.mapping)
     modules = dict(denoiser.named_modules())
@@ -258,6 +296,8 @@ def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
     # static int8 convolutions are calibrated on example inputs (`groups.example_inputs`): without them, a
     # `re:`/`_default` key leaves convolutions in float (Linear layers need no calibration)
     calibratable = config.backend != "cpu-int8" or has_example_inputs(denoiser)
+    torchao_int8 = config.backend == "torchao" and "int8" in resolved.values()
+    per_image = per_image_linears(denoiser) if torchao_int8 else set()
     out: dict[str, str] = {}
     for fqn, level in resolved.items():
         if level in FLOAT_LEVELS and FLOAT_LEVELS[level] != dtype:
@@ -265,7 +305,9 @@ def quantized_layers(denoiser: nn.Module, config: Config) -> dict[str, str]:
                               "knob does not cast single layers: use 'skip' or cast the whole pipeline")
         if level not in QUANT_LEVELS:
             continue
-        if _supports(config.backend, modules[fqn], level) and (calibratable or not isinstance(modules[fqn], nn.Conv2d)):
+        small_gemm = level == "int8" and fqn in per_image  # torchao int8: see per_image_linears
+        if _supports(config.backend, modules[fqn], level) and not small_gemm and \
+                (calibratable or not isinstance(modules[fqn], nn.Conv2d)):
             out[fqn] = level
         elif fqn in config.mapping:
             raise ConfigError(f"quantize backend {config.backend!r} has no {level} kernel for "
@@ -342,21 +384,39 @@ def _cpu_int8(denoiser: nn.Module, targets: dict[str, str], scheduler: Any = Non
                              inplace=True)
 
 
+def _int4_kwargs(config_class: type) -> dict[str, Any]:
+    """torchao int4 in tinygemm's packing (`torch.ops.aten._weight_int4pack_mm`, in torch itself). From torchao
+    0.15 the default packing (`plain`) needs the separate `mslk` kernel package ("Requires mslk >= 1.0.0", seen
+    with torchao 0.18 on an H200); older torchao has no such field and packs for tinygemm already."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
+    return {"int4_packing_format": "tile_packed_to_4d"} if "int4_packing_format" in names else {}
+
+
 def _torchao(denoiser: nn.Module, targets: dict[str, str], **_: Any) -> None:
-    """torchao `quantize_` per level on the target Linear layers (CUDA)."""
+    """torchao `quantize_` per level on the target Linear layers (CUDA).
+
+    fp8 scales per row (activations per token, weights per output channel; `PerRow`), as diffusers' torchao
+    guide recommends on Hopper. torchao 0.18's per-tensor default failed on a 128x128 weight: its block size
+    (the whole 128x128 tensor) reads as 128x128 *blockwise* scaling, which then asserts 1x128-scaled
+    activations ("input_tensor must be 1x128 scaled"; torchao/float8/inference.py `_is_128_128_scaled`).
+    """
     try:
         from torchao.quantization import (  # lazy: torchao is an optional extra (CUDA)
             Float8DynamicActivationFloat8WeightConfig,
             Int4WeightOnlyConfig,
             Int8DynamicActivationInt8WeightConfig,
+            PerRow,
             quantize_,
         )
     except ImportError as e:
         raise ConfigError(f"quantize backend 'torchao' needs torchao ({e}); install it with "
                           f"{TORCHAO_INSTALL}, or use backend 'fake' to score quality only") from None
     configs: dict[str, Callable[[], Any]] = {"int8": Int8DynamicActivationInt8WeightConfig,
-                                             "int4": Int4WeightOnlyConfig,
-                                             "fp8": Float8DynamicActivationFloat8WeightConfig}
+                                             "int4": lambda: Int4WeightOnlyConfig(**_int4_kwargs(Int4WeightOnlyConfig)),
+                                             "fp8": lambda: Float8DynamicActivationFloat8WeightConfig(
+                                                 granularity=PerRow())}
     for level in QUANT_LEVELS:
         names = {f for f, lv in targets.items() if lv == level}
         if names:
