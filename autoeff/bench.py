@@ -55,10 +55,14 @@ def _share(value: float | None) -> str:
 
 
 def bench_export(path: str | Path, device: str = "cpu", samples: int | None = None,
-                 threads: int | None = None, model_path: str | None = None) -> list[dict[str, Any]]:
+                 threads: int | None = None, model_path: str | None = None,
+                 reference: str | Path | None = None) -> list[dict[str, Any]]:
     """Claimed vs measured latency and quality of the exported pipeline at `path`, measured on `device`.
 
     `samples`: images scored for quality (default: as many as the claimed figure used, else 256).
+    `reference`: the folder of reference images, where the claim was scored against the user's images
+    (`--reference`) and that folder has moved; when it is missing and none is given, quality is not measured
+    (another reference would give a figure that is not comparable with the claim).
     Returns rows `{what, claimed, measured, claimed_value, measured_value, note}` for `device`, `latency`
     (seconds per call), `load` (the share of the CPUs other processes used while each latency was timed: a
     claim made on a busy machine is not comparable) and `quality` (the recorded metric; FID against real data
@@ -78,12 +82,20 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     batch = int(measured_info.get("batch_size") or 1)
     seed = int(measured_info.get("seed") or 0)
     folder = (claim_q.get("details") or {}).get("folder")  # FID/KID against the user's --reference images
-    reference = folder if isinstance(folder, str) and Path(folder).is_dir() else None
+    if reference is not None and not Path(reference).is_dir():
+        raise ValueError(f"reference={str(reference)!r} is not a folder of images")
+    missing = isinstance(folder, str) and reference is None and not Path(folder).is_dir()
+    # when missing, the spec still names the recorded folder (the metric reads it only when scoring, which is
+    # then skipped), so no other reference (the base model, its features) is built in its place
+    ref_dir = str(reference) if reference is not None else folder if isinstance(folder, str) else None
     spec = EvaluationSpec(metric=metric, device=device, seed=seed, batch_size=batch, proxy_samples=2,
-                          final_samples=max(n, 2), reference=reference)
+                          final_samples=max(n, 2), reference=ref_dir)
     needs_base = metric == "fidelity" or (metric in ("fid", "kid") and handle.family not in DIGITS_FAMILIES
-                                          and reference is None)
-    eval_handle, why = (_base_handle(info, handle, model_path, device) if needs_base else (handle, ""))
+                                          and ref_dir is None)
+    if missing:
+        eval_handle, why = None, ""
+    else:
+        eval_handle, why = (_base_handle(info, handle, model_path, device) if needs_base else (handle, ""))
     evaluator = Evaluator(eval_handle or handle, spec, threads=threads)
 
     lat = evaluator.latency(pipe)
@@ -125,7 +137,9 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
         "measured": "not measured" if q is None else describe(q),
         "claimed_value": None if claimed_v is None else float(claimed_v),
         "measured_value": None if q is None else float(q.value),
-        "note": (f"{metric} compares to the base model's images, which are not available here ({why}); pass "
+        "note": (f"the claim was scored against the reference images in {folder}, which is not there; pass "
+                 "--reference DIR" if missing else
+                 f"{metric} compares to the base model's images, which are not available here ({why}); pass "
                  "--model-path to the base model" if q is None else
                  f"{which} sample set" if which != "none" else "nothing claimed in autoeff.json"),
     })

@@ -466,21 +466,25 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int | 
 @click.option("--samples", default=None, type=int, help="Quality sample count (default: the export's).")
 @click.option("--threads", default=None, type=int)
 @click.option("--model-path", default=None, help="The base model's folder, for metrics that compare to its images.")
+@click.option("--reference", default=None, help="The folder of reference images the claim was scored against, "
+              "if it has moved since the search.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (the rows) on stdout.")
 @_logging_options
 def bench(path: str, device: str | None, samples: int | None, threads: int | None, model_path: str | None,
-          as_json: bool, verbose: int, quiet: bool, log_file: str | None) -> None:
+          reference: str | None, as_json: bool, verbose: int, quiet: bool, log_file: str | None) -> None:
     """Re-measure an exported pipeline on this device: claimed vs measured latency and quality."""
     run_guarded(_logged(verbose, quiet, log_file,
-                        lambda: _bench(path, device, samples, threads, model_path, as_json)))
+                        lambda: _bench(path, device, samples, threads, model_path, as_json, reference)))
 
 
 def _bench(path: str, device: str | None, samples: int | None, threads: int | None,
-           model_path: str | None = None, as_json: bool = False) -> None:
+           model_path: str | None = None, as_json: bool = False, reference: str | None = None) -> None:
     if samples is not None and samples < 2:
         raise UsageError(f"--samples {samples} must be at least 2")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads} must be at least 1")
+    if reference is not None and not Path(reference).is_dir():
+        raise UsageError(f"--reference {reference}: not a folder")
     _quiet_libraries()
     from autoeff.bench import bench_export  # lazy: heavy
     from autoeff.devices import validate_device
@@ -492,7 +496,8 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
     dev = validate_device(device or info.get("device") or "cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PlainDiffusersWarning)
-        rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path)
+        rows = bench_export(path, device=dev, samples=samples, threads=threads, model_path=model_path,
+                            reference=reference)
     for w in caught:
         if issubclass(w.category, PlainDiffusersWarning):
             click.echo(f"note: {w.message}", err=True)
@@ -503,6 +508,8 @@ def _bench(path: str, device: str | None, samples: int | None, threads: int | No
         return
     for row in rows:
         click.echo(f"{row['what']:<10} claimed {row['claimed']:<24} measured {row['measured']}")
+        if row["what"] == "quality" and row["measured_value"] is None:
+            click.echo(f"note: {row['note']}", err=True)  # why quality was not measured
 
 
 @main.command()

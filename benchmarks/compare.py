@@ -473,14 +473,32 @@ def _within_noise(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["fid_mean"] - b["fid_mean"] <= max(a["fid_range"], b["fid_range"])
 
 
+def fits(m: dict[str, Any] | None, budget_s: float) -> bool:
+    """Whether a re-measured configuration's median latency is within the budget."""
+    return m is not None and bool(m["latency"]["median_s"] <= budget_s)
+
+
+def best_hand(piece: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """The hand configuration the row compares with: the lowest final FID among this budget's hand
+    configurations (plain, DeepCache, int8, compiled, ...) whose *re-measured* latency fits the budget. The step
+    scans that chose them time each one alone and quickly; the re-measure times every row interleaved in one
+    process, the same way for both sides, so a hand configuration at the budget's edge can fall out here, as
+    autoeff's candidates do in its own re-time."""
+    final = piece["final"]
+    names = [n for n in dict.fromkeys(row.get("hand_kinds", {}).values())
+             if final.get(n) and final[n].get("quality") and fits(final[n], row["budget_s"])]
+    return min(names, key=lambda n: final[n]["quality"]["fid_mean"], default=None)
+
+
 def targets(piece: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     final, cfg = piece["final"], piece["config"]
-    a, h = final.get(row["autoeff"] or ""), final.get(row["hand"] or "")
+    a, h = final.get(row["autoeff"] or ""), final.get(best_hand(piece, row) or "")
     ref, ddpm = final.get(REFERENCE), final.get(cfg["ddpm_label"])
     s = piece["searches"][row["budget_label"]]
     t: dict[str, Any] = {}
     qa, qh, qr = (x["quality"] if x else None for x in (a, h, ref))
-    t["vs_hand"] = bool(qa and qh and _within_noise(qa, qh)) if qh else bool(qa)
+    t["fits"] = fits(a, row["budget_s"])
+    t["vs_hand"] = t["fits"] and (bool(qa and qh and _within_noise(qa, qh)) if qh else bool(qa))
     t["gap_closed"] = None
     if qa and qh and qr and not _within_noise(qh, qr):  # the hand configuration is worse than the reference
         t["gap_closed"] = (qh["fid_mean"] - qa["fid_mean"]) / (qh["fid_mean"] - qr["fid_mean"])
@@ -515,7 +533,9 @@ def render(pieces: list[dict[str, Any]]) -> str:
         "per piece at its batch. Re-measured rows: latency interleaved round-robin "
         f"({cfg0['rounds']} rounds x {cfg0['repeats']} calls), FID of {cfg0['final_samples']} samples on each of the "
         f"seed sets {cfg0['final_seeds']} against the 1797 real digits (mean ± half the range). Hand "
-        f"configurations chosen by FID on {cfg0['screen_samples']} screening samples (seed {cfg0['screen_seed']}). "
+        f"configurations chosen by FID on {cfg0['screen_samples']} screening samples (seed {cfg0['screen_seed']}); "
+        "the row's *best by hand* is the lowest re-measured FID among them whose re-measured latency fits the "
+        "budget (as autoeff's pick must: *fits*). "
         f"autoeff: `autoeff.optimize(space={cfg0['space']!r}, trials={cfg0['trials']}, seed=0, sampler="
         f"{cfg0['sampler']!r}, proxy {cfg0['proxy_samples']} / final {cfg0['search_final_samples']} samples)`.",
         "",
@@ -527,10 +547,11 @@ def render(pieces: list[dict[str, Any]]) -> str:
         ref = final.get(REFERENCE)
         for row in p["rows"]:
             b = row["budget_s"]
-            a, h = final.get(row["autoeff"] or ""), final.get(row["hand"] or "")
+            a, h = final.get(row["autoeff"] or ""), final.get(best_hand(p, row) or "")
             t = targets(p, row)
             s = p["searches"][row["budget_label"]]
-            marks = [f"<= hand: {'yes' if t['vs_hand'] else 'no'}",
+            marks = [f"fits: {'yes' if t['fits'] else 'no'}",
+                     f"<= hand: {'yes' if t['vs_hand'] else 'no'}",
                      f"gap >= 50%: {'yes' if t['gap_met'] else 'no'}",
                      f">= 300x DDPM at its FID: {'yes' if t['ddpm_within_noise'] and (t['ddpm_speedup'] or 0) >= DDPM_SPEEDUP_TARGET else 'no'}",  # noqa: E501
                      f"<= 20% over: {'yes' if t['over_met'] else 'no'}",

@@ -144,6 +144,16 @@ def test_the_cli_takes_prompts_and_a_reference_folder(folders, tmp_path):
     assert not fallback or "inception_v3_google-0cc3c7bd.pth" in run.output
     bench = CliRunner().invoke(main, ["bench", str(tmp_path / "ddpm" / "optimized"), "--samples", "4"])
     assert bench.exit_code == 0, bench.output
+    assert "quality" in bench.output and "not measured" not in bench.output
+    # the reference folder moved: no silent figure against another reference; --reference names the new place
+    moved = real.rename(tmp_path / "moved")
+    bench = CliRunner().invoke(main, ["bench", str(tmp_path / "ddpm" / "optimized"), "--samples", "4"])
+    assert bench.exit_code == 0, bench.output
+    assert "measured not measured" in bench.output and f"reference images in {real}, which is not there" in bench.output
+    bench = CliRunner().invoke(main, ["bench", str(tmp_path / "ddpm" / "optimized"), "--samples", "4",
+                                      "--reference", str(moved), "--json"])
+    assert bench.exit_code == 0, bench.output
+    assert json.loads(bench.stdout)["rows"][-1]["measured_value"] is not None
 
 
 def _tiny_ldm() -> LDMPipeline:

@@ -42,8 +42,9 @@ def _fid(timesteps: list[int], cached: bool) -> float:
 
 
 @pytest.fixture
-def loop(random_digits_handle):
-    settings = SearchSettings(model="digits", budget=parse_budget("100ms"), space=SPACE, metric="fid",
+def loop(random_digits_handle, request):
+    budget = getattr(request, "param", BUDGET)
+    settings = SearchSettings(model="digits", budget=parse_budget(f"{budget * 1000:g}ms"), space=SPACE, metric="fid",
                               min_steps=2, max_steps=20)
     ctx = context_for(random_digits_handle, settings)
     space = SearchSpace(random_digits_handle, SPACE, ctx)
@@ -52,7 +53,7 @@ def loop(random_digits_handle):
     stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
                                     {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
     stored.set_warm_starts(warm_start_params(SPACE, ctx, fit_steps=9))
-    planner = FillPlanner(stored, ctx, BUDGET, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
+    planner = FillPlanner(stored, ctx, budget, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
                           scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
                           space=SPACE)
     study.sampler = FillSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, constant_liar=False), planner)
@@ -68,8 +69,8 @@ def loop(random_digits_handle):
         latency = 0.010 + cfg.steps * (0.010 if cached else 0.020)  # the cache halves a step
         q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached), False, 32, stderr=0.3)
         set_recipe(trial, recipe)
-        set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), BUDGET)
-        trial.set_constraint("latency", latency - BUDGET)
+        set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), budget)
+        trial.set_constraint("latency", latency - budget)
         return [latency * 1000, q.value]
 
     def run(n: int) -> None:
@@ -105,3 +106,27 @@ def test_the_loop_fills_the_budget_then_searches_the_best_structures_schedules(l
     # few candidates over budget: only where the model extrapolated to a structure it had not timed
     over = [t for t in trials if t.values[0] > BUDGET * 1000]
     assert len(over) <= 0.2 * len(trials)
+
+
+@pytest.mark.parametrize("loop", [0.092], indirect=True)
+def test_a_best_candidate_at_the_budgets_edge_is_hedged_one_step_fewer(loop):
+    # 92 ms: the fill gives 4 steps (10 + 4 x 20 = 90 ms, under 92 / 1.02), within 2 noise floors of the budget,
+    # where a re-time can put it over; the loop also measures the best candidate at 3 steps, once
+    planner, study, run, _ = loop
+    run(14)
+    trials = study.get_trials()
+    hedges = [t for t in trials if planned_as(t) == "hedge"]
+    assert hedges
+    for h in hedges:
+        edge = [t for t in trials if t.number < h.number and structure_params(t.params) == structure_params(h.params)
+                and t.params[schedule.STEPS_PARAM] == h.params[schedule.STEPS_PARAM] + 1]
+        assert edge and all(t.values[0] > 92 / (1 + 2 * 0.02) for t in edge)
+    keys = [(tuple(sorted(structure_params(h.params).items())), h.params[schedule.FAMILY_PARAM],
+             h.params[schedule.STEPS_PARAM]) for h in hedges]
+    assert len(keys) == len(set(keys))  # never the same hedge twice
+
+
+def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
+    planner, study, run, _ = loop  # 100 ms: 4 steps take 90 ms, more than 2 noise floors under the budget
+    run(14)
+    assert not [t for t in study.get_trials() if planned_as(t) == "hedge"]

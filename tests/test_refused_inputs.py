@@ -386,6 +386,8 @@ ROWS: list[Row] = [
         setup=_edit_component_json("model_index.json", lambda c: c.update(_class_name=["DigitsPipeline"]))),
     Row("bench-samples-one", "bench --samples 1", ("bench", "{export}", "--samples", "1"), needs=("export",)),
     Row("bench-device-tpu", "bench --device tpu", ("bench", "{export}", "--device", "tpu"), needs=("export",)),
+    Row("bench-reference-nowhere", "bench --reference naming no folder",
+        ("bench", "{export}", "--reference", "{tmp}/nowhere"), needs=("export",)),
     # -- generate and the command itself
     Row("generate-n-zero", "generate --n 0", ("generate", "--n", "0", "--out", "{tmp}/x.png")),
     Row("generate-steps-zero", "generate --steps 0", ("generate", "--steps", "0", "--out", "{tmp}/x.png")),
