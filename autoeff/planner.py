@@ -147,6 +147,8 @@ class FillPlanner:
             return None
         key = structure_key(best.params)
         family = best.params.get(schedule.FAMILY_PARAM)
+        if not isinstance(family, str):
+            return None
         if family == "free":
             hand = [r for r in records if structure_key(r.params) == key and r.score is not None
                     and r.params.get(schedule.FAMILY_PARAM) not in (None, "free")]

@@ -36,6 +36,7 @@ packed parameters; fake-quantized layers at their simulated width).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -388,8 +389,6 @@ def _int4_kwargs(config_class: type) -> dict[str, Any]:
     """torchao int4 in tinygemm's packing (`torch.ops.aten._weight_int4pack_mm`, in torch itself). From torchao
     0.15 the default packing (`plain`) needs the separate `mslk` kernel package ("Requires mslk >= 1.0.0", seen
     with torchao 0.18 on an H200); older torchao has no such field and packs for tinygemm already."""
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(config_class)} if dataclasses.is_dataclass(config_class) else set()
     return {"int4_packing_format": "tile_packed_to_4d"} if "int4_packing_format" in names else {}
 
