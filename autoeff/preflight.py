@@ -28,7 +28,7 @@ from autoeff.search_spaces.base import ConfigError, SpaceContext
 from autoeff.search_spaces.registry import get_knob
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import GRACE_FACTOR, HEARTBEAT_INTERVAL_S, RunOptions, SearchSettings
-from autoeff.storage import check_storage, mask_url, sqlite_path, storage_url, unwritable
+from autoeff.storage import check_storage, mask_url, open_rdb, sqlite_path, storage_url, unwritable
 from autoeff.study import StoredStudy, incompatibility
 from autoeff.tracking import check_uri
 from autoeff.workers import coordinator_conflict, worker_id
@@ -85,7 +85,7 @@ def check_existing_study(url: str, run: RunOptions, settings: SearchSettings, mo
     """Refuse to resume (or join) a study made for another model, budget or settings; reads only."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=run.study_name, storage=url)
+        study = optuna.load_study(study_name=run.study_name, storage=open_rdb(optuna.storages.RDBStorage, url))
     except KeyError:
         if run.join:
             raise SearchError(f"no study named {run.study_name!r} in {mask_url(url)}; create it first with "

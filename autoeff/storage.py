@@ -1,5 +1,6 @@
 """Where studies live: storage URLs (normalized, masked, the SQLite default in `--out`) and the read-only check
-that a URL can hold a study before anything is written. Opening a storage with heartbeats is
+that a URL can hold a study before anything is written, and `open_rdb`, which opens Optuna's RDB storage while
+other processes may be creating the same new database. Opening a storage with heartbeats is
 `autoeff.workers.open_storage`.
 """
 
@@ -7,17 +8,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import sqlite3
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy
+import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from autoeff.errors import SearchError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_S = TypeVar("_S")
+# How long opening a storage waits out another process creating Optuna's tables at the same moment.
+SCHEMA_RACE_S = 30.0
 
 
 def unwritable(folder: Path) -> str | None:
@@ -136,5 +145,36 @@ def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bo
         engine.dispose()
 
 
-__all__ = ["unwritable", "mask_url", "sqlite_path", "normalize_storage_url", "default_storage", "storage_url",
-           "check_storage"]
+def schema_race(e: BaseException) -> bool:
+    """Whether `e` is what a process gets when another one creates Optuna's tables in the same database at the
+    same moment: SQLAlchemy's `create_all` checks that a table is missing, then creates it, and the other process
+    created it in between ("table ... already exists"; on PostgreSQL also a duplicate `pg_type` row), or both
+    inserted Optuna's single `version_info` / `alembic_version` row (a unique or primary key violation)."""
+    if isinstance(e, sqlalchemy.exc.IntegrityError):
+        return True
+    if not isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError)):
+        return False
+    text = str(e).lower()
+    return "already exists" in text or "duplicate key" in text
+
+
+def open_rdb(factory: Callable[..., _S], url: str, **kwargs: Any) -> _S:
+    """`factory(url, **kwargs)` (Optuna's RDBStorage or a subclass), retried while another process is creating
+    the same database's tables (`schema_race`).
+
+    Optuna's RDBStorage creates its tables and version rows when it is constructed, with no lock between
+    processes; Optuna's answer (optuna/optuna#1092) is to create the storage once before starting workers. Users
+    start `autoeff worker`s and `autoeff optimize` together on a new database, so the loser of that race opens
+    the storage again (all tables then exist and are skipped) instead of exiting. Any other error is raised."""
+    deadline = time.monotonic() + SCHEMA_RACE_S
+    while True:
+        try:
+            return factory(url, **kwargs)
+        except Exception as e:
+            if not schema_race(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.05, 0.5))  # jitter: several losers do not retry in lockstep
+
+
+__all__ = ["SCHEMA_RACE_S", "schema_race", "open_rdb", "unwritable", "mask_url", "sqlite_path", "normalize_storage_url",
+           "default_storage", "storage_url", "check_storage"]

@@ -60,7 +60,7 @@ from autoeff.measurement import Baseline, Measurement
 from autoeff.optuna_compat import storage_of, trial_id
 from autoeff.recipe import Recipe
 from autoeff.settings import SearchSettings
-from autoeff.storage import mask_url
+from autoeff.storage import mask_url, open_rdb
 
 # -- keys (private: use the accessors) ---------------------------------------------------------------------
 _IDENTITY = "settings_identity"
@@ -527,7 +527,7 @@ def load_existing(storage: str, study_name: str) -> optuna.Study:
     """The study as stored (no sampler, no heartbeats, nothing written), or a one-line SearchError."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return optuna.load_study(study_name=study_name, storage=open_rdb(optuna.storages.RDBStorage, storage))
     except KeyError:
         raise SearchError(f"no study named {study_name!r} in {mask_url(storage)}; create it first with "
                           f"`autoeff optimize --storage ... --study-name {study_name}`") from None

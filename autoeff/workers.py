@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoeff.errors import SearchError
 from autoeff.optuna_compat import StaleTrialsStorage, has_heartbeat, storage_of, trial_id
 from autoeff.settings import GRACE_FACTOR, HEARTBEAT_INTERVAL_S
-from autoeff.storage import mask_url, normalize_storage_url, sqlite_path
+from autoeff.storage import mask_url, normalize_storage_url, open_rdb, sqlite_path
 from autoeff.study import (
     StoredStudy,
     candidate_attrs,
@@ -177,8 +177,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return HeartbeatStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
-                                    grace_period=grace, heartbeat_stale_trial_callback=RetryStaleTrial(max_retry))
+            return open_rdb(HeartbeatStorage, url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                            grace_period=grace, heartbeat_stale_trial_callback=RetryStaleTrial(max_retry))
     except Exception as e:  # sqlalchemy errors: unreachable server, bad URL, missing driver, foreign database
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise SearchError(f"cannot open storage {mask_url(url)!r}: {type(e).__name__}: {first}") from None
