@@ -9,6 +9,7 @@ the device and by measurement noise.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,10 @@ def bench_export(path: str | Path, device: str = "cpu", samples: int | None = No
     note = f"batch {batch}" + ("" if "batch_size" in measured_info else " (not recorded; assumed)")
     if claim.get("simulated"):
         note += "; claimed latency is simulated (fake quantization), not a real speedup"
+    claimed_raw = (claim.get("latency") or {}).get("raw_samples_s")
+    if claimed_raw and (claim.get("latency") or {}).get("yardstick_ref_s"):
+        note += (f"; the claim is in its baseline's timing conditions (timed against a yardstick), "
+                 f"{format_seconds(statistics.median(claimed_raw))} as timed then")
     rows.append({
         "what": "latency",
         "claimed": "-" if claimed_lat is None else format_seconds(float(claimed_lat)),

@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 import click  # noqa: E402
 from click.core import ParameterSource  # noqa: E402
 
-from autoeff.budget import BudgetError, format_seconds  # noqa: E402
+from autoeff.budget import BudgetError, format_seconds, parse_budget  # noqa: E402
 from autoeff.devices import DeviceError  # noqa: E402
 from autoeff.errors import NoFeasibleCandidateError, SearchError  # noqa: E402
 from autoeff.settings import Flag, RunOptions, SearchSettings  # noqa: E402
@@ -446,7 +446,9 @@ def _export(out: str, storage: str | None, study_name: str, trial_number: int | 
         raise UsageError(f"model {settings.model!r} loaded here differs from the one the study searched")
     measured_extra: dict[str, Any] = {}
     if budget is not None:
-        pick = pick_under_budget(records, budget_s, handle, settings, threads=threads)
+        relative = parse_budget(budget).fraction is not None
+        pick = pick_under_budget(records, budget_s, handle, settings, threads=threads,
+                                 baseline=stored.baseline if relative else None)
         rec = pick.record
         measured_extra = {"retimed": pick.retimed.to_dict(), "budget_s": budget_s}
         click.echo(f"trial {rec.number} meets {budget_s * 1000:.1f} ms: re-timed {pick.retimed.median_s * 1000:.1f} ms "

@@ -146,6 +146,14 @@ class EvaluationSpec:
                    reference=settings.reference)
 
 
+def yardstick_steps(fraction: float, default_steps: int) -> int:
+    """The yardstick's step count for a budget of `fraction` of the baseline: the base pipeline at the budget's
+    share of its steps, so a yardstick call costs about what a candidate near the budget does, and at most a
+    tenth of its steps (at least one), so pairing never costs more than a tenth of a baseline call per timed call.
+    The digits demo (10 % of 50 steps) gets 5."""
+    return max(1, min(round(fraction * default_steps), int(default_steps) // 10))
+
+
 def denoiser_size_mb(pipe: Any, handle: ModelHandle) -> float:
     """Storage of the denoiser's weights in MB (packed low-precision weights counted at their real size)."""
     return float(model_size_mb(getattr(pipe, handle.denoiser_name)))
@@ -156,6 +164,11 @@ class Evaluator:
 
     `noise_floor`: the baseline's relative latency spread, reported with every measurement (set by `baseline()`,
     or given when a study resumes with a stored baseline).
+
+    Yardstick (`use_yardstick`, for budgets relative to the baseline): every timed call is paired with a call of
+    the base pipeline at `yardstick_steps` steps, so latencies are ratios measured under one set of conditions,
+    scaled to the yardstick's time when the baseline was measured (`evaluators.latency`). The baseline sets the
+    reference time; a resumed run or a worker takes it from the stored baseline (`follow`).
     """
 
     def __init__(self, handle: ModelHandle, spec: EvaluationSpec, threads: int | None = None,
@@ -174,6 +187,30 @@ class Evaluator:
                                          batch_size=spec.batch_size)
         self.metric = make_quality(spec.metric, handle, device=self.device, reference_dir=spec.reference)
         self.noise_floor = noise_floor
+        self.yardstick_steps: int | None = None
+        self.yardstick_ref_s: float | None = None
+
+    def use_yardstick(self, steps: int, reference_s: float | None = None) -> None:
+        """Time every call against the base pipeline at `steps` steps; `reference_s` is the yardstick's time when
+        the baseline was measured (None: `baseline()` measures it)."""
+        if steps < 1:
+            raise ValueError(f"a yardstick needs at least one step, got {steps}")
+        self.yardstick_steps, self.yardstick_ref_s = int(steps), reference_s
+
+    def follow(self, baseline: Baseline) -> None:
+        """Measure as the stored `baseline` was: its noise floor, and its yardstick when it had one."""
+        self.noise_floor = baseline.noise_floor
+        lat = baseline.latency
+        if lat.yardstick_steps is not None and lat.yardstick_ref_s is not None:
+            self.use_yardstick(lat.yardstick_steps, lat.yardstick_ref_s)
+        else:
+            self.yardstick_steps = self.yardstick_ref_s = None
+
+    def _yardstick(self) -> Callable[[], Any] | None:
+        if self.yardstick_steps is None:
+            return None
+        spec, pipe, steps = self.latency_spec, self.handle.pipeline, self.yardstick_steps
+        return lambda: call_pipeline(self.handle, pipe, spec, 0, len(spec), steps=steps)
 
     # -- latency -------------------------------------------------------------------------------------
     def latency(self, pipe: Any, budget_s: float | None = None, simulated: bool = False,
@@ -221,7 +258,9 @@ class Evaluator:
                 with torch.compiler.set_stance("fail_on_recompile"):
                     # one warm-up call here: compile_warmup's last call was the other one
                     res = measure_latency(call, self.device, warmup=1, min_repeats=5, max_repeats=30,
-                                          rel_spread=0.03, max_seconds=max_seconds, threads=self.threads)
+                                          rel_spread=0.03, max_seconds=max_seconds, threads=self.threads,
+                                          yardstick=self._yardstick(), yardstick_ref_s=self.yardstick_ref_s,
+                                          yardstick_steps=self.yardstick_steps)
                 break
             except RuntimeError as e:
                 if _RECOMPILE_MESSAGE not in str(e):
@@ -283,8 +322,10 @@ class Evaluator:
     def baseline(self) -> Baseline:
         """The base pipeline as the user runs it today: latency, proxy quality and final quality."""
         pipe = self.handle.pipeline
+        self.yardstick_ref_s = None  # the baseline's own yardstick calls set it
         lat = self.latency(pipe)
         self.noise_floor = lat.rel_spread
+        self.yardstick_ref_s = lat.yardstick_ref_s
         return Baseline(latency_s=lat.median_s, latency=lat, quality=self.quality_on(pipe, self.proxy_spec),
                         final_quality=self.quality_on(pipe, self.final_spec), size_mb=self.size_mb(pipe),
                         steps=self.handle.default_steps, scheduler=type(pipe.scheduler).__name__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from typing import Any
 
 import diffusers
@@ -106,6 +107,13 @@ def model_card(info: dict[str, Any], recipe: Recipe, context: SpaceContext, sche
             f"| baseline (the base pipeline, {model.get('default_steps', '-')} steps) | {base_lat} | {base_q} |",
             f"| this export | {lat} | {q} |",
         ]
+        timing = (measured.get(which) or {}).get("latency") or {}
+        if timing.get("yardstick_ref_s") and timing.get("raw_samples_s"):
+            raw = statistics.median(timing["raw_samples_s"])
+            figures += ["", f"Latencies are in the conditions the baseline was timed in: each call was timed against "
+                        f"the base pipeline at {timing.get('yardstick_steps')} steps run right after it, and scaled by "
+                        f"that call's time when the baseline was measured (this machine's speed drifts); as measured, "
+                        f"this export's calls took {raw * 1000:.1f} ms (median)."]
     else:
         figures = ["Nothing was measured: this folder was exported without a search's figures."]
     lines = [

@@ -15,6 +15,7 @@ from autoeff.budget import Budget, parse_budget
 from autoeff.errors import SearchError
 from autoeff.evaluators.latency import LatencyResult
 from autoeff.measure import EvaluationSpec, Evaluator
+from autoeff.measurement import Baseline
 from autoeff.models.handle import ModelHandle
 from autoeff.search import context_for
 from autoeff.search_spaces.space import SearchSpace
@@ -46,8 +47,10 @@ def budget_seconds(budget: str | Budget, stored: StoredStudy) -> float:
 
 
 def pick_under_budget(records: list[TrialRecord], budget_s: float, handle: ModelHandle, settings: SearchSettings,
-                      threads: int | None = None) -> Pick:
-    """The best stored candidate that meets `budget_s` when re-timed on this machine (see the module docstring)."""
+                      threads: int | None = None, baseline: Baseline | None = None) -> Pick:
+    """The best stored candidate that meets `budget_s` when re-timed on this machine (see the module docstring).
+    With the study's `baseline` (a budget relative to it), candidates are re-timed as it was: against its
+    yardstick, when it had one (`Evaluator.follow`)."""
     measured = [r for r in records if r.score is not None]
     fits = sorted((r for r in measured if r.latency_s <= budget_s), key=lambda r: r.score or 0.0, reverse=True)
     if not fits:
@@ -57,6 +60,8 @@ def pick_under_budget(records: list[TrialRecord], budget_s: float, handle: Model
         raise SearchError(f"no stored candidate meets {budget_s * 1000:.1f} ms: {detail}; search with that budget")
     space = SearchSpace(handle, settings.space, context_for(handle, settings))
     evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=threads)
+    if baseline is not None:
+        evaluator.follow(baseline)
     tried = []
     for record in fits[:MAX_RETIMED]:
         latency = evaluator.latency(space.build(record.recipe), budget_s=budget_s,

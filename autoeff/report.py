@@ -247,6 +247,9 @@ def write_report(result: Any, folder: str | Path, chosen: Any = None, final_fold
     threads = html.escape(str(base.latency.threads))
     wait_policy = html.escape(str(base.latency.omp_wait_policy))
     budget_text = html.escape(result.settings.budget.text)
+    if base.latency.yardstick_steps is not None:
+        budget_text += (f"; every latency timed against the base pipeline at {base.latency.yardstick_steps} steps "
+                        "run right after it, in the baseline's timing conditions")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>autoeff report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}

@@ -45,7 +45,7 @@ from autoeff.evaluators.latency import LatencyResult
 from autoeff.evaluators.metric_names import HIGHER_IS_BETTER
 from autoeff.latency_model import LatencyModel
 from autoeff.log import logger
-from autoeff.measure import EvaluationSpec, Evaluator
+from autoeff.measure import EvaluationSpec, Evaluator, yardstick_steps
 from autoeff.measurement import Baseline, Measurement
 from autoeff.models.handle import ModelHandle
 from autoeff.models.registry import resolve_model
@@ -137,7 +137,7 @@ def stage_baseline(stored: StoredStudy, evaluator: Evaluator) -> Baseline:
         logger.info(f"measured the baseline: {baseline.latency_s * 1000:.1f} ms per call, {final.metric} "
                     f"{final.value:.4g} (n={final.n})")
         warn_if_busy("the baseline", baseline.latency)
-    evaluator.noise_floor = baseline.noise_floor
+    evaluator.follow(baseline)
     return baseline
 
 
@@ -351,6 +351,8 @@ def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, 
         if not run.join:
             stored.set_run(settings, rdb.heartbeat_interval, rdb.grace_period)
         evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=run.threads)
+        if settings.budget.fraction is not None:  # a share of the baseline: time against a yardstick (measure.py)
+            evaluator.use_yardstick(yardstick_steps(settings.budget.fraction, handle.default_steps))
         # 2-3. baseline, budget
         baseline = stage_baseline(stored, evaluator)
         budget_s = settings.budget.resolve(baseline.latency_s)
@@ -499,8 +501,9 @@ def work(storage: str, study_name: str = "autoeff", *, model_path: str | None = 
         if steps is not None:
             context = dataclasses.replace(context, min_steps=steps[0], max_steps=steps[1])
         baseline = stored.baseline
-        evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=threads,
-                              noise_floor=None if baseline is None else baseline.noise_floor)
+        evaluator = Evaluator(handle, EvaluationSpec.of(settings), threads=threads)
+        if baseline is not None:
+            evaluator.follow(baseline)
         objective = Objective(SearchSpace(handle, settings.space, context), evaluator, budget_s, settings, baseline)
         refill = trial_loop(study, stored, settings, handle, context, budget_s, baseline, seed)
         ran = run_trials(study, objective, registry=registry, wait_for_running=False, catch=(CandidateFailed,),

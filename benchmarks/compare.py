@@ -22,8 +22,10 @@ A *piece* is one model at one batch size. Its steps, each saved to `benchmarks/r
    whole denoiser) and compiled with the best DeepCache, each at every step count that fits. All are autoeff
    Recipes, built by the code that builds the search's candidates. A compiled configuration's images equal its
    eager images up to rounding (`measure.COMPILED_IMAGE_TOLERANCE`), so its FID is the eager one's.
-3. autoeff: `autoeff.optimize` at each budget, in absolute milliseconds, with its default sampler (or
-   `--sampler`); its study stays in `--work-dir` (a rerun resumes it).
+3. autoeff: `autoeff.optimize` at each budget written as a user writes it (`10%`: of the search's own baseline,
+   every call timed against its yardstick; until 2026-11-30 the budget was passed in milliseconds), with its
+   default sampler (or `--sampler`); its study stays in `--work-dir` (a rerun resumes it;
+   `--redo-searches` runs the searches afresh and re-measures, keeping steps 1-2).
 4. re-measured: every chosen configuration (references, the best hand configuration of each kind per budget,
    autoeff's picks) timed interleaved round-robin in one process, and FID against the 1797 real digits on two
    seed sets of `--final-samples` (cached by recipe, shared between batch sizes: the images do not depend
@@ -272,10 +274,11 @@ def _fallback_combo(bench: Bench, scans: dict[tuple[str, str], list[dict[str, An
 
 
 # --- step 3: autoeff ---------------------------------------------------------------------------------------
-def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str | None, seed: int, trials: int,
+def run_search(bench: Bench, budget: str, out: Path, *, sampler: str | None, seed: int, trials: int,
                warm_start: bool = True, final_samples: int, fresh: bool = False) -> dict[str, Any]:
-    """One `autoeff.optimize` run in `out` (an existing study there is resumed unless `fresh`): its winner,
-    trials (state, latency, raw FID, skipped), share measured over budget and wall time."""
+    """One `autoeff.optimize` run in `out` (an existing study there is resumed unless `fresh`) with `budget` as a
+    user writes it (`10%`: of the search's own baseline, timed against its yardstick): its winner, trials (state,
+    latency, raw FID, skipped), share measured over the search's budget and wall time."""
     import optuna
 
     from autoeff.api import load_result, optimize
@@ -289,16 +292,18 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str | None,
     error, result = None, None
     kwargs: dict[str, Any] = {} if sampler is None else {"sampler": sampler}
     try:
-        result = optimize(bench.handle, budget=f"{budget_s * 1e3:.4f}ms", device=args.device, out=out,
+        result = optimize(bench.handle, budget=budget, device=args.device, out=out,
                           space=args.space, metric="fid", trials=trials, seed=seed, batch_size=bench.batch,
                           proxy_samples=args.proxy_samples, final_samples=final_samples, warm_start=warm_start,
                           export=False, threads=args.threads, min_steps=1, **kwargs)
     except SearchError as e:
         error = f"{type(e).__name__}: {e}"
     wall = time.perf_counter() - t0
+    budget_s: float | None = None  # the search's own budget in seconds (its % resolved against its baseline)
     try:
         stored, records = load_result(out)
         all_trials = stored.study.get_trials(deepcopy=False)
+        budget_s = stored.budget_s
     except Exception as e:  # the search failed before its study existed: report, do not crash the benchmark
         error = error or f"{type(e).__name__}: {e}"
         records, all_trials = [], []
@@ -309,10 +314,11 @@ def run_search(bench: Bench, budget_s: float, out: Path, *, sampler: str | None,
                             "fid": m.quality.value if m and m.quality is not None else None,
                             "skipped": skip_reason(t) is not None, "planned": planned_as(t)})
     measured = [t for t in trials_info if t["latency_s"] is not None]
-    over = [t for t in measured if t["latency_s"] > budget_s]
+    over = [t for t in measured if budget_s is not None and t["latency_s"] > budget_s]
     best = result.best if result is not None else None
     summary = result.summary() if result is not None else {}
-    return {"out": str(out), "sampler": sampler, "seed": seed, "trials": trials, "wall_s": wall, "error": error,
+    return {"out": str(out), "budget": budget, "budget_s": budget_s, "sampler": sampler, "seed": seed,
+            "trials": trials, "wall_s": wall, "error": error,
             "states": {s: sum(1 for t in trials_info if t["state"] == s) for s in {t["state"] for t in trials_info}},
             "measured": len(measured), "over_budget": len(over), "skipped": sum(t["skipped"] for t in trials_info),
             "completed": sum(1 for t in trials_info if t["state"] == optuna.trial.TrialState.COMPLETE.name),
@@ -382,6 +388,9 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
 
     path = pieces_dir(args) / f"{model}-b{batch}.json"
     piece = Piece(path, args.fresh)
+    if args.redo_searches:
+        for key in ("searches", "rows", "final"):
+            piece.data.pop(key, None)
     bench = Bench(args, model, batch, piece, log)
     t_start = time.perf_counter()
     ddpm_label = f"DDPM-{args.ddpm_steps}"
@@ -406,9 +415,10 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         if label in searches:
             continue
         log(f"[{model} b{batch}] autoeff at {label} ({ms(b)} ms), {args.trials} trials")
-        searches[label] = run_search(bench, b, args.work_dir / f"{model}-b{batch}-{label.rstrip('%')}pct",
+        searches[label] = run_search(bench, label, args.work_dir / f"{model}-b{batch}-{label.rstrip('%')}pct",
                                      sampler=args.sampler, seed=0, trials=args.trials,
-                                     final_samples=args.search_final_samples, fresh=args.fresh)
+                                     final_samples=args.search_final_samples,
+                                     fresh=args.fresh or args.redo_searches)
         piece.put("searches", searches)
         w = searches[label]["winner"]
         log(f"  {searches[label]['wall_s'] / 60:.1f} min, winner {short_label(_recipe(w['recipe'])) if w else None}")
@@ -640,6 +650,9 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="only write the section from the finished pieces")
     p.add_argument("--quick", action="store_true", help="every step with tiny counts (plumbing, not results)")
     p.add_argument("--fresh", action="store_true", help="start the pieces (and their searches) over")
+    p.add_argument("--redo-searches", action="store_true",
+                   help="keep each piece's references and hand configurations; run autoeff's searches afresh and "
+                        "re-measure the finalists (after a change to the search)")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--device", default="cpu")
     p.add_argument("--space", default="solver,schedule,cache,quantize,prune")

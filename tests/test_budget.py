@@ -85,3 +85,11 @@ def test_format_seconds():
     assert format_seconds(0.0123) == "12.3 ms"
     assert format_seconds(0.25) == "250 ms"
     assert format_seconds(2.5) == "2.50 s"
+
+
+def test_the_yardstick_is_the_budgets_share_of_the_base_steps_at_most_a_tenth():
+    from autoeff.measure import yardstick_steps
+
+    assert [yardstick_steps(f, 50) for f in (0.03, 0.05, 0.10, 0.20, 2.0)] == [2, 2, 5, 5, 5]
+    assert [yardstick_steps(f, 1000) for f in (0.001, 0.03, 0.5)] == [1, 30, 100]
+    assert yardstick_steps(2.0, 10) == yardstick_steps(0.1, 4) == 1  # never fewer than one step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import time
 
 import pytest
@@ -162,3 +163,54 @@ def test_bad_arguments():
         measure_latency(lambda: None, "cpu", min_repeats=5, max_repeats=2)
     with pytest.raises(ValueError, match="rel_spread"):
         measure_latency(lambda: None, "cpu", rel_spread=0)
+
+
+class DriftingMachine:
+    """A machine whose speed changes from call to call (`speeds`, cycled): a call of `cost` seconds of work takes
+    `cost * speed`; the candidate and the yardstick run on the same machine."""
+
+    def __init__(self, speeds):
+        self.now = 0.0
+        self.speeds = itertools.cycle(speeds)
+        self.speed = 1.0
+
+    def timer(self) -> float:
+        return self.now
+
+    def work(self, cost: float):
+        def call() -> None:
+            self.now += cost * self.speed
+        return call
+
+    def drift(self, fn):
+        def call() -> None:  # the machine's speed moves before each candidate call, and holds for its yardstick
+            self.speed = next(self.speeds)
+            fn()
+        return call
+
+
+def test_a_yardstick_cancels_the_machines_drift():
+    """A 30 ms candidate timed on a machine whose speed swings 1x-2x: raw medians land anywhere in that range, the
+    yardstick-relative latency is the candidate's cost in the reference's conditions, exactly; the raw times and
+    the yardstick's are kept."""
+    speeds = [1.0, 1.9, 1.2, 2.0, 1.5, 1.1, 1.7]
+    machine = DriftingMachine(speeds)
+    cand, yard = machine.drift(machine.work(0.030)), machine.work(0.050)
+    raw = measure_latency(cand, "cpu", warmup=0, min_repeats=7, max_repeats=7, lock=False, timer=machine.timer)
+    assert raw.rel_spread > 0.2 and raw.median_s == pytest.approx(0.030 * 1.5)
+    # the yardstick's reference time was taken when the machine ran at speed 1.0: 50 ms
+    res = measure_latency(cand, "cpu", warmup=0, min_repeats=5, max_repeats=30, lock=False, timer=machine.timer,
+                          yardstick=yard, yardstick_ref_s=0.050, yardstick_steps=5)
+    assert res.median_s == pytest.approx(0.030) and res.rel_spread == pytest.approx(0.0)
+    assert res.stop_reason == "stable" and res.repeats == 5
+    assert res.yardstick_ref_s == 0.050 and res.yardstick_steps == 5
+    assert len(res.raw_samples_s) == len(res.yardstick_samples_s) == 5
+    assert res.raw_median_s > 0.030 and res.drift == pytest.approx(res.raw_median_s / 0.030)
+    # without a reference, the yardstick's own median is the reference: the numbers stay near raw times
+    own = measure_latency(cand, "cpu", warmup=0, min_repeats=5, max_repeats=5, lock=False, timer=machine.timer,
+                          yardstick=yard)
+    assert own.yardstick_ref_s == pytest.approx(statistics.median(own.yardstick_samples_s))
+    assert own.median_s == pytest.approx(0.030 * own.yardstick_ref_s / 0.050)
+    assert LatencyResult.from_json(res.to_json()) == res
+    with pytest.raises(ValueError, match="yardstick_ref_s"):
+        measure_latency(cand, "cpu", lock=False, yardstick=yard, yardstick_ref_s=0.0)

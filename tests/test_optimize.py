@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 
 import optuna
 import pytest
@@ -97,6 +98,18 @@ def test_resume_continues_without_rerunning(digits10, tmp_path):
         if t.number in starts:
             assert t.datetime_start == starts[t.number]  # not re-evaluated
     assert second.baseline == first.baseline  # measured once, stored in the study
+    # a budget relative to the baseline: every call is timed against the yardstick (the base pipeline at the
+    # budget's share of its steps, at most a tenth: 1 of 10), in the baseline's conditions, the resumed run's too
+    base = second.baseline.latency
+    assert base.yardstick_steps == 1 and base.yardstick_ref_s == statistics.median(base.yardstick_samples_s)
+    measured = [measurement_of(t) for t in trials if measurement_of(t) is not None]
+    assert {t.number for t in trials} - set(starts) and len(measured) >= 3
+    for m in measured:
+        lat = m.latency
+        assert (lat.yardstick_ref_s, lat.yardstick_steps) == (base.yardstick_ref_s, 1)
+        assert len(lat.yardstick_samples_s) == len(lat.raw_samples_s) == lat.repeats
+        assert m.latency_s == pytest.approx(statistics.median(
+            [r / y * base.yardstick_ref_s for r, y in zip(lat.raw_samples_s, lat.yardstick_samples_s, strict=True)]))
 
 
 def test_interrupt_then_resume(digits10, tmp_path):
@@ -161,6 +174,8 @@ def test_no_feasible_candidate_exports_nothing_unless_best_effort(digits10, tmp_
     # the machine's measured noise)
     assert res.records and len(res.records) + len(res.skipped) >= 2
     assert "no candidate met the budget" in res.infeasible and "fastest" in res.infeasible
+    assert res.baseline.latency.yardstick_steps is None  # an absolute budget: milliseconds as measured
+    assert all(r.measurement.latency.yardstick_ref_s is None for r in res.records)
     assert json.loads((tmp_path / "nf" / "summary.json").read_text())["infeasible"] == res.infeasible
     assert not (tmp_path / "nf" / "optimized").exists()
     with pytest.raises(NoFeasibleCandidateError) as e:  # for callers who want an exception

@@ -11,6 +11,16 @@ slower (FACTS.md). `OMP_WAIT_POLICY=PASSIVE` removes that, but OpenMP reads it o
 runtime: the process that measures must set it at startup, before `import torch` (the autoeff CLI does;
 `make` exports it). `cpu_thread_setup()` reports the value found in the environment; it cannot tell
 whether it was set early enough, so set it in the shell or first thing in `main`.
+
+A machine whose speed drifts (a shared VM: the same 50-step call took 412-772 ms within one hour here, and one
+window of 30 calls 458-1008 ms; FACTS.md) makes milliseconds measured minutes apart incomparable. With a
+`yardstick` (a short fixed call, e.g. the base pipeline at a few steps) each timed call is followed by one
+yardstick call, and the number kept is the ratio of the two, scaled by the yardstick's reference time: the
+call's latency in the conditions the reference was timed in. On this VM the ratio of a 3-step candidate to a
+5-step yardstick varied 3.4 % (coefficient of variation over 69 windows of 5 pairs, 4 minutes) where either
+call alone varied 15 %. Pairing a measurement with a concurrently measured reference is the usual remedy for
+drift in benchmarking (e.g. Kalibera & Jones, "Rigorous Benchmarking in Reasonable Time", ISMM 2013, on
+randomised, interleaved runs); no timing library in our dependencies does it for a pipeline call, hence this.
 """
 
 from __future__ import annotations
@@ -60,6 +70,11 @@ class LatencyResult(JsonRecord):
         simulated: True when the number is not a real device timing (e.g. a fake-quant backend).
         other_cpu: the share of all CPUs other processes used during the timed calls (0..1; `evaluators.load`),
             None where it cannot be read; load_avg: the 1-minute load average at the end.
+        yardstick_ref_s: with a yardstick, its reference time; every number above is then the call's time
+            relative to the yardstick call after it, times this (the call in the reference's conditions).
+        raw_samples_s / yardstick_samples_s: with a yardstick, the timed calls and the yardstick calls as
+            measured (milliseconds of the moment); drift: the yardstick's median now over its reference.
+        yardstick_steps: the yardstick's step count (the base pipeline at that many steps).
     """
 
     median_s: float
@@ -77,7 +92,24 @@ class LatencyResult(JsonRecord):
     simulated: bool = False
     other_cpu: float | None = None
     load_avg: float | None = None
+    yardstick_ref_s: float | None = None
+    yardstick_steps: int | None = None
+    raw_samples_s: list[float] = field(default_factory=list)
+    yardstick_samples_s: list[float] = field(default_factory=list)
     version: int = 1
+
+    @property
+    def drift(self) -> float | None:
+        """The yardstick's median in this measurement over its reference time (1.3: the machine ran 30 % slower
+        than when the reference was timed); None without a yardstick."""
+        if self.yardstick_ref_s is None or not self.yardstick_samples_s:
+            return None
+        return statistics.median(self.yardstick_samples_s) / self.yardstick_ref_s
+
+    @property
+    def raw_median_s(self) -> float:
+        """The median of the calls as measured (without the yardstick's correction)."""
+        return statistics.median(self.raw_samples_s) if self.raw_samples_s else self.median_s
 
     @property
     def busy(self) -> bool:
@@ -156,6 +188,9 @@ def measure_latency(
     lock: bool = True,
     threads: int | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    yardstick: Callable[[], Any] | None = None,
+    yardstick_ref_s: float | None = None,
+    yardstick_steps: int | None = None,
 ) -> LatencyResult:
     """Time `fn()` (one end-to-end pipeline call, as a user runs it) on `device`.
 
@@ -165,6 +200,11 @@ def measure_latency(
     each call. On CPU, `threads` (if given) fixes torch's thread count for the measurement and is restored
     afterwards. With `lock`, the per-device inter-process lock (`autoeff.evaluators.lock`) is held for the
     whole measurement, warm-up included. `timer` is injectable for tests.
+
+    With a `yardstick` (see the module docstring) every timed call is followed by a timed `yardstick()` call
+    (warmed up as many times), and each sample is `call / yardstick * yardstick_ref_s`; the stopping rule and
+    every statistic apply to those samples. Without `yardstick_ref_s` the reference is this measurement's own
+    yardstick median (how the reference itself is measured: its samples are then about its raw times).
     """
     if warmup < 0 or min_repeats < 1 or max_repeats < min_repeats:
         raise ValueError(f"need warmup >= 0 and 1 <= min_repeats <= max_repeats; got warmup={warmup}, "
@@ -176,21 +216,37 @@ def measure_latency(
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(dev)) if is_cuda else (lambda: None)
     old_threads = torch.get_num_threads()
     setup = cpu_thread_setup(threads if not is_cuda else None)
-    samples: list[float] = []
+    if yardstick_ref_s is not None and not yardstick_ref_s > 0:
+        raise ValueError(f"yardstick_ref_s must be a positive time, got {yardstick_ref_s}")
+    samples: list[float] = []  # raw times, or ratios to the yardstick (scaled at the end)
+    raw: list[float] = []
+    yard: list[float] = []
     reason = "max_repeats"
+
+    def timed(call: Callable[[], Any]) -> float:
+        sync()
+        t0 = timer()
+        call()
+        sync()
+        return timer() - t0
+
     try:
         with device_lock(str(device)) if lock else nullcontext():
             for _ in range(warmup):
                 fn()
+                if yardstick is not None:
+                    yardstick()
                 sync()
             started = timer()
             before = load.sample()
             while len(samples) < max_repeats:
-                sync()
-                t0 = timer()
-                fn()
-                sync()
-                samples.append(timer() - t0)
+                took = timed(fn)
+                if yardstick is None:
+                    samples.append(took)
+                else:
+                    raw.append(took)
+                    yard.append(timed(yardstick))
+                    samples.append(took / yard[-1])
                 if len(samples) >= min_repeats and median_ci_halfwidth(samples) <= rel_spread:
                     reason = "stable"
                     break
@@ -201,6 +257,10 @@ def measure_latency(
     finally:
         if threads is not None and not is_cuda:
             torch.set_num_threads(old_threads)
+    ref: float | None = None
+    if yardstick is not None:
+        ref = statistics.median(yard) if yardstick_ref_s is None else yardstick_ref_s
+        samples = [r * ref for r in samples]
     return LatencyResult(
         median_s=statistics.median(samples),
         p10_s=_quantile(samples, 0.1),
@@ -216,6 +276,10 @@ def measure_latency(
         samples_s=samples,
         other_cpu=other_cpu,
         load_avg=load.load_average(),
+        yardstick_ref_s=ref,
+        yardstick_steps=None if yardstick is None else yardstick_steps,
+        raw_samples_s=raw,
+        yardstick_samples_s=yard,
     )
 
 

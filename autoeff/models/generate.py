@@ -97,12 +97,14 @@ def to_images(out) -> torch.Tensor:
     return out.detach().float().cpu()
 
 
-def call_pipeline(handle: ModelHandle, pipe, spec: SampleSpec, start: int, stop: int) -> torch.Tensor:
-    """One pipeline call for samples `start:stop`; returns `(n, C, H, W)` float images in [0, 1] on the CPU."""
+def call_pipeline(handle: ModelHandle, pipe, spec: SampleSpec, start: int, stop: int,
+                  steps: int | None = None) -> torch.Tensor:
+    """One pipeline call for samples `start:stop`, at the model's default step count or `steps`; returns
+    `(n, C, H, W)` float images in [0, 1] on the CPU."""
     kind = handle.model_kind
     seeds = spec.seeds[start:stop]
     n = len(seeds)
-    kwargs: dict = {"output_type": "pt", "num_inference_steps": handle.default_steps}
+    kwargs: dict = {"output_type": "pt", "num_inference_steps": handle.default_steps if steps is None else steps}
     if kind.noise_input == "latents":
         den = getattr(pipe, handle.denoiser_name)
         param = next(den.parameters(), None)
