@@ -163,7 +163,7 @@ class Evaluator:
     """Latency and quality of pipelines built from one model, on the fixed sample sets of `spec`.
 
     `noise_floor`: the baseline's relative latency spread, reported with every measurement (set by `baseline()`,
-    or given when a study resumes with a stored baseline).
+    or by `follow` when a study resumes with a stored baseline).
 
     Yardstick (`use_yardstick`, for budgets relative to the baseline): every timed call is paired with a call of
     the base pipeline at `yardstick_steps` steps, so latencies are ratios measured under one set of conditions,
@@ -171,8 +171,7 @@ class Evaluator:
     reference time; a resumed run or a worker takes it from the stored baseline (`follow`).
     """
 
-    def __init__(self, handle: ModelHandle, spec: EvaluationSpec, threads: int | None = None,
-                 noise_floor: float | None = None) -> None:
+    def __init__(self, handle: ModelHandle, spec: EvaluationSpec, threads: int | None = None) -> None:
         self.handle = handle
         self.spec = spec
         self.device = spec.device
@@ -186,7 +185,7 @@ class Evaluator:
         self.latency_spec = default_spec(handle, spec.batch_size, seed=sample_seed(spec.seed, LATENCY_SEED),
                                          batch_size=spec.batch_size)
         self.metric = make_quality(spec.metric, handle, device=self.device, reference_dir=spec.reference)
-        self.noise_floor = noise_floor
+        self.noise_floor: float | None = None
         self.yardstick_steps: int | None = None
         self.yardstick_ref_s: float | None = None
 
