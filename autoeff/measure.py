@@ -335,9 +335,9 @@ class Evaluator:
         return default_spec(self.handle, n, seed=sample_seed(self.spec.seed, FINAL_SEED),
                             batch_size=min(QUALITY_BATCH, n))
 
-    def quality_at(self, pipe: Any, n: int) -> QualityResult:
+    def quality_at(self, pipe: Any, n: int, deadline: float | None = None) -> QualityResult:
         """The metric on the first `n` images of the finalists' sample set (a rung of successive halving)."""
-        return self.quality_on(pipe, self.final_prefix(n))
+        return self.quality_on(pipe, self.final_prefix(n), deadline=deadline)
 
     def retime(self, pipe: Any, simulated: bool = False) -> LatencyResult:
         """The latency as a finalist is re-timed (`remeasure`), without scoring it."""

@@ -11,10 +11,12 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
 1. the hand-picked configurations (`warm_start.py`), each re-filled for its structure just before it runs
    (the model then knows every trial measured before it);
 2. then, alternately,
-   - *exploit*: the structure of the best candidate so far (best proxy score within budget) at its filled step
-     count, first with the hand schedules it has not been measured with (`positions.STARTING_FAMILIES`), then,
-     at 2-8 steps, with timestep positions proposed by Bayesian optimisation over the ones measured
-     (`positions.propose`; AutoDiffusion, Li et al., ICCV 2023, searches positions by evolution). Before those,
+   - *exploit*: the structure of the best candidate so far within budget (by the largest sample it was scored
+     on: `selection.best_by_evidence`; the proxy alone is noisier than the differences it would rank) at its
+     filled step count, first with the hand schedules it has not been measured with
+     (`positions.STARTING_FAMILIES`), then, at 2-8 steps, with timestep positions proposed by Bayesian
+     optimisation over the ones measured (`positions.propose`; AutoDiffusion, Li et al., ICCV 2023, searches
+     positions by evolution). Before those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer. Filling puts the best candidates at the
      edge, where the final re-time can put them over (on 2 CPU cores a re-time moved by 10-15 %); without a
@@ -40,7 +42,7 @@ from autoeff.latency_model import LatencyModel, evaluations, structure_key, stru
 from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, propose
 from autoeff.search_spaces import schedule
 from autoeff.search_spaces.base import SpaceContext
-from autoeff.selection import NEAR_BUDGET
+from autoeff.selection import NEAR_BUDGET, best_by_evidence
 from autoeff.study import StoredStudy, TrialRecord, is_warm_start, planned_as
 
 EXPLOIT = ("hedge", "schedule", "positions")
@@ -108,9 +110,9 @@ class FillPlanner:
         records = self.stored.records()
         scored = [r for r in records if r.score is not None and r.feasible(self.budget_s)
                   and schedule.STEPS_PARAM in r.params]
-        if not scored:
+        best = best_by_evidence(scored, self.budget_s)
+        if best is None:
             return None
-        best = max(scored, key=lambda r: r.score if r.score is not None else float("-inf"))
         structure = structure_params(best.params)
         hedge = self.hedge(best, records, model)
         if hedge is not None:

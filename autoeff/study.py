@@ -32,9 +32,10 @@ stored:
 | trial | `planned` | which step of the budget-filling loop enqueued it (`schedule`, `positions`, ...) | planner |
 | trial | `worker` | the process that ran it (`host/pid-namespace/pid`) | workers |
 | trial | `warm_start` | enqueued as a hand-picked configuration | warm start |
+| trial | `contender` | `{samples, quality}` or `{samples, failed}`: its first-rung score (`selection`) | objective |
 
-`recipe`, `measurement`, `constraint`, `fail_reason`, `prediction`, `skipped` and `worker` describe one attempt:
-a retry of a failed trial starts without them (`candidate_attrs`).
+`recipe`, `measurement`, `constraint`, `fail_reason`, `prediction`, `skipped`, `contender` and `worker` describe one
+attempt: a retry of a failed trial starts without them (`candidate_attrs`).
 
 A study made before `objective` version 2 (trial values -FID, and a placeholder score for a candidate whose
 quality was not measured) is refused with one line (`incompatibility`); its trials are not comparable.
@@ -89,7 +90,9 @@ _CONSTRAINT = "constraint"
 _FAIL_REASON = "fail_reason"
 _WORKER = "worker"
 _WARM_START = "warm_start"
-_ATTEMPT_ATTRS = frozenset({_FAIL_REASON, _WORKER, _RECIPE, _MEASUREMENT, _CONSTRAINT, _PREDICTION, _SKIPPED})
+_CONTENDER = "contender"
+_ATTEMPT_ATTRS = frozenset({_FAIL_REASON, _WORKER, _RECIPE, _MEASUREMENT, _CONSTRAINT, _PREDICTION, _SKIPPED,
+                            _CONTENDER})
 _REASON_LIMIT = 2000
 # What the trial values mean (the `objective` attribute's version): 2 = latency ms, the raw metric, size MB.
 OBJECTIVE_VERSION = 2
@@ -114,6 +117,8 @@ class TrialRecord:
     measurement: Measurement
     params: dict[str, Any]
     warm_start: bool = False
+    # `(samples, quality)` on the first rung of the halving, measured during the search (`search.Objective`)
+    contender: tuple[int, QualityResult] | None = None
 
     @property
     def latency_s(self) -> float:
@@ -128,7 +133,9 @@ class TrialRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "recipe": self.recipe.to_dict(), "measurement": self.measurement.to_dict(),
-                "params": self.params, "warm_start": self.warm_start}
+                "params": self.params, "warm_start": self.warm_start,
+                "contender": None if self.contender is None else {"samples": self.contender[0],
+                                                                  "quality": self.contender[1].to_dict()}}
 
 
 class StoredStudy:
@@ -350,7 +357,7 @@ class StoredStudy:
             if recipe is None or measurement is None:
                 continue
             out.append(TrialRecord(number=t.number, recipe=recipe, measurement=measurement, params=dict(t.params),
-                                   warm_start=is_warm_start(t)))
+                                   warm_start=is_warm_start(t), contender=contender_of(t)))
         return out
 
     def skipped(self) -> list[tuple[int, str]]:
@@ -389,6 +396,21 @@ def set_measurement(trial: optuna.Trial, measurement: Measurement, budget_s: flo
 def measurement_of(trial: FrozenTrial) -> Measurement | None:
     value = trial.user_attrs.get(_MEASUREMENT)
     return None if value is None else Measurement.from_dict(value)
+
+
+def set_contender(trial: optuna.Trial, samples: int, quality: QualityResult | None, failed: str | None = None) -> None:
+    """The candidate's quality on the first `samples` final-set images, measured during the search because its
+    proxy score was within noise of the best (or why that failed: the trial itself stands)."""
+    trial.set_user_attr(_CONTENDER, {"samples": int(samples), "failed": (failed or "")[:_REASON_LIMIT]}
+                        if quality is None else {"samples": int(samples), "quality": quality.to_dict()})
+
+
+def contender_of(trial: FrozenTrial) -> tuple[int, QualityResult] | None:
+    """`(samples, quality)` as `set_contender` stored it; None when not measured or when it failed."""
+    value = trial.user_attrs.get(_CONTENDER)
+    if not isinstance(value, dict) or not isinstance(value.get("quality"), dict):
+        return None
+    return int(value["samples"]), QualityResult.from_dict(value["quality"])
 
 
 def set_prediction(trial: optuna.Trial, prediction: dict[str, Any]) -> None:
@@ -540,4 +562,4 @@ __all__ = ["StoredStudy", "TrialRecord", "FinalistEntry", "open_study", "load_ex
            "set_recipe", "recipe_of", "recipe_dict_of", "set_measurement", "measurement_of", "set_fail_reason",
            "set_prediction", "prediction_of", "set_skipped", "skip_reason", "planned_as", "OBJECTIVE_VERSION",
            "set_fail_reason_by_id", "fail_reason", "set_worker", "worker_of", "is_warm_start", "candidate_attrs",
-           "fail_trial"]
+           "fail_trial", "set_contender", "contender_of"]

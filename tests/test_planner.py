@@ -16,7 +16,7 @@ from autoeff.search import context_for
 from autoeff.search_spaces import schedule
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SearchSettings
-from autoeff.study import StoredStudy, planned_as, set_measurement, set_recipe
+from autoeff.study import StoredStudy, planned_as, set_contender, set_measurement, set_recipe
 from autoeff.warm_start import warm_start_params
 
 BUDGET = 0.100
@@ -130,3 +130,28 @@ def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
     planner, study, run, _ = loop  # 100 ms: 4 steps take 90 ms, more than 2 noise floors under the budget
     run(14)
     assert not [t for t in study.get_trials() if planned_as(t) == "hedge"]
+
+
+def test_exploit_refines_the_structure_the_larger_sample_prefers(loop, random_digits_handle):
+    # the cached structure leads on the proxy (noisy), the plain one on the first rung: the plain one is refined
+    planner, study, _, _ = loop
+    space = SearchSpace(random_digits_handle, SPACE, planner.context)
+    warm = warm_start_params(SPACE, planner.context, fit_steps=9)
+    plain = next(p for p in warm if p.get("cache_interval", 1) == 1)
+    cached = next(p for p in warm if p.get("cache_interval", 1) > 1)
+    for params, proxy, rung in ((plain, 12.0, 5.0), (cached, 10.0, 8.0)):
+        study.enqueue_trial(params)
+
+        def objective(trial: optuna.Trial, proxy: float = proxy, rung: float = rung) -> list[float]:
+            recipe = space.suggest(trial)
+            q = QualityResult("fid", proxy, False, 16, stderr=2.0)
+            set_recipe(trial, recipe)
+            set_measurement(trial, Measurement(latency_s=0.05, quality=q, score=score(q)), BUDGET)
+            set_contender(trial, 64, QualityResult("fid", rung, False, 64, stderr=0.5))
+            return [50.0, proxy]
+
+        study.optimize(objective, n_trials=1)
+    planned = planner.exploit(planner.model())
+    assert planned is not None and planned[0] == "schedule"
+    assert structure_params(planned[1]) == structure_params(study.get_trials()[0].params)  # the plain one's
+    assert structure_params(planned[1]) != structure_params(study.get_trials()[1].params)

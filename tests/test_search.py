@@ -24,11 +24,16 @@ def test_warm_starts_are_the_hand_picked_configurations_exactly(random_digits_ha
     ctx = context_for(random_digits_handle, settings)
     space = SearchSpace(random_digits_handle, ALL, ctx)
     recipes = [space.suggest(optuna.trial.FixedTrial(p)) for p in warm_start_params(ALL, ctx)]
-    assert len(recipes) == 13
+    assert len(recipes) == 17
     for r in recipes:
         assert set(r.knobs["prune"].ratios.values()) == {0.0}  # no pruning
         assert set(r.knobs["quantize"].mapping.values()) == {"skip"}  # no quantization
-        assert r.knobs["solver"].name in ("dpmpp", "unipc") and r.knobs["solver"].order == 2
+        assert r.knobs["solver"].name in ("dpmpp", "unipc")
+    # second order at 5, 10 and 20 steps; first order only where many steps fit (10 and 20)
+    first = [r for r in recipes if r.knobs["solver"].order == 1]
+    assert {r.knobs["solver"].name for r in first} == {"dpmpp"}
+    assert sorted({r.knobs["schedule"].steps for r in first}) == [10, 20] and len(first) == 4
+    assert all(r.knobs["solver"].order == 2 for r in recipes if r.knobs["schedule"].steps <= 8)
     cached = [r for r in recipes if r.knobs["cache"].interval > 1]
     assert len(cached) == 1 and cached[0].knobs["schedule"].steps == 20  # DeepCache N=3 over 20 steps
     assert {r.knobs["schedule"].family for r in recipes} == {"uniform", "ays"}
@@ -70,7 +75,7 @@ def test_a_tight_budget_warm_starts_at_the_step_counts_that_fit(random_digits_ha
              == {"skip"}]
     # 4 steps fit: plain picks at 4 only (5, 10 and 20 are more than 1.2x over)
     assert sorted({r.knobs["schedule"].steps for r in plain}) == [4]
-    assert len(plain) == 4  # two solvers x two schedule families
+    assert len(plain) == 4  # two solvers x two schedule families; no first order at 4 steps
     cached = [r for r in recipes if r.knobs["cache"].interval > 1]
     assert [r.knobs["schedule"].steps for r in cached] == [6]  # DeepCache N=3 over 1.5x the steps
     int8 = [r for r in recipes if "int8" in r.knobs["quantize"].mapping.values()]

@@ -8,7 +8,7 @@ from autoeff.evaluators.latency import LatencyResult
 from autoeff.evaluators.quality import QualityResult, score
 from autoeff.measurement import Measurement
 from autoeff.recipe import Recipe
-from autoeff.selection import sample_rungs, select
+from autoeff.selection import best_by_evidence, contender_samples, contends, sample_rungs, select
 from autoeff.study import StoredStudy, TrialRecord
 
 BUDGET = 0.010
@@ -18,10 +18,12 @@ def _q(fid: float, n: int, se: float = 1.0) -> QualityResult:
     return QualityResult(metric="fid", value=fid, higher_is_better=False, n=n, stderr=se)
 
 
-def _rec(number: int, proxy_fid: float, latency: float = 0.008, n: int = 16) -> TrialRecord:
+def _rec(number: int, proxy_fid: float, latency: float = 0.008, n: int = 16,
+         contender: tuple[int, float] | None = None) -> TrialRecord:
     q = _q(proxy_fid, n)
     return TrialRecord(number=number, recipe=Recipe(model="digits"), params={},
-                       measurement=Measurement(latency_s=latency, quality=q, score=score(q)))
+                       measurement=Measurement(latency_s=latency, quality=q, score=score(q)),
+                       contender=None if contender is None else (contender[0], _q(contender[1], contender[0], 0.2)))
 
 
 def _lat(seconds: float) -> LatencyResult:
@@ -106,3 +108,34 @@ def test_nothing_within_budget_selects_nothing_and_measures_nothing():
     fake = Fake(fid={0: 1.0})
     chosen = _select([_rec(0, 10.0, latency=0.02)], fake)
     assert chosen.best is None and fake.final == [] and fake.measured == []
+
+
+def test_the_first_rung_above_the_proxy_is_measured_during_the_search_only_below_the_final_sample():
+    assert contender_samples(128, 1000) == 512
+    assert contender_samples(16, 64) is None and contender_samples(16, 32) is None  # that rung is the final one
+    # within 2 standard errors of the difference from the best (FID: lower is better, scores are -FID)
+    assert contends(-12.0, 1.0, (-10.0, 1.0)) and not contends(-13.0, 1.0, (-10.0, 1.0))
+    assert contends(-50.0, 1.0, None)  # the first candidate is the best so far
+
+
+def test_the_best_by_evidence_ranks_by_the_larger_sample_not_the_proxy():
+    # the proxy prefers 0 (10.0), the first rung prefers 1 (5.0 against 6.0); 2 was never within noise
+    records = [_rec(0, 10.0, contender=(64, 6.0)), _rec(1, 11.0, contender=(64, 5.0)), _rec(2, 25.0),
+               _rec(3, 4.0, latency=0.02, contender=(64, 1.0))]  # 3 is over budget
+    best = best_by_evidence(records, BUDGET)
+    assert best is not None and best.number == 1
+    assert best_by_evidence([_rec(0, 10.0), _rec(1, 9.0)], BUDGET).number == 1  # none scored there: the proxy
+    assert best_by_evidence([_rec(0, 1.0, latency=0.02)], BUDGET) is None
+
+
+def test_a_score_taken_during_the_search_is_reused_and_takes_part_whatever_its_proxy_rank():
+    # six candidates, the halving's cap would promote three by the proxy (0, 1, 2); trial 5 was scored on the
+    # first rung during the search (64 samples) and is the best there
+    records = [_rec(0, 10.0), _rec(1, 10.2), _rec(2, 10.4), _rec(3, 10.6), _rec(4, 10.8),
+               _rec(5, 11.0, contender=(64, 3.0))]
+    fake = Fake(fid={0: 6.0, 1: 6.5, 2: 7.0, 3: 7.0, 4: 7.0, 5: 3.0})
+    chosen = _select(records, fake, final=256)
+    assert (5, 64) not in fake.measured  # reused, not measured again
+    assert sorted(fake.measured) == [(0, 64), (1, 64), (2, 64)]
+    assert 5 in [m["number"] for m in chosen.rungs[1]["measured"]]
+    assert chosen.best is not None and chosen.best.record.number == 5
