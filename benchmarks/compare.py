@@ -25,7 +25,8 @@ A *piece* is one model at one batch size. Its steps, each saved to `benchmarks/r
 3. autoeff: `autoeff.optimize` at each budget written as a user writes it (`10%`: of the search's own baseline,
    every call timed against its yardstick; until 2026-11-30 the budget was passed in milliseconds), with its
    default sampler (or `--sampler`); its study stays in `--work-dir` (a rerun resumes it;
-   `--redo-searches` runs the searches afresh and re-measures, keeping steps 1-2).
+   `--redo-searches` runs the searches afresh and re-measures, keeping steps 1-2 and the FIDs of unchanged
+   recipes).
 4. re-measured: every chosen configuration (references, the best hand configuration of each kind per budget,
    autoeff's picks) timed interleaved round-robin in one process, and FID against the 1797 real digits on two
    seed sets of `--final-samples` (cached by recipe, shared between batch sizes: the images do not depend
@@ -63,6 +64,7 @@ from benchmarks._common import (  # noqa: E402
     ROOT,
     all_groups_quantize,
     build,
+    code_identity,
     command_line,
     fid_pm,
     interleaved_latency,
@@ -353,8 +355,10 @@ def ddpm_quality_from(path: Path, steps: int) -> dict[str, Any]:
             "source": f"{Path(path).name} ({rec.get('command', '')}; {rec.get('machine', '')})"}
 
 
-def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str) -> dict[str, Any]:
-    """Latency interleaved round-robin and two-seed FID for every configuration in `finals`."""
+def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str,
+              reuse: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Latency interleaved round-robin and two-seed FID for every configuration in `finals`; the FID of a recipe
+    in `reuse` (recipe JSON -> its earlier entry) is taken from there, with the code that measured it."""
     args = bench.args
     pipes = {label: bench.pipe(recipe) for label, recipe in finals.items()}
     fns = {label: latency_call(bench.handle, p, bench.batch, LATENCY_SEED) for label, p in pipes.items()}
@@ -363,9 +367,11 @@ def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str) -> dict[str
                               max_rounds={ddpm_label: args.ddpm_rounds}, log=bench.log)
     out = {}
     for label, recipe in finals.items():
-        q, err = None, None
+        q, err, code = None, None, code_identity()
         try:
-            if label == ddpm_label:
+            if label != ddpm_label and recipe.to_json() in (reuse or {}):
+                q, code = (reuse or {})[recipe.to_json()]["quality"], (reuse or {})[recipe.to_json()]["quality_code"]
+            elif label == ddpm_label:
                 q = ddpm_quality_from(ROOT / "benchmarks" / "results" / f"builtin_{bench.model}.json",
                                       args.ddpm_steps) if args.ddpm_steps == 1000 else \
                     final_quality(bench, pipes[label], recipe, args.final_samples)
@@ -377,7 +383,8 @@ def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str) -> dict[str
         from autoeff.evaluators.size import model_size_mb
 
         out[label] = {"recipe": recipe, "label": short_label(recipe), "latency": lat[label], "quality": q,
-                      "error": err, "size_mb": model_size_mb(getattr(pipes[label], bench.handle.denoiser_name))}
+                      "quality_code": code, "error": err,
+                      "size_mb": model_size_mb(getattr(pipes[label], bench.handle.denoiser_name))}
     return out
 
 
@@ -388,7 +395,18 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
 
     path = pieces_dir(args) / f"{model}-b{batch}.json"
     piece = Piece(path, args.fresh)
+    reuse: dict[str, dict[str, Any]] = {}
     if args.redo_searches:
+        # the FIDs of configurations measured before (references, hand) are kept when the recipe, sample count
+        # and seeds are the same: the search changed, not how a recipe's images are made (the latency of every
+        # row is re-measured, interleaved); each row says which code measured its FID
+        old_code = ((piece.get("config") or {}).get("machine") or {}).get("autoeff_code")
+        for entry in (piece.get("final") or {}).values():
+            q = entry.get("quality")
+            if q and not entry.get("error") and q.get("n") == args.final_samples \
+                    and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]):
+                reuse[_recipe(entry["recipe"]).to_json()] = {**entry, "quality_code": entry.get("quality_code")
+                                                             or old_code}
         for key in ("searches", "rows", "final"):
             piece.data.pop(key, None)
     bench = Bench(args, model, batch, piece, log)
@@ -450,7 +468,7 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
                 roles.setdefault(name, []).append(f"autoeff @{label}")
                 row["autoeff"] = name
             rows.append(row)
-        final = remeasure(bench, finals, ddpm_label)
+        final = remeasure(bench, finals, ddpm_label, reuse=reuse)
         for name, rs in roles.items():
             final[name]["roles"] = sorted(set(rs), key=rs.index)
         ddpm_q = final[ddpm_label]["quality"]
