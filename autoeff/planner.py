@@ -14,7 +14,8 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
    - *exploit*: the structure of the best candidate so far within budget (by the largest sample it was scored
      on: `selection.best_by_evidence`; the proxy alone is noisier than the differences it would rank) at its
      filled step count, first with the hand schedules it has not been measured with
-     (`positions.STARTING_FAMILIES`), then, at 2-8 steps, with timestep positions proposed by Bayesian
+     (`positions.STARTING_FAMILIES`; one that visits the same timesteps as a measured one, as every family does
+     at one step, is passed over), then, at 2-8 steps, with timestep positions proposed by Bayesian
      optimisation over the ones measured (`positions.propose`; AutoDiffusion, Li et al., ICCV 2023, searches
      positions by evolution). Before those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
@@ -124,9 +125,12 @@ class FillPlanner:
         same = [r for r in records if structure_key(r.params) == key and r.score is not None
                 and evaluations(r.params, self.context.default_steps) == k]
         tried = {r.params.get(schedule.FAMILY_PARAM) for r in same}
+        visited = {tuple(self.timesteps(r)) for r in same}  # at 1-2 steps families can visit the same timesteps
         for family in STARTING_FAMILIES:
             if family in self.families and family not in tried:
                 cfg = schedule.Config(family=family, steps=k)
+                if tuple(self.timesteps_of(cfg)) in visited:  # the same images: nothing to learn
+                    continue
                 return "schedule", {**structure, **schedule.to_params(cfg)}
         if k > MAX_FEW_STEPS or "free" not in self.families:
             return None

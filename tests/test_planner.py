@@ -16,7 +16,7 @@ from autoeff.search import context_for
 from autoeff.search_spaces import schedule
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SearchSettings
-from autoeff.study import StoredStudy, planned_as, set_contender, set_measurement, set_recipe
+from autoeff.study import StoredStudy, planned_as, recipe_of, set_contender, set_measurement, set_recipe
 from autoeff.warm_start import warm_start_params
 
 BUDGET = 0.100
@@ -43,9 +43,9 @@ def _fid(timesteps: list[int], cached: bool) -> float:
 
 @pytest.fixture
 def loop(random_digits_handle, request):
-    budget = getattr(request, "param", BUDGET)
+    budget, min_steps = (lambda p: p if isinstance(p, tuple) else (p, 2))(getattr(request, "param", BUDGET))
     settings = SearchSettings(model="digits", budget=parse_budget(f"{budget * 1000:g}ms"), space=SPACE, metric="fid",
-                              min_steps=2, max_steps=20)
+                              min_steps=min_steps, max_steps=20)
     ctx = context_for(random_digits_handle, settings)
     space = SearchSpace(random_digits_handle, SPACE, ctx)
     study = optuna.create_study(directions=["minimize", "minimize"])
@@ -155,3 +155,23 @@ def test_exploit_refines_the_structure_the_larger_sample_prefers(loop, random_di
     assert planned is not None and planned[0] == "schedule"
     assert structure_params(planned[1]) == structure_params(study.get_trials()[0].params)  # the plain one's
     assert structure_params(planned[1]) != structure_params(study.get_trials()[1].params)
+
+
+@pytest.mark.parametrize("loop", [(0.035, 1)], indirect=True)
+def test_exploit_skips_hand_schedules_that_visit_the_timesteps_already_measured(loop):
+    # 35 ms: one step fits (10 + 20 ms); at one step the hand families visit the same timestep, so the loop does
+    # not measure the same images again under another family's name: it goes on to the positions
+    planner, study, run, _ = loop
+    run(12)
+    trials = study.get_trials()
+
+    def timesteps(t: optuna.trial.FrozenTrial) -> list[int]:
+        recipe = recipe_of(t)
+        assert recipe is not None
+        return planner.timesteps_of(recipe.knobs["schedule"])
+
+    for t in (t for t in trials if planned_as(t) == "schedule"):
+        same = [u for u in trials if u.number < t.number and structure_params(u.params) == structure_params(t.params)
+                and u.params.get(schedule.STEPS_PARAM) == t.params.get(schedule.STEPS_PARAM)]
+        assert all(timesteps(u) != timesteps(t) for u in same)
+    assert any(planned_as(t) == "positions" for t in trials)
