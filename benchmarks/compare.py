@@ -395,18 +395,17 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
 
     path = pieces_dir(args) / f"{model}-b{batch}.json"
     piece = Piece(path, args.fresh)
+    # the FIDs of configurations measured before (references, hand) are kept when the recipe, sample count and
+    # seeds are the same: a rerun changes the search or adds a budget, not how a recipe's images are made (the
+    # latency of every row is re-measured, interleaved); each row says which code measured its FID
     reuse: dict[str, dict[str, Any]] = {}
+    old_code = ((piece.get("config") or {}).get("machine") or {}).get("autoeff_code")
+    for entry in (piece.get("final") or {}).values():
+        q = entry.get("quality")
+        if q and not entry.get("error") and q.get("n") == args.final_samples \
+                and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]):
+            reuse[_recipe(entry["recipe"]).to_json()] = {**entry, "quality_code": entry.get("quality_code") or old_code}
     if args.redo_searches:
-        # the FIDs of configurations measured before (references, hand) are kept when the recipe, sample count
-        # and seeds are the same: the search changed, not how a recipe's images are made (the latency of every
-        # row is re-measured, interleaved); each row says which code measured its FID
-        old_code = ((piece.get("config") or {}).get("machine") or {}).get("autoeff_code")
-        for entry in (piece.get("final") or {}).values():
-            q = entry.get("quality")
-            if q and not entry.get("error") and q.get("n") == args.final_samples \
-                    and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]):
-                reuse[_recipe(entry["recipe"]).to_json()] = {**entry, "quality_code": entry.get("quality_code")
-                                                             or old_code}
         for key in ("searches", "rows", "final"):
             piece.data.pop(key, None)
     bench = Bench(args, model, batch, piece, log)
@@ -425,9 +424,12 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
     reference_s = piece.get("references")[REFERENCE]["median_s"]
     budgets = {f"{p:g}%": p / 100 * reference_s for p in args.budget_pcts}
     log(f"[{model} b{batch}] budgets: " + ", ".join(f"{k} = {ms(v)} ms" for k, v in budgets.items()))
-    if piece.get("hand") is None:  # 2. by hand
-        piece.put("hand", hand(bench, budgets))
-    by_hand = piece.get("hand")
+    by_hand = piece.get("hand")  # 2. by hand (a budget added to a finished piece gets its own)
+    missing = {k: v for k, v in budgets.items() if by_hand is None or k not in by_hand["budgets"]}
+    if missing:
+        added = hand(bench, missing)
+        by_hand = added if by_hand is None else {**by_hand, "budgets": {**by_hand["budgets"], **added["budgets"]}}
+        piece.put("hand", by_hand)
     searches = dict(piece.get("searches") or {})  # 3. autoeff
     for label, b in budgets.items():
         if label in searches:
@@ -440,7 +442,8 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         piece.put("searches", searches)
         w = searches[label]["winner"]
         log(f"  {searches[label]['wall_s'] / 60:.1f} min, winner {short_label(_recipe(w['recipe'])) if w else None}")
-    if piece.get("final") is None:  # 4. re-measured
+    if piece.get("final") is None or [r["budget_label"] for r in piece.get("rows") or []] != list(budgets):
+        # 4. re-measured (again when the budgets changed)
         finals: dict[str, Any] = dict(refs)
         roles: dict[str, list[str]] = {k: [k] for k in finals}
         seen = {r.to_json(): k for k, r in finals.items()}
