@@ -38,7 +38,7 @@ import optuna
 
 from autoeff.errors import SettingsError
 from autoeff.evaluators.metric_names import HIGHER_IS_BETTER
-from autoeff.evaluators.quality import score, standard_error
+from autoeff.evaluators.quality import score
 from autoeff.latency_model import ERROR_QUANTILE, LatencyModel, Prediction, evaluations
 from autoeff.measure import CompileRefused, Evaluator, compiled_frames
 from autoeff.measurement import Baseline, Measurement
@@ -203,11 +203,9 @@ class Objective:
         n = contender_samples(self.settings.proxy_n, self.settings.final_n)
         if n is None or m.quality is None or m.score is None or m.latency_s > self.budget_s:
             return
-        others = [r for r in StoredStudy(trial.study).records() if r.number != trial.number
-                  and r.score is not None and r.feasible(self.budget_s) and r.measurement.quality is not None]
-        best = max(others, key=lambda r: r.score if r.score is not None else -math.inf, default=None)
-        if not contends(m.score, standard_error(m.quality), None if best is None or best.measurement.quality is None
-                        else (best.score or 0.0, standard_error(best.measurement.quality))):
+        others = [r.measurement.quality for r in StoredStudy(trial.study).records() if r.number != trial.number
+                  and r.feasible(self.budget_s) and r.measurement.quality is not None]
+        if not contends(m.quality, max(others, key=score, default=None)):
             return
         try:
             set_contender(trial, n, self.evaluator.quality_at(pipe, n, deadline=deadline))

@@ -81,10 +81,11 @@ def contender_samples(proxy_samples: int, final_samples: int) -> int | None:
     return rungs[1] if len(rungs) > 2 else None
 
 
-def contends(score_: float, stderr: float, best: tuple[float, float] | None, z: float = NOISE_Z) -> bool:
-    """Whether a candidate scoring `score_` (standard error `stderr`) is within `z` standard errors of the
-    difference from `best` (`(score, stderr)`; None: it is the first, so it is the best)."""
-    return best is None or score_ >= best[0] - z * math.hypot(stderr, best[1])
+def contends(quality: QualityResult, best: QualityResult | None, z: float = NOISE_Z) -> bool:
+    """Whether `quality` is within `z` standard errors of the difference from `best` (each its own standard
+    error, `evaluators.quality.standard_error`); None: it is the first, so it is the best."""
+    return best is None or score(best) - score(quality) <= z * math.hypot(standard_error(best),
+                                                                          standard_error(quality))
 
 
 def best_by_evidence(records: Sequence[TrialRecord], budget_s: float) -> TrialRecord | None:
@@ -107,9 +108,7 @@ def within_noise(entries: Sequence[tuple[TrialRecord, QualityResult]], *, floor:
     ranked = sorted(entries, key=lambda e: score(e[1]), reverse=True)
     if not ranked:
         return []
-    best = ranked[0][1]
-    se_best = standard_error(best)
-    keep = [e for e in ranked if score(best) - score(e[1]) <= z * math.hypot(se_best, standard_error(e[1]))]
+    keep = [e for e in ranked if contends(e[1], ranked[0][1], z)]
     cap = max(floor, math.ceil(len(ranked) / 2), 1)
     return keep[:cap]
 

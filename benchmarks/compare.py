@@ -365,12 +365,12 @@ def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str,
     bench.log(f"final latency: {len(fns)} configurations, {args.rounds} interleaved rounds")
     lat = interleaved_latency(fns, args.device, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
                               max_rounds={ddpm_label: args.ddpm_rounds}, log=bench.log)
-    out = {}
+    out, reuse = {}, reuse or {}
     for label, recipe in finals.items():
         q, err, code = None, None, code_identity()
         try:
-            if label != ddpm_label and recipe.to_json() in (reuse or {}):
-                q, code = (reuse or {})[recipe.to_json()]["quality"], (reuse or {})[recipe.to_json()]["quality_code"]
+            if label != ddpm_label and recipe.to_json() in reuse:
+                q, code = reuse[recipe.to_json()]["quality"], reuse[recipe.to_json()]["quality_code"]
             elif label == ddpm_label:
                 q = ddpm_quality_from(ROOT / "benchmarks" / "results" / f"builtin_{bench.model}.json",
                                       args.ddpm_steps) if args.ddpm_steps == 1000 else \

@@ -113,9 +113,9 @@ def test_nothing_within_budget_selects_nothing_and_measures_nothing():
 def test_the_first_rung_above_the_proxy_is_measured_during_the_search_only_below_the_final_sample():
     assert contender_samples(128, 1000) == 512
     assert contender_samples(16, 64) is None and contender_samples(16, 32) is None  # that rung is the final one
-    # within 2 standard errors of the difference from the best (FID: lower is better, scores are -FID)
-    assert contends(-12.0, 1.0, (-10.0, 1.0)) and not contends(-13.0, 1.0, (-10.0, 1.0))
-    assert contends(-50.0, 1.0, None)  # the first candidate is the best so far
+    # within 2 standard errors of the difference from the best (FID: lower is better)
+    assert contends(_q(12.0, 16), _q(10.0, 16)) and not contends(_q(13.0, 16), _q(10.0, 16))
+    assert contends(_q(50.0, 16), None)  # the first candidate is the best so far
 
 
 def test_the_best_by_evidence_ranks_by_the_larger_sample_not_the_proxy():
