@@ -23,8 +23,10 @@ Every prediction made before a candidate was built is stored on its trial (`stud
 against the measurement (`report`): the model's error is measured out of sample, per basis (`measured`: the
 structure itself was timed before, `similar`: from the regression, `calibration`: nothing but the
 calibration). Those errors set how far the model is trusted: a candidate is *clearly* over budget when even
-its prediction divided by (1 + the 80th percentile of its basis's errors) is over, and the step count that
-fills the budget leaves a margin of the measured noise floor (`margin`).
+its prediction divided by (1 + the 80th percentile of its basis's errors) is over, or when few of its basis's
+past errors would put it within the budget (`Prediction.chance`: the errors are not symmetric, a structure
+slower than every one measured is predicted too fast by a regression that shrinks towards them); the step
+count that fills the budget leaves a margin of the measured noise floor (`margin`).
 """
 
 from __future__ import annotations
@@ -99,24 +101,29 @@ class Prediction:
 
     `basis`: `measured` (its structure was timed), `similar` (the regression over other structures) or
     `calibration`; `rel_error`: the 80th percentile of that basis's measured relative errors so far (a default
-    until it has a few). `low_s`: the latency if the model errs high by that much."""
+    until it has a few). `low_s`: the latency if the model errs high by that much. `chance`: the share of the
+    basis's measured errors under which the candidate would be within the budget it was predicted for (None:
+    predicted without a budget, or the basis has too few errors)."""
 
     latency_s: float
     basis: str
     rel_error: float
     evals: int
+    chance: float | None = None
 
     @property
     def low_s(self) -> float:
         return self.latency_s / (1.0 + self.rel_error)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latency_s": self.latency_s, "basis": self.basis, "rel_error": self.rel_error, "evals": self.evals}
+        return {"latency_s": self.latency_s, "basis": self.basis, "rel_error": self.rel_error, "evals": self.evals,
+                "chance": self.chance}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        chance = data.get("chance")
         return cls(latency_s=float(data["latency_s"]), basis=str(data["basis"]), rel_error=float(data["rel_error"]),
-                   evals=int(data["evals"]))
+                   evals=int(data["evals"]), chance=None if chance is None else float(chance))
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,14 @@ class LatencyModel:
         value = _quantile(errs, ERROR_QUANTILE) if len(errs) >= MIN_ERRORS else DEFAULT_REL_ERROR[basis]
         return max(value, self.noise)
 
+    def chance_within(self, basis: str, latency_s: float, budget_s: float) -> float | None:
+        """The share of `basis`'s measured relative errors under which a prediction of `latency_s` would be
+        measured within `budget_s`; None while the basis has fewer than `MIN_ERRORS`."""
+        errs = [e for e in self.errors.get(basis, []) if math.isfinite(e)]
+        if len(errs) < MIN_ERRORS:
+            return None
+        return sum(latency_s * (1.0 + e) <= budget_s for e in errs) / len(errs)
+
     def _structure_fit(self, params: Mapping[str, Any]) -> tuple[_Fit, str]:
         key = structure_key(params)
         if key in self.fits:
@@ -222,10 +237,13 @@ class LatencyModel:
             return _Fit(self.fixed_s, self.per_eval_s * math.exp(log_factor)), "similar"
         return _Fit(self.fixed_s, self.per_eval_s), "calibration"
 
-    def predict(self, params: Mapping[str, Any], evals: int) -> Prediction:
-        """Latency of the structure of `params` at `evals` denoiser evaluations."""
+    def predict(self, params: Mapping[str, Any], evals: int, budget_s: float | None = None) -> Prediction:
+        """Latency of the structure of `params` at `evals` denoiser evaluations; with `budget_s`, the chance
+        that it fits (`Prediction.chance`)."""
         fit, basis = self._structure_fit(params)
-        return Prediction(latency_s=fit.latency(evals), basis=basis, rel_error=self.rel_error(basis), evals=evals)
+        latency = fit.latency(evals)
+        chance = None if budget_s is None else self.chance_within(basis, latency, budget_s)
+        return Prediction(latency_s=latency, basis=basis, rel_error=self.rel_error(basis), evals=evals, chance=chance)
 
     @property
     def margin(self) -> float:

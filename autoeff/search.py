@@ -1,14 +1,15 @@
 """The study's objective: latency under a budget against quality, over the knobs of a SearchSpace.
 
 Multi-objective: minimize latency (ms), the raw quality metric in its own direction (FID minimized, CLIP
-maximized), optionally minimize model size (MB); Optuna's metric names say which is which
-(`metric_names`), and the budget is a constraint (`Trial.set_constraint`: feasible when latency <= budget),
-so `optuna-dashboard` and Optuna's plots show the real front. Before a candidate is built, the study's latency
-model (`autoeff.latency_model`) predicts its latency; a candidate predicted *clearly* over budget (even if the
-model errs high by the 80th percentile of its past errors) is not built: its trial ends PRUNED with the
-prediction and the reason (`study.skip_reason`). A built candidate is timed first; one measured more than 10 %
-over budget is not spent on quality: its trial ends PRUNED with its measured latency and the constraint, and
-no value stands in for the quality it does not have (multi-objective trials cannot use Optuna's pruners, but
+maximized), optionally minimize model size (MB); Optuna's metric names say which is which (`metric_names`), and
+the budget is a constraint (`Trial.set_constraint`: feasible when latency <= budget), so `optuna-dashboard` and
+Optuna's plots show the real front. Before a candidate is built, the study's latency model
+(`autoeff.latency_model`) predicts its latency; a candidate predicted *clearly* over budget (even if the model
+errs high by the 80th percentile of its past errors), or with little chance to fit (under `MIN_FIT_CHANCE` of
+the model's past errors would put it within the budget), is not built: its trial ends PRUNED with the prediction
+and the reason (`study.skip_reason`; `decline_reason`). A built candidate is timed first; one measured more than
+10 % over budget is not spent on quality: its trial ends PRUNED with its measured latency and the constraint,
+and no value stands in for the quality it does not have (multi-objective trials cannot use Optuna's pruners, but
 they can end PRUNED, which TPE counts among its bad trials). Every trial stores its Recipe and its Measurement
 (`autoeff.study`); a candidate that raises, returns non-finite images or runs out of memory becomes a FAILED
 trial with the reason stored, and the search goes on. How the winner is chosen is `autoeff.selection`; the
@@ -64,7 +65,31 @@ from autoeff.study import (
 # A candidate is "clearly" over budget when its latency exceeds the budget by more than this margin; within
 # the margin, quality is still measured (the finalists are re-timed before the winner is chosen).
 OVER_BUDGET_MARGIN = 0.10
+# A candidate is not built when fewer than this share of its basis's past prediction errors would put it within
+# the budget. Replayed on the 26 studies under .cache/bench (benchmarks/latency_replay.py, 756 measured trials):
+# 21 of the 67 trials measured over budget declined, 5 of 689 within it.
+MIN_FIT_CHANCE = 0.25
 BUDGET_CONSTRAINT = "latency_minus_budget_s"
+
+
+def decline_reason(prediction: Prediction, budget_s: float, fastest_s: float | None,
+                   min_chance: float = MIN_FIT_CHANCE) -> str | None:
+    """Why a candidate is not built, or None. It is declined when its predicted latency, lowered by the 80th
+    percentile of its basis's past errors, is still more than `OVER_BUDGET_MARGIN` over the budget, or when under
+    `min_chance` of those errors would put it within the budget (`Prediction.chance`); but never when it is
+    predicted faster than every candidate measured so far (`fastest_s`; the fastest is what `--best-effort`
+    exports when nothing fits, and the first candidates are always measured)."""
+    if fastest_s is None or prediction.latency_s < fastest_s:
+        return None
+    head = (f"predicted {prediction.latency_s * 1000:.1f} ms against a budget of {budget_s * 1000:.1f} ms "
+            f"({prediction.basis}")
+    if prediction.low_s > budget_s * (1 + OVER_BUDGET_MARGIN):
+        return (f"{head}: its predictions erred by at most {prediction.rel_error:.0%} in {ERROR_QUANTILE:.0%} of "
+                "cases): clearly over, not built")
+    if prediction.chance is not None and prediction.chance < min_chance:
+        return (f"{head}: {prediction.chance:.0%} of its past errors would put it within the budget): little chance "
+                "to fit, not built")
+    return None
 
 
 class CandidateFailed(Exception):
@@ -168,9 +193,10 @@ class Objective:
             self._fail(trial, f"suggest: {type(e).__name__}: {e}")
         set_recipe(trial, recipe)
         model = LatencyModel.from_study(StoredStudy(trial.study), self.space.context.default_steps, self.baseline)
-        prediction = model.predict(trial.params, evaluations(trial.params, self.space.context.default_steps))
+        prediction = model.predict(trial.params, evaluations(trial.params, self.space.context.default_steps),
+                                   budget_s=self.budget_s)
         set_prediction(trial, prediction.to_dict())
-        why = self.skip_reason(prediction, model.fastest_s)
+        why = decline_reason(prediction, self.budget_s, model.fastest_s)
         if why is not None:
             set_skipped(trial, why)
             trial.set_constraint(BUDGET_CONSTRAINT, prediction.latency_s - self.budget_s)
@@ -213,18 +239,6 @@ class Objective:
             raise
         except Exception as e:  # the larger sample failed (NaN images, time limit): the proxy measurement stands
             set_contender(trial, n, None, failed=f"{type(e).__name__}: {e}")
-
-    def skip_reason(self, prediction: Prediction, fastest_s: float | None) -> str | None:
-        """Why a candidate is not built, or None. It is skipped when its predicted latency, lowered by the
-        80th percentile of its basis's past errors, is still more than 10 % over budget, and it is not
-        predicted faster than every candidate measured so far (the fastest is what `--best-effort` exports
-        when nothing fits, and the first candidates are always measured)."""
-        limit = self.budget_s * (1 + OVER_BUDGET_MARGIN)
-        if prediction.low_s <= limit or fastest_s is None or prediction.latency_s < fastest_s:
-            return None
-        return (f"predicted {prediction.latency_s * 1000:.1f} ms ({prediction.basis}: its predictions erred by at "
-                f"most {prediction.rel_error:.0%} in {ERROR_QUANTILE:.0%} of cases) against a budget of "
-                f"{self.budget_s * 1000:.1f} ms: clearly over, not built")
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         set_fail_reason(trial, reason)
@@ -283,4 +297,4 @@ class Objective:
 
 
 __all__ = ["CandidateFailed", "Objective", "make_sampler", "directions", "metric_names", "context_for",
-           "OVER_BUDGET_MARGIN", "BUDGET_CONSTRAINT"]
+           "OVER_BUDGET_MARGIN", "MIN_FIT_CHANCE", "BUDGET_CONSTRAINT", "decline_reason"]

@@ -26,7 +26,7 @@ A *piece* is one model at one batch size. Its steps, each saved to `benchmarks/r
    every call timed against its yardstick; until 2026-11-30 the budget was passed in milliseconds), with its
    default sampler (or `--sampler`); its study stays in `--work-dir` (a rerun resumes it;
    `--redo-searches` runs the searches afresh and re-measures, keeping steps 1-2 and the FIDs of unchanged
-   recipes).
+   recipes; `--redo-searches 3,5` only the searches at those budgets, the others kept).
 4. re-measured: every chosen configuration (references, the best hand configuration of each kind per budget,
    autoeff's picks) timed interleaved round-robin in one process, and FID against the 1797 real digits on two
    seed sets of `--final-samples` (cached by recipe, shared between batch sizes: the images do not depend
@@ -405,8 +405,14 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         if q and not entry.get("error") and q.get("n") == args.final_samples \
                 and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]):
             reuse[_recipe(entry["recipe"]).to_json()] = {**entry, "quality_code": entry.get("quality_code") or old_code}
-    if args.redo_searches:
-        for key in ("searches", "rows", "final"):
+    redo: list[str] = []
+    if args.redo_searches == "all":
+        redo = list(piece.get("searches") or {})
+    elif args.redo_searches:
+        redo = list(args.redo_searches)
+    if redo:
+        piece.data["searches"] = {k: v for k, v in (piece.get("searches") or {}).items() if k not in redo}
+        for key in ("rows", "final"):
             piece.data.pop(key, None)
     bench = Bench(args, model, batch, piece, log)
     t_start = time.perf_counter()
@@ -438,7 +444,7 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         searches[label] = run_search(bench, label, args.work_dir / f"{model}-b{batch}-{label.rstrip('%')}pct",
                                      sampler=args.sampler, seed=0, trials=args.trials,
                                      final_samples=args.search_final_samples,
-                                     fresh=args.fresh or args.redo_searches)
+                                     fresh=args.fresh or label in redo or args.redo_searches == "all")
         piece.put("searches", searches)
         w = searches[label]["winner"]
         log(f"  {searches[label]['wall_s'] / 60:.1f} min, winner {short_label(_recipe(w['recipe'])) if w else None}")
@@ -671,9 +677,10 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="only write the section from the finished pieces")
     p.add_argument("--quick", action="store_true", help="every step with tiny counts (plumbing, not results)")
     p.add_argument("--fresh", action="store_true", help="start the pieces (and their searches) over")
-    p.add_argument("--redo-searches", action="store_true",
-                   help="keep each piece's references and hand configurations; run autoeff's searches afresh and "
-                        "re-measure the finalists (after a change to the search)")
+    p.add_argument("--redo-searches", nargs="?", const="all", default=None, metavar="BUDGETS",
+                   help="keep each piece's references and hand configurations; run autoeff's searches afresh (all, "
+                        "or those at these budgets, e.g. 3,5) and re-measure the finalists (after a change to the "
+                        "search)")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--device", default="cpu")
     p.add_argument("--space", default="solver,schedule,cache,quantize,prune")
@@ -704,6 +711,8 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
     args.budget_pcts = [float(x) for x in args.budgets.split(",") if x.strip()]
+    if args.redo_searches not in (None, "all"):
+        args.redo_searches = [f"{float(x):g}%" for x in args.redo_searches.split(",") if x.strip()]
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:

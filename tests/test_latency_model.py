@@ -59,3 +59,18 @@ def test_measured_errors_set_how_far_the_model_is_trusted_and_are_reported():
     report = model.report()
     assert report["errors"]["measured"]["n"] == 4 and report["errors"]["measured"]["bias"] == pytest.approx(0.125)
     assert report["fixed_ms"] == pytest.approx(10.0)
+
+
+def test_the_chance_to_fit_reads_the_sign_of_past_errors_not_only_their_size():
+    points = [*CALIB, _pt(PLAIN, 4, 90.0)]
+    low = LatencyModel.fit(points, default_per_eval_s=1.0, errors={"similar": [0.06, 0.1, 0.15, 0.2]})
+    both = LatencyModel.fit(points, default_per_eval_s=1.0, errors={"similar": [-0.06, -0.1, 0.15, 0.2]})
+    # the same |errors|: predicted 5 % under the budget, a model that always erred low gives it no chance
+    assert low.chance_within("similar", 0.095, 0.100) == 0.0
+    assert both.chance_within("similar", 0.095, 0.100) == 0.5
+    assert low.rel_error("similar") == both.rel_error("similar")
+    assert low.chance_within("measured", 0.095, 0.100) is None  # no errors of its own yet
+    unseen = low.predict(CACHED, 4, budget_s=0.100)
+    assert unseen.basis == "similar" and unseen.chance is not None
+    assert low.predict(CACHED, 4).chance is None  # no budget, no chance
+    assert type(unseen).from_dict(unseen.to_dict()) == unseen

@@ -7,9 +7,10 @@ import pytest
 
 from autoeff.budget import parse_budget
 from autoeff.errors import SearchError
+from autoeff.latency_model import Prediction
 from autoeff.measurement import Measurement
 from autoeff.recipe import Recipe
-from autoeff.search import context_for
+from autoeff.search import context_for, decline_reason
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.selection import pareto_front
 from autoeff.settings import SearchSettings
@@ -85,3 +86,19 @@ def test_a_tight_budget_warm_starts_at_the_step_counts_that_fit(random_digits_ha
     # fewer than min_steps fit: the picks run at min_steps
     lowest = warm_start_params(["solver", "schedule"], ctx, fit_steps=0)
     assert {p["schedule.steps"] for p in lowest if "schedule.steps" in p} == {ctx.min_steps}
+
+
+def test_a_candidate_with_little_chance_to_fit_is_declined_unless_it_would_be_the_fastest():
+    budget = 0.100
+
+    def pred(ms: float, chance: float | None, rel_error: float = 0.2) -> Prediction:
+        return Prediction(latency_s=ms / 1000, basis="similar", rel_error=rel_error, evals=1, chance=chance)
+
+    # 98 ms: under the budget, but the model's past errors put it within the budget only 1 time in 10
+    assert "little chance to fit" in (decline_reason(pred(98, 0.1), budget, fastest_s=0.090) or "")
+    assert decline_reason(pred(98, 0.5), budget, fastest_s=0.090) is None
+    assert decline_reason(pred(98, None), budget, fastest_s=0.090) is None  # too few errors to tell: built
+    assert decline_reason(pred(98, 0.1), budget, fastest_s=None) is None  # nothing measured yet
+    assert decline_reason(pred(98, 0.1), budget, fastest_s=0.099) is None  # faster than anything measured
+    # the band rule stands beside it: even 20 % lower, 150 ms is more than 10 % over
+    assert "clearly over" in (decline_reason(pred(150, None), budget, fastest_s=0.090) or "")
