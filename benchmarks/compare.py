@@ -335,9 +335,12 @@ def run_search(bench: Bench, budget: str, out: Path, *, sampler: str | None, see
 # --- step 4: re-measured ------------------------------------------------------------------------------------
 def final_quality(bench: Bench, pipe: Any, recipe: Any, n: int) -> dict[str, Any]:
     """Two-seed FID of `n` samples per final seed set, cached under the (eager) recipe."""
+    import torch
+
     eager = _without_compile(recipe)
-    return two_seed_quality(bench.handle, pipe, f"compare-final|{eager.to_json()}", n,
-                            FINAL_SEEDS[: bench.args.seeds], cache=not bench.args.no_cache)
+    with torch.compiler.set_stance("force_eager"):  # the eager images (as the search's evaluator makes them)
+        return two_seed_quality(bench.handle, pipe, f"compare-final|{eager.to_json()}", n,
+                                FINAL_SEEDS[: bench.args.seeds], cache=not bench.args.no_cache)
 
 
 def ddpm_quality_from(path: Path, steps: int) -> dict[str, Any]:
@@ -683,7 +686,8 @@ def main() -> None:
                         "search)")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--space", default="solver,schedule,cache,quantize,prune")
+    p.add_argument("--space", default="solver,schedule,cache,quantize,prune,compile",
+                   help="autoeff's knobs (compile joined on 2026-11-30: the hand side had compiled rows before)")
     p.add_argument("--sampler", default=None, help="autoeff's sampler (default: autoeff's default)")
     p.add_argument("--trials", type=int, default=None, help="trials per search (40; quick 6)")
     p.add_argument("--proxy-samples", type=int, default=None, help="search proxy sample (128; quick 32)")

@@ -43,6 +43,25 @@ def test_warm_starts_are_the_hand_picked_configurations_exactly(random_digits_ha
     assert all(not any(k.startswith(("prune", "quantize", "cache")) for k in p) for p in only)
 
 
+def test_with_compile_in_the_space_the_first_pick_is_also_tried_compiled(random_digits_handle):
+    space_names = [*ALL, "compile"]
+    settings = SearchSettings(model="digits", budget=parse_budget("1s"), space=space_names, max_steps=20)
+    ctx = context_for(random_digits_handle, settings)
+    space = SearchSpace(random_digits_handle, space_names, ctx)
+    picks = warm_start_params(space_names, ctx, fit_steps=4)
+    recipes = [space.suggest(optuna.trial.FixedTrial(p)) for p in picks]
+    compiled = [i for i, r in enumerate(recipes) if r.knobs["compile"].mode != "off"]
+    assert compiled == [1]  # one compiled pick, right after the plain one it mirrors
+    first, twin = recipes[0], recipes[1]
+    assert twin.knobs["compile"].backend == "inductor" and twin.knobs["compile"].scope == "model"
+    assert first.knobs["compile"].mode == "off"
+    assert {k: v for k, v in twin.knobs.items() if k != "compile"} == {k: v for k, v in first.knobs.items()
+                                                                       if k != "compile"}
+    # the rest are the picks of the space without compile, compile off
+    without = warm_start_params(ALL, ctx, fit_steps=4)
+    assert [{k: v for k, v in p.items() if not k.startswith("compile")} for p in picks[:1] + picks[2:]] == without
+
+
 def _rec(n: int, latency: float, score: float | None) -> TrialRecord:
     return TrialRecord(number=n, recipe=Recipe(model="digits"), params={},
                        measurement=Measurement(latency_s=latency, score=score))

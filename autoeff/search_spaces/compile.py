@@ -162,6 +162,17 @@ def off(context: SpaceContext) -> Config:
     return Config()
 
 
+def typical(context: SpaceContext) -> Config:
+    """What a user would try first (warm starts): diffusers' "speed up inference" guide, the whole denoiser
+    compiled by inductor, within the options given (their first mode, backend and scope otherwise)."""
+    opts: Options = KNOB.options_for(context)
+    backend = "inductor" if "inductor" in opts.backends else opts.backends[0]
+    scope = "model" if "model" in opts.scopes else opts.scopes[0]
+    modes = _modes(context, opts)
+    mode = "default" if "default" in modes or backend != "inductor" else modes[0]
+    return Config(mode=mode, backend=backend, scope=scope)
+
+
 # --- switches ----------------------------------------------------------------------------------------------
 
 
@@ -274,5 +285,5 @@ KNOB = register(Knob(
     apply=apply, off=off,
     help="torch.compile of the denoiser (inductor modes, whole or regional; tensorrt on CUDA)"))
 
-__all__ = ["NAME", "KNOB", "Config", "Options", "MODES", "BACKENDS", "SCOPES", "suggest", "to_params", "off",
+__all__ = ["NAME", "KNOB", "Config", "Options", "MODES", "BACKENDS", "SCOPES", "suggest", "to_params", "off", "typical",
            "apply", "enabled", "disabled", "use_cache_dir", "compile_kwargs", "compile_blocks", "compile_denoiser"]
