@@ -59,7 +59,8 @@ class OptimizeResult:
         finalists: every re-measured finalist.
         budget_s: the budget in seconds.
         failed: `(trial number, reason)` of every failed trial and finalist.
-        skipped: `(trial number, reason)` of every candidate not built (predicted clearly over budget).
+        skipped: `(trial number, reason)` of every candidate not built (declined as over budget, or a knob
+            combination refused).
         halving: what each rung of the selection measured and promoted (`Selection.to_dict`).
         latency_model: the latency model's fitted figures and its measured errors (`LatencyModel.report`).
         export_path: the exported folder, when one was written.

@@ -424,7 +424,8 @@ def prediction_of(trial: FrozenTrial) -> dict[str, Any] | None:
 
 
 def set_skipped(trial: optuna.Trial, reason: str) -> None:
-    """Why the candidate was not built (predicted clearly over budget); the trial ends PRUNED."""
+    """Why the candidate was not built (declined as over budget, or a knob combination refused); the trial ends
+    PRUNED."""
     trial.set_user_attr(_SKIPPED, reason[:_REASON_LIMIT])
 
 

@@ -23,12 +23,13 @@ from autoeff.measure import EvaluationSpec, Evaluator, compile_warmup, uses_comp
 from autoeff.measurement import CompileRecord, Measurement
 from autoeff.models.generate import default_spec, generate
 from autoeff.recipe import Recipe
-from autoeff.search import Objective, context_for
+from autoeff.search import CandidateFailed, Objective, context_for
 from autoeff.search_spaces import cache, compile, solver
 from autoeff.search_spaces.base import ConfigError
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SearchSettings
-from autoeff.study import set_measurement
+from autoeff.study import fail_reason, set_measurement, skip_reason
+from autoeff.workers import trial_counts
 
 EAGER = compile.Config(mode="default", backend="eager")
 
@@ -254,3 +255,20 @@ def test_inductor_compiles_within_tolerance_into_the_cache_folder_and_a_new_proc
     with torch.no_grad():
         again = compile.compile_denoiser(model, config, "cpu")(x)
     assert counters["inductor"]["fxgraph_cache_hit"] > hits and torch.equal(again, out)
+
+
+def test_a_combination_the_knobs_refuse_ends_pruned_with_its_reason_and_is_not_counted(digits):
+    settings = SearchSettings(model="digits", budget="10s", space=["cache", "compile"], proxy_samples=2,
+                              final_samples=2, options={"compile": {"backends": ["eager"]}}).resolved(digits)
+    ctx = context_for(digits, settings)
+    objective = Objective(SearchSpace(digits, settings.space, ctx), Evaluator(digits, EvaluationSpec.of(settings)),
+                          10.0, settings)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    # DeepCache's wrapper calls the U-Net's blocks, so compiling the whole U-Net would compile nothing it runs
+    study.enqueue_trial({**cache.to_params(cache.Config(interval=2)), **compile.to_params(EAGER)})
+    study.optimize(objective, n_trials=1, catch=(CandidateFailed,))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and fail_reason(trial) is None
+    assert "refused: build: compile.scope 'model' cannot reach inside the cache wrapper" in (skip_reason(trial) or "")
+    counts = trial_counts(study, free_skips=5)
+    assert counts.skipped == 1 and counts.done == 0
