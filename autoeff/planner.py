@@ -19,7 +19,12 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      optimisation over the ones measured (`positions.propose`; AutoDiffusion, Li et al., ICCV 2023, searches
      positions by evolution). Before those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
-     of the budget), a *hedge*: the same candidate one step fewer. Filling puts the best candidates at the
+     of the budget), a *hedge*: the same candidate one step fewer; then a *transfer*: the best's structure
+     with a knob that keeps the images (`Knob.keeps_images`: compile, fused kernels) set otherwise, with the
+     best's schedule family at the step count that structure fills -- first its `typical` setting when that
+     twin was never measured, then a measured twin whose speed leaves room for more steps (on the digits U-Net
+     at 7 % the best, uncompiled, had 2 steps while a compiled structure had room for 3, and the loop never
+     tried the best's schedule there). Filling puts the best candidates at the
      edge, where the final re-time can put them over (on 2 CPU cores a re-time moved by 10-15 %); without a
      hedge the winner then fell back to a poorer structure (compare.py, digits, 10 %: FID 8.9 at 2 steps
      chosen while 4 steps of the best structure fitted);
@@ -43,10 +48,11 @@ from autoeff.latency_model import LatencyModel, evaluations, structure_key, stru
 from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, propose
 from autoeff.search_spaces import schedule
 from autoeff.search_spaces.base import SpaceContext
+from autoeff.search_spaces.registry import get_knob
 from autoeff.selection import NEAR_BUDGET, best_by_evidence
 from autoeff.study import StoredStudy, TrialRecord, is_warm_start, planned_as
 
-EXPLOIT = ("hedge", "schedule", "positions")
+EXPLOIT = ("hedge", "transfer", "schedule", "positions")
 
 
 class FillPlanner:
@@ -61,6 +67,8 @@ class FillPlanner:
         self.stored, self.context, self.budget_s = stored, context, budget_s
         self.model, self.scheduler, self.higher_is_better, self.seed = model, scheduler, higher_is_better, seed
         self.searches_steps = schedule.NAME in space
+        self.image_keeping = [get_knob(n) for n in space if get_knob(n).keeps_images
+                              and get_knob(n).applies_to(context)]
         self.families = list(schedule.KNOB.options_for(context).families) if self.searches_steps else []
 
     # -- the step count ---------------------------------------------------------------------------------
@@ -121,6 +129,9 @@ class FillPlanner:
         k = self.steps_for(structure, model)
         if k is None:
             return None
+        transfer = self.transfer(best, records, k, model)
+        if transfer is not None:
+            return "transfer", transfer
         key = structure_key(structure)
         same = [r for r in records if structure_key(r.params) == key and r.score is not None
                 and evaluations(r.params, self.context.default_steps) == k]
@@ -152,20 +163,65 @@ class FillPlanner:
         if best.latency_s <= self.budget_s / (1.0 + NEAR_BUDGET * model.margin):
             return None
         key = structure_key(best.params)
-        family = best.params.get(schedule.FAMILY_PARAM)
-        if not isinstance(family, str):
+        family = self.hand_family(best, records)
+        if family is None:
             return None
-        if family == "free":
-            hand = [r for r in records if structure_key(r.params) == key and r.score is not None
-                    and r.params.get(schedule.FAMILY_PARAM) not in (None, "free")]
-            if not hand:
-                return None
-            family = max(hand, key=lambda r: r.score if r.score is not None else float("-inf")).params[
-                schedule.FAMILY_PARAM]
         if any(structure_key(r.params) == key and r.params.get(schedule.FAMILY_PARAM) == family
                and r.params.get(schedule.STEPS_PARAM) == steps - 1 for r in records):
             return None
         return {**structure_params(best.params), **schedule.to_params(schedule.Config(family=family, steps=steps - 1))}
+
+    def transfer(self, best: TrialRecord, records: Sequence[TrialRecord], k: int, model: LatencyModel
+                 ) -> dict[str, Any] | None:
+        """`best`'s twins, its structure with the image-keeping knobs (`Knob.keeps_images`) set otherwise, with
+        its schedule family (its best hand family when its own schedule is `free`: positions are for their own
+        step count) at the step count each twin fills: first a knob's `typical` setting when no such twin was
+        measured, then a measured twin the model fills with more steps than `k`, the best's; each once."""
+        family = self.hand_family(best, records)
+        if family is None or not self.image_keeping:
+            return None
+        prefixes = tuple(f"{knob.name}." for knob in self.image_keeping)
+
+        def core(params: dict[str, Any]) -> dict[str, Any]:  # the structure without the image-keeping knobs
+            return {p: v for p, v in structure_params(params).items() if not p.startswith(prefixes)}
+
+        best_core = core(best.params)
+        twins = {structure_key(r.params): structure_params(r.params) for r in records
+                 if core(r.params) == best_core and structure_key(r.params) != structure_key(best.params)}
+        # every candidate tried, measured or not (a twin the knobs refuse is not proposed again)
+        tried = {(structure_key(t.params), t.params.get(schedule.FAMILY_PARAM), t.params.get(schedule.STEPS_PARAM))
+                 for t in self.stored.study.get_trials(deepcopy=False)}
+        tried_structures = {key for key, _, _ in tried}
+        proposals: list[dict[str, Any]] = []
+        for knob in self.image_keeping:
+            if knob.typical is None:
+                continue
+            typical = knob.to_params(knob.typical(self.context))
+            own = {p: v for p, v in structure_params(best.params).items() if not p.startswith(f"{knob.name}.")}
+            if structure_key({**own, **typical}) not in tried_structures:
+                proposals.append({**own, **typical})
+        proposals += [t for t in twins.values() if (self.steps_for(t, model) or 0) > k]
+        for structure in proposals:
+            steps = self.steps_for(structure, model)
+            if steps is None:
+                continue
+            if (structure_key(structure), family, steps) not in tried:
+                return {**structure, **schedule.to_params(schedule.Config(family=family, steps=steps))}
+        return None
+
+    def hand_family(self, best: TrialRecord, records: Sequence[TrialRecord]) -> str | None:
+        """`best`'s schedule family, or for a `free` schedule the best-scored hand family measured for its
+        structure (None when there is none)."""
+        family = best.params.get(schedule.FAMILY_PARAM)
+        if family != "free":
+            return family if isinstance(family, str) else None
+        key = structure_key(best.params)
+        hand = [r for r in records if structure_key(r.params) == key and r.score is not None
+                and r.params.get(schedule.FAMILY_PARAM) not in (None, "free")]
+        if not hand:
+            return None
+        chosen = max(hand, key=lambda r: r.score if r.score is not None else float("-inf"))
+        return str(chosen.params[schedule.FAMILY_PARAM])
 
     def timesteps(self, record: TrialRecord) -> list[int]:
         return self.timesteps_of(record.recipe.knobs[schedule.NAME])

@@ -175,3 +175,51 @@ def test_exploit_skips_hand_schedules_that_visit_the_timesteps_already_measured(
                 and u.params.get(schedule.STEPS_PARAM) == t.params.get(schedule.STEPS_PARAM)]
         assert all(timesteps(u) != timesteps(t) for u in same)
     assert any(planned_as(t) == "positions" for t in trials)
+
+
+def test_exploit_gives_the_best_schedule_the_steps_a_knob_that_keeps_the_images_makes_room_for(random_digits_handle):
+    # the best so far: plain DPM-Solver++ 2M at 4 steps (10 + 4 x 20 ms). Compiling keeps its images: the loop
+    # measures the compiled twin, and once it is timed at 14 ms a step, runs the best's schedule there at the
+    # 6 steps it fills (10 + 6 x 14 = 94 ms, under 100 / 1.02)
+    names = [*SPACE, "compile"]
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    stored = StoredStudy(study)
+    stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
+                                    {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
+    ctx = context_for(random_digits_handle, SearchSettings(model="digits", budget=parse_budget("100ms"), space=names,
+                                                           metric="fid", min_steps=2, max_steps=20))
+    planner = FillPlanner(stored, ctx, BUDGET, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
+                          scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
+                          space=names)
+    space = SearchSpace(random_digits_handle, names, ctx)
+
+    def measure(params: dict, per_step: float) -> None:
+        study.enqueue_trial(params)
+
+        def objective(trial: optuna.Trial) -> list[float]:
+            recipe = space.suggest(trial)
+            latency = 0.010 + recipe.knobs["schedule"].steps * per_step
+            q = QualityResult("fid", 5.0, False, 16, stderr=0.2)  # the same images either way
+            set_recipe(trial, recipe)
+            set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), BUDGET)
+            return [latency * 1000, 5.0]
+
+        study.optimize(objective, n_trials=1)
+
+    plain = next(p for p in warm_start_params(names, ctx, fit_steps=4) if p.get("compile.mode") == "off")
+    measure({**plain, schedule.STEPS_PARAM: 4}, 0.020)
+    first = planner.exploit(planner.model())
+    assert first is not None and first[0] == "transfer"
+    assert first[1]["compile.mode"] == "default" and first[1]["compile.scope"] == "model"
+    assert {k: v for k, v in structure_params(first[1]).items() if not k.startswith("compile.")} == \
+        {k: v for k, v in structure_params(study.trials[0].params).items() if not k.startswith("compile.")}
+    assert first[1][schedule.FAMILY_PARAM] == plain[schedule.FAMILY_PARAM]
+    measure(first[1], 0.014)
+    second = planner.exploit(planner.model())
+    assert second is not None and second[0] == "transfer"
+    assert structure_params(second[1]) == structure_params(study.trials[1].params)
+    assert second[1][schedule.STEPS_PARAM] == 6 and second[1][schedule.FAMILY_PARAM] == plain[schedule.FAMILY_PARAM]
+    measure(second[1], 0.014)
+    # nothing left to carry over: back to the best structure's own schedules
+    third = planner.exploit(planner.model())
+    assert third is not None and third[0] != "transfer"

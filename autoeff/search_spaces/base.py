@@ -161,6 +161,10 @@ class Knob(Generic[ConfigT, OptionsT]):
         applies_to: `context -> bool`, whether the technique exists for that model (classifier-free guidance
             does not for a model without it); a knob that does not apply is left out of that model's search
             space (`space.SearchSpace`). Default: it applies to every model.
+        keeps_images: whether the knob changes how the images are computed, not which (compiling, fused
+            kernels: equal up to rounding); the budget-filling loop gives the best candidate's schedule the
+            steps such a knob's speed allows (`planner.FillPlanner.transfer`).
+        typical: `context -> config` a user would try first, or `None`.
     """
 
     name: str
@@ -175,6 +179,8 @@ class Knob(Generic[ConfigT, OptionsT]):
     is_simulated: Callable[[ConfigT], bool] = _never_simulated
     stored_in_weights: StoredInWeights | None = None
     applies_to: Callable[[SpaceContext], bool] = _applies_everywhere
+    keeps_images: bool = False
+    typical: Callable[[SpaceContext], ConfigT] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():

@@ -282,7 +282,7 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
 
 KNOB = register(Knob(
     name=NAME, stage=Stage.COMPILE, config=Config, options=Options, suggest=suggest, to_params=to_params,
-    apply=apply, off=off,
+    apply=apply, off=off, keeps_images=True, typical=typical,
     help="torch.compile of the denoiser (inductor modes, whole or regional; tensorrt on CUDA)"))
 
 __all__ = ["NAME", "KNOB", "Config", "Options", "MODES", "BACKENDS", "SCOPES", "suggest", "to_params", "off", "typical",

@@ -217,7 +217,8 @@ def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:
 
 KNOB = register(Knob(
     name=NAME, stage=Stage.KERNELS, config=Config, options=Options, suggest=suggest, to_params=to_params,
-    apply=apply, off=off, help="fused QKV projections, channels-last convolutions, the SDPA attention backend"))
+    apply=apply, off=off, keeps_images=True,
+    help="fused QKV projections, channels-last convolutions, the SDPA attention backend"))
 
 __all__ = ["NAME", "KNOB", "Config", "Options", "SDPA", "SDPABackendProcessor", "suggest", "to_params", "off",
            "apply"]
