@@ -42,7 +42,7 @@ import numpy as np
 
 from autoeff.measurement import Baseline
 from autoeff.search_spaces.schedule import STEPS_PARAM, is_schedule_param
-from autoeff.study import StoredStudy, measurement_of, prediction_of
+from autoeff.study import StoredStudy, TrialRecord, measurement_of, prediction_of
 
 BASES: tuple[str, ...] = ("measured", "similar", "calibration")
 # Relative error assumed for a basis until it has MIN_ERRORS measured errors of its own.
@@ -213,17 +213,21 @@ class LatencyModel:
         self.weights = {n: float(w[i]) for n, i in index.items()}
 
     # -- using it -----------------------------------------------------------------------------------------
+    def _errors(self, basis: str) -> list[float]:
+        """`basis`'s measured relative errors (measured / predicted - 1), the finite ones."""
+        return [e for e in self.errors.get(basis, []) if math.isfinite(e)]
+
     def rel_error(self, basis: str) -> float:
         """The 80th percentile of `basis`'s measured |relative errors| (a default until it has a few), never
         below the noise floor."""
-        errs = [abs(e) for e in self.errors.get(basis, []) if math.isfinite(e)]
+        errs = [abs(e) for e in self._errors(basis)]
         value = _quantile(errs, ERROR_QUANTILE) if len(errs) >= MIN_ERRORS else DEFAULT_REL_ERROR[basis]
         return max(value, self.noise)
 
     def chance_within(self, basis: str, latency_s: float, budget_s: float) -> float | None:
         """The share of `basis`'s measured relative errors under which a prediction of `latency_s` would be
         measured within `budget_s`; None while the basis has fewer than `MIN_ERRORS`."""
-        errs = [e for e in self.errors.get(basis, []) if math.isfinite(e)]
+        errs = self._errors(basis)
         if len(errs) < MIN_ERRORS:
             return None
         return sum(latency_s * (1.0 + e) <= budget_s for e in errs) / len(errs)
@@ -249,7 +253,7 @@ class LatencyModel:
     def margin(self) -> float:
         """How far below the budget a filled candidate is aimed: the measured noise floor (the baseline's and
         the calibration's run-to-run spread, and the typical error of predictions for timed structures)."""
-        errs = [abs(e) for e in self.errors.get("measured", []) if math.isfinite(e)]
+        errs = [abs(e) for e in self._errors("measured")]
         typical = statistics.median(errs) if len(errs) >= MIN_ERRORS else 0.0
         lo, hi = MARGIN_RANGE
         return min(hi, max(lo, self.noise, typical))
@@ -271,7 +275,7 @@ class LatencyModel:
         """The fitted figures and the out-of-sample errors of every stored prediction, per basis."""
         errors: dict[str, Any] = {}
         for basis in BASES:
-            errs = [e for e in self.errors.get(basis, []) if math.isfinite(e)]
+            errs = self._errors(basis)
             if errs:
                 absolute = [abs(e) for e in errs]
                 errors[basis] = {"n": len(errs), "median_abs": statistics.median(absolute),
@@ -285,14 +289,10 @@ class LatencyModel:
     def from_study(cls, stored: StoredStudy, default_steps: int, baseline: Baseline | None = None) -> LatencyModel:
         """The model of everything `stored` has timed: the calibration, every measured trial and re-time, and
         the errors of the predictions stored on the trials."""
-        points: list[LatencyPoint] = []
-        calib = stored.latency_calibration
-        for p in calib:
-            points.append(LatencyPoint(CALIBRATION_KEY, (), int(p["evals"]), float(p["latency_s"])))
+        points, noise, default = study_calibration(stored, default_steps, baseline)
         records = stored.records()
         for r in records:
-            point = LatencyPoint(structure_key(r.params), tuple(features(r.params)),
-                                 evaluations(r.params, default_steps), r.latency_s)
+            point = record_point(r, default_steps)
             points.append(point)
             retimed = stored.retime(r.number)
             if retimed is not None:
@@ -302,13 +302,28 @@ class LatencyModel:
             pred, m = prediction_of(t), measurement_of(t)
             if pred is not None and m is not None and pred.get("latency_s"):
                 errors.setdefault(str(pred.get("basis")), []).append(m.latency_s / float(pred["latency_s"]) - 1.0)
-        noise = calibration_noise(calib)
-        if baseline is not None:
-            noise = max(noise, baseline.noise_floor)
-        default = (baseline.latency_s / max(1, default_steps)) if baseline is not None else 1.0
         model = cls.fit(points, default_per_eval_s=default, noise=noise, errors=errors)
         model.fastest_s = min((r.latency_s for r in records), default=None)
         return model
+
+
+def record_point(record: TrialRecord, default_steps: int) -> LatencyPoint:
+    """A measured trial as a point of the model (its structure, evaluations and measured latency)."""
+    return LatencyPoint(structure_key(record.params), tuple(features(record.params)),
+                        evaluations(record.params, default_steps), record.latency_s)
+
+
+def study_calibration(stored: StoredStudy, default_steps: int, baseline: Baseline | None
+                      ) -> tuple[list[LatencyPoint], float, float]:
+    """What a study's model starts from: the calibration's points, the noise floor (the calibration's repeated
+    step count, or the baseline's when larger) and the per-evaluation cost assumed without a calibration."""
+    calib = stored.latency_calibration
+    points = [LatencyPoint(CALIBRATION_KEY, (), int(p["evals"]), float(p["latency_s"])) for p in calib]
+    noise = calibration_noise(calib)
+    if baseline is not None:
+        noise = max(noise, baseline.noise_floor)
+    default = (baseline.latency_s / max(1, default_steps)) if baseline is not None else 1.0
+    return points, noise, default
 
 
 def calibration_noise(points: Sequence[Mapping[str, float]]) -> float:
@@ -321,4 +336,4 @@ def calibration_noise(points: Sequence[Mapping[str, float]]) -> float:
 
 
 __all__ = ["LatencyModel", "LatencyPoint", "Prediction", "structure_key", "structure_params", "features",
-           "evaluations", "calibration_noise", "CALIBRATION_KEY", "BASES"]
+           "evaluations", "calibration_noise", "record_point", "study_calibration", "CALIBRATION_KEY", "BASES"]

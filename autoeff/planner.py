@@ -113,8 +113,9 @@ class FillPlanner:
         return exploit <= explore
 
     def exploit(self, model: LatencyModel) -> tuple[str, dict[str, Any]] | None:
-        """The best structure's next schedule: a hand family it lacks at its filled step count, else (2-8 steps)
-        positions proposed by Bayesian optimisation; `(kind, params)` or None."""
+        """The best structure's next candidate: a hedge one step fewer at the budget's edge, a transfer to an
+        image-keeping twin, a hand family it lacks at its filled step count, else (2-8 steps) positions proposed
+        by Bayesian optimisation; `(kind, params)` or None."""
         if not self.searches_steps:
             return None
         records = self.stored.records()
@@ -186,9 +187,9 @@ class FillPlanner:
         def core(params: dict[str, Any]) -> dict[str, Any]:  # the structure without the image-keeping knobs
             return {p: v for p, v in structure_params(params).items() if not p.startswith(prefixes)}
 
-        best_core = core(best.params)
+        best_core, best_key = core(best.params), structure_key(best.params)
         twins = {structure_key(r.params): structure_params(r.params) for r in records
-                 if core(r.params) == best_core and structure_key(r.params) != structure_key(best.params)}
+                 if core(r.params) == best_core and structure_key(r.params) != best_key}
         # every candidate tried, measured or not (a twin the knobs refuse is not proposed again)
         tried = {(structure_key(t.params), t.params.get(schedule.FAMILY_PARAM), t.params.get(schedule.STEPS_PARAM))
                  for t in self.stored.study.get_trials(deepcopy=False)}
@@ -201,12 +202,10 @@ class FillPlanner:
             own = {p: v for p, v in structure_params(best.params).items() if not p.startswith(f"{knob.name}.")}
             if structure_key({**own, **typical}) not in tried_structures:
                 proposals.append({**own, **typical})
-        proposals += [t for t in twins.values() if (self.steps_for(t, model) or 0) > k]
-        for structure in proposals:
-            steps = self.steps_for(structure, model)
-            if steps is None:
-                continue
-            if (structure_key(structure), family, steps) not in tried:
+        filled = [(structure, self.steps_for(structure, model)) for structure in proposals]
+        filled += [(t, steps) for t in twins.values() if (steps := self.steps_for(t, model)) is not None and steps > k]
+        for structure, steps in filled:
+            if steps is not None and (structure_key(structure), family, steps) not in tried:
                 return {**structure, **schedule.to_params(schedule.Config(family=family, steps=steps))}
         return None
 

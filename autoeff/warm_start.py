@@ -3,12 +3,13 @@
 DPM-Solver++ 2M and UniPC-2 at a few step counts with uniform and AYS-style schedules, DPM-Solver++ 1M at the step
 counts above `positions.MAX_FEW_STEPS`, and DeepCache N=3 over a 20-step DPM-Solver++ (Ma et al., 2024); on a
 model without DeepCache or block reuse, the cache a user would try first there (`cache.typical`: TaylorSeer N=3 on
-the flow-matching transformers). With `compile` in the space, the first DPM-Solver++ 2M pick compiled
-(`compile.typical`: inductor, whole denoiser): the budget-filling loop gives it the step count its own measured
-cost allows (on the digits U-Net at batch 1 compiling cut a 3-4 step call by 17-18 %, BENCHMARKS.md). Every knob
-of the space a pick does not name is turned off through its registered `off()` (no cache, no pruning, no
-quantization, and the same for any knob registered later), so the hand-picked configurations are exactly what a
-user would run, not random mixtures.
+the flow-matching transformers). With a knob that keeps the images in the space (`Knob.keeps_images` with a
+`typical` setting: `compile`, inductor on the whole denoiser), the first pick with that setting: the
+budget-filling loop gives it the step count its own measured cost allows (on the digits U-Net at batch 1 compiling
+cut a 3-4 step call by 17-18 % in one re-measure and slowed it in another, BENCHMARKS.md). Every knob of the space
+a pick does not name is turned off through its registered `off()` (no cache, no pruning, no quantization, and the
+same for any knob registered later), so the hand-picked configurations are exactly what a user would run, not
+random mixtures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 from autoeff.positions import MAX_FEW_STEPS
 from autoeff.search_spaces import cache, quantize, schedule, solver
-from autoeff.search_spaces import compile as compile_knob
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.groups import searched_groups
 from autoeff.search_spaces.registry import get_knob, ordered
@@ -59,9 +59,9 @@ def warm_start_params(space: Sequence[str], context: SpaceContext, fit_steps: in
         for k in steps:
             for fam in ("uniform", "ays"):
                 picks.append({"solver": solver_cfg, "schedule": schedule.Config(family=fam, steps=k)})
-    if compile_knob.NAME in space and compile_knob.KNOB.applies_to(context):
-        picks.insert(1, {"solver": dpmpp2, "schedule": schedule.Config(family="uniform", steps=steps[0]),
-                         "compile": compile_knob.typical(context)})
+    twins = [{**picks[0], k.name: k.typical(context)} for k in ordered(space)  # the first pick, made faster
+             if k.keeps_images and k.typical is not None and k.applies_to(context)]
+    picks[1:1] = twins
     # first order where many steps fit: its error per step shrinks with the step, and there it can beat the
     # second order (digits U-Net at 20 %: DPM-Solver++ 1M AYS at 10 steps FID 4.04 against 2M at 7-9 steps
     # 4.47-4.68, 2000 samples x 4 seed sets; BENCHMARKS.md); at few steps the second order wins

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 
 import autoeff.search as search  # noqa: E402
-from autoeff.latency_model import Prediction  # noqa: E402
+from autoeff.latency_model import Prediction, study_calibration  # noqa: E402
 from autoeff.search_spaces.schedule import STEPS_PARAM  # noqa: E402
 from autoeff.study import StoredStudy  # noqa: E402
 
@@ -64,29 +64,27 @@ def replay(path: Path, lm: ModuleType, min_chance: float) -> dict[str, Any]:
     baseline = stored.baseline
     assert budget is not None
     default_steps = baseline.steps if baseline is not None else 50
-    calib = [lm.LatencyPoint(lm.CALIBRATION_KEY, (), int(p["evals"]), float(p["latency_s"]))
-             for p in stored.latency_calibration]
-    noise = lm.calibration_noise(stored.latency_calibration)
-    if baseline is not None:
-        noise = max(noise, baseline.noise_floor)
+    # the study's calibration, noise floor and default cost as the search reads them; the trials' points with the
+    # replayed revision's own features
+    calib, noise, default_per_eval = study_calibration(stored, default_steps, baseline)
     records = sorted(stored.records(), key=lambda r: r.number)
     points: list[Any] = []
     errors: dict[str, list[float]] = {}
     rows = []
     for r in records:
         evals = lm.evaluations(r.params, default_steps)
-        model = lm.LatencyModel.fit([*calib, *points], default_per_eval_s=(baseline.latency_s / default_steps)
-                                    if baseline else 1.0, noise=noise, errors=errors)
+        model = lm.LatencyModel.fit([*calib, *points], default_per_eval_s=default_per_eval, noise=noise,
+                                    errors=errors)
         model.fastest_s = min((p.latency_s for p in points), default=None)
         try:
             pred = model.predict(r.params, evals, budget_s=budget)
         except TypeError:  # a revision without the budget argument
             pred = model.predict(r.params, evals)
-        errors.setdefault(pred.basis, []).append(r.latency_s / pred.latency_s - 1.0)
+        error = r.latency_s / pred.latency_s - 1.0
+        errors.setdefault(pred.basis, []).append(error)
         current = Prediction.from_dict(pred.to_dict())  # a revision's own Prediction may lack `chance`
         declined = search.decline_reason(current, budget, model.fastest_s, min_chance) is not None
-        rows.append({"basis": pred.basis, "error": r.latency_s / pred.latency_s - 1.0,
-                     "over": r.latency_s > budget, "declined": declined,
+        rows.append({"basis": pred.basis, "error": error, "over": r.latency_s > budget, "declined": declined,
                      "steps": r.params.get(STEPS_PARAM)})
         points.append(lm.LatencyPoint(lm.structure_key(r.params), tuple(lm.features(r.params)), evals, r.latency_s))
     return {"study": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), "rows": rows}
