@@ -34,8 +34,11 @@ in a search) serves a new process, so a resumed search compiles from cache.
 
 Dynamo keeps `recompile_limit` (8) graphs per code object and then runs that code eagerly without a word; a
 search compiles one graph per distinct denoiser (pruning ratios, batch sizes), so `apply` raises the limit
-to `RECOMPILE_LIMIT`. `autoeff.load` re-applies the knob (compiled on the first call); `disabled()` or
-`AUTOEFF_COMPILE=0` skips compiling (the pipeline is returned uncompiled, otherwise identical).
+to `RECOMPILE_LIMIT`. Dynamo's state is kept per code object, which every model of a class shares: a model
+whose graph breaks in its loop over blocks would leave the others running that loop eagerly, so a call that
+switches to a compiled denoiser of another structure resets dynamo first (`compile_isolation`).
+`autoeff.load` re-applies the knob (compiled on the first call); `disabled()` or `AUTOEFF_COMPILE=0` skips
+compiling (the pipeline is returned uncompiled, otherwise identical).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from torch._dynamo.eval_frame import OptimizedModule
 
 from autoeff.search_spaces._wrapped import bind_caches, caches_in, share_copy, wrapper_chain
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
+from autoeff.search_spaces.compile_isolation import isolate, structure_key
 from autoeff.search_spaces.registry import register
 
 NAME = "compile"
@@ -252,17 +256,18 @@ def compile_denoiser(denoiser: nn.Module, config: Config, device: str) -> nn.Mod
         denoiser = denoiser._orig_mod
     tree = share_copy(denoiser)
     chain, model = wrapper_chain(tree)
+    key = structure_key(tree, scope=config.scope, **kwargs)
     if config.scope == "blocks":
         compile_blocks(model, **kwargs)
-        return tree
+        return isolate(tree, key)
     if caches_in(tree):
         raise ConfigError("compile.scope 'model' cannot reach inside the cache wrapper (it calls the denoiser's "
                           "blocks, not its forward); use compile.scope 'blocks' with the cache knob")
     compiled = cast(nn.Module, torch.compile(model, **kwargs))  # an OptimizedModule
     if not chain:
-        return compiled
+        return isolate(compiled, key)
     chain[-1].base = compiled
-    return tree
+    return isolate(tree, key)
 
 
 def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:

@@ -60,6 +60,7 @@ from autoeff.evaluators.size import FAKE_BITS_ATTR
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.compile import Config as CompileConfig
 from autoeff.search_spaces.compile import compile_blocks, compile_kwargs, enabled
+from autoeff.search_spaces.compile_isolation import isolate, structure_key
 from autoeff.search_spaces.groups import (
     DEFAULT_KEY,
     check_fqn_keys,
@@ -438,7 +439,10 @@ def quantize_denoiser(denoiser: nn.Module, config: Config, scheduler: Any = None
     new = copy.deepcopy(denoiser)
     _BACKEND_FNS[config.backend](new, targets, scheduler=scheduler)
     if config.backend == "torchao" and enabled():  # fast only compiled (module docstring)
-        compile_blocks(new, **compile_kwargs(CompileConfig(mode="default"), "cuda"))
+        kwargs = compile_kwargs(CompileConfig(mode="default"), "cuda")
+        key = structure_key(new, scope="blocks", **kwargs)
+        compile_blocks(new, **kwargs)
+        isolate(new, key)
     return new.eval()
 
 
