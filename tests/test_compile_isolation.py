@@ -1,4 +1,4 @@
-"""Compiled denoisers of different structures do not degrade each other (autoeff.search_spaces.compile_isolation)."""
+"""Compiled denoisers of different structures do not degrade each other (autoeff.search_spaces._compile_isolation)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from autoeff.search_spaces import compile, compile_isolation
-from autoeff.search_spaces.compile_isolation import isolate, structure_key
+from autoeff.search_spaces import _compile_isolation as compile_isolation
+from autoeff.search_spaces import compile
+from autoeff.search_spaces._compile_isolation import isolate, structure_key
 
 
 class _Block(nn.Module):

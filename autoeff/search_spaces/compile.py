@@ -36,7 +36,7 @@ Dynamo keeps `recompile_limit` (8) graphs per code object and then runs that cod
 search compiles one graph per distinct denoiser (pruning ratios, batch sizes), so `apply` raises the limit
 to `RECOMPILE_LIMIT`. Dynamo's state is kept per code object, which every model of a class shares: a model
 whose graph breaks in its loop over blocks would leave the others running that loop eagerly, so a call that
-switches to a compiled denoiser of another structure resets dynamo first (`compile_isolation`).
+switches to a compiled denoiser of another structure resets dynamo first (`_compile_isolation`).
 `autoeff.load` re-applies the knob (compiled on the first call); `disabled()` or `AUTOEFF_COMPILE=0` skips
 compiling (the pipeline is returned uncompiled, otherwise identical).
 """
@@ -54,9 +54,9 @@ import torch
 from torch import nn
 from torch._dynamo.eval_frame import OptimizedModule
 
+from autoeff.search_spaces._compile_isolation import isolate, structure_key
 from autoeff.search_spaces._wrapped import bind_caches, caches_in, share_copy, wrapper_chain
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
-from autoeff.search_spaces.compile_isolation import isolate, structure_key
 from autoeff.search_spaces.registry import register
 
 NAME = "compile"

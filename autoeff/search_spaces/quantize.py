@@ -57,10 +57,10 @@ from torch.ao.quantization import (
 )
 
 from autoeff.evaluators.size import FAKE_BITS_ATTR
+from autoeff.search_spaces._compile_isolation import isolate, structure_key
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.compile import Config as CompileConfig
 from autoeff.search_spaces.compile import compile_blocks, compile_kwargs, enabled
-from autoeff.search_spaces.compile_isolation import isolate, structure_key
 from autoeff.search_spaces.groups import (
     DEFAULT_KEY,
     check_fqn_keys,
