@@ -69,8 +69,8 @@ def test_a_model_whose_loop_breaks_the_graph_leaves_another_whole_when_isolated(
     # without isolation dynamo now skips the shared forward frame: the plain model's loop runs eagerly
     assert _calls_of(a, x, calls) > 1
     torch._dynamo.reset()
-    a = isolate(torch.compile(plain, backend=backend, dynamic=False), structure_key(plain))
-    b = isolate(torch.compile(breaking, backend=backend, dynamic=False), structure_key(breaking))
+    a = isolate(torch.compile(plain, backend=backend, dynamic=False))
+    b = isolate(torch.compile(breaking, backend=backend, dynamic=False))
     assert _calls_of(a, x, calls) == 1
     assert _calls_of(b, x, calls) > 1
     before = compile_isolation.resets()
@@ -97,8 +97,7 @@ def test_the_compile_knob_resets_only_when_the_structure_switches(random_digits_
     one = compile.compile_denoiser(unet, config, "cpu")
     two = compile.compile_denoiser(unet, config, "cpu")  # another candidate of the same structure
     blocks = compile.compile_denoiser(unet, compile.Config(mode="default", backend="eager", scope="blocks"), "cpu")
-    x = torch.randn(1, *unet.config.sample_size and (unet.config.in_channels, unet.config.sample_size,
-                                                        unet.config.sample_size))
+    x = torch.randn(1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     t = torch.tensor([10])
     kwargs = {"class_labels": torch.tensor([3])} if unet.config.num_class_embeds else {}
     one(x, t, **kwargs)

@@ -66,9 +66,10 @@ def enter(key: str) -> None:
     _active = key
 
 
-def isolate(module: nn.Module, key: str) -> nn.Module:
+def isolate(module: nn.Module, **compile_args: Any) -> nn.Module:
     """Make every call of `module` (the outermost module a pipeline calls, compiled or holding compiled
-    blocks) `enter` its structure `key` first; returns `module`."""
+    blocks, compiled with `compile_args`) `enter` its `structure_key` first; returns `module`."""
+    key = structure_key(module, **compile_args)
     module.register_forward_pre_hook(lambda _m, _args: enter(key))
     return module
 

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch._dynamo.eval_frame import OptimizedModule
 
-from autoeff.search_spaces._compile_isolation import isolate, structure_key
+from autoeff.search_spaces._compile_isolation import isolate
 from autoeff.search_spaces._wrapped import bind_caches, caches_in, share_copy, wrapper_chain
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.registry import register
@@ -256,18 +256,17 @@ def compile_denoiser(denoiser: nn.Module, config: Config, device: str) -> nn.Mod
         denoiser = denoiser._orig_mod
     tree = share_copy(denoiser)
     chain, model = wrapper_chain(tree)
-    key = structure_key(tree, scope=config.scope, **kwargs)
     if config.scope == "blocks":
         compile_blocks(model, **kwargs)
-        return isolate(tree, key)
+        return isolate(tree, scope=config.scope, **kwargs)
     if caches_in(tree):
         raise ConfigError("compile.scope 'model' cannot reach inside the cache wrapper (it calls the denoiser's "
                           "blocks, not its forward); use compile.scope 'blocks' with the cache knob")
     compiled = cast(nn.Module, torch.compile(model, **kwargs))  # an OptimizedModule
     if not chain:
-        return isolate(compiled, key)
+        return isolate(compiled, scope=config.scope, **kwargs)
     chain[-1].base = compiled
-    return isolate(tree, key)
+    return isolate(tree, scope=config.scope, **kwargs)
 
 
 def apply(pipe: Any, config: Config, context: SpaceContext) -> Any:

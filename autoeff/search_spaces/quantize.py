@@ -57,7 +57,7 @@ from torch.ao.quantization import (
 )
 
 from autoeff.evaluators.size import FAKE_BITS_ATTR
-from autoeff.search_spaces._compile_isolation import isolate, structure_key
+from autoeff.search_spaces._compile_isolation import isolate
 from autoeff.search_spaces.base import ConfigError, Knob, SpaceContext, Stage, copy_pipeline
 from autoeff.search_spaces.compile import Config as CompileConfig
 from autoeff.search_spaces.compile import compile_blocks, compile_kwargs, enabled
@@ -440,9 +440,8 @@ def quantize_denoiser(denoiser: nn.Module, config: Config, scheduler: Any = None
     _BACKEND_FNS[config.backend](new, targets, scheduler=scheduler)
     if config.backend == "torchao" and enabled():  # fast only compiled (module docstring)
         kwargs = compile_kwargs(CompileConfig(mode="default"), "cuda")
-        key = structure_key(new, scope="blocks", **kwargs)
         compile_blocks(new, **kwargs)
-        isolate(new, key)
+        isolate(new, scope="blocks", **kwargs)
     return new.eval()
 
 
