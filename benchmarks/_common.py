@@ -250,15 +250,27 @@ def _pooled(samples: list[float], warmup: int, device: str, threads: int, omp: s
 
 def interleaved_latency(fns: dict[str, Callable[[], Any]], device: str, *, rounds: int, repeats: int,
                         warmup: int = 1, threads: int | None = None, max_rounds: dict[str, int] | None = None,
-                        log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                        log: Callable[[str], None] | None = None, yardstick: Callable[[], Any] | None = None,
+                        yardstick_steps: int | None = None) -> dict[str, dict[str, Any]]:
     """Round-robin latency: each round gives every configuration one `measure_latency` block (`warmup`
     untimed calls, then `repeats` timed calls), so slow drift of the machine hits all configurations alike.
 
     Returns per name the pooled `LatencyResult` as a dict (median of all timed calls, its 95% CI half-width)
     plus `round_medians_s`. `max_rounds` caps the rounds of slow configurations (e.g. 1000-step DDPM).
+
+    With a `yardstick` (a short fixed call; `autoeff.evaluators.latency`) every timed call is followed by one
+    yardstick call and kept as their ratio times the yardstick's time measured once before the first round
+    (`yardstick_ref_s`, 1 warm-up + 5 calls): every number is then in the conditions of that moment, as the
+    search's own timings are. The times as measured stay beside them (`raw_median_s`, `raw_round_medians_s`).
     """
     samples: dict[str, list[float]] = {n: [] for n in fns}
+    raw: dict[str, list[float]] = {n: [] for n in fns}
     round_medians: dict[str, list[float]] = {n: [] for n in fns}
+    raw_round_medians: dict[str, list[float]] = {n: [] for n in fns}
+    ref_s = None
+    if yardstick is not None:
+        ref_s = measure_latency(yardstick, device, warmup=1, min_repeats=5, max_repeats=5, rel_spread=0.01,
+                                threads=threads).median_s
     last: LatencyResult | None = None
     for r in range(rounds):
         t0 = time.perf_counter()
@@ -266,9 +278,13 @@ def interleaved_latency(fns: dict[str, Callable[[], Any]], device: str, *, round
             if max_rounds and r >= max_rounds.get(name, rounds):
                 continue
             last = measure_latency(fn, device, warmup=warmup, min_repeats=repeats, max_repeats=repeats,
-                                   rel_spread=0.01, threads=threads)
+                                   rel_spread=0.01, threads=threads, yardstick=yardstick, yardstick_ref_s=ref_s,
+                                   yardstick_steps=yardstick_steps)
             samples[name].extend(last.samples_s)
             round_medians[name].append(last.median_s)
+            got = last.raw_samples_s or last.samples_s
+            raw[name].extend(got)
+            raw_round_medians[name].append(statistics.median(got))
         if log:
             log(f"  latency round {r + 1}/{rounds}: {time.perf_counter() - t0:.0f}s")
     assert last is not None
@@ -276,6 +292,10 @@ def interleaved_latency(fns: dict[str, Callable[[], Any]], device: str, *, round
     for name, xs in samples.items():
         res = _pooled(xs, warmup * len(round_medians[name]), last.device, last.threads, last.omp_wait_policy)
         out[name] = {**res.to_dict(), "round_medians_s": round_medians[name]}
+        if ref_s is not None:
+            out[name].update(yardstick_ref_s=ref_s, yardstick_steps=yardstick_steps,
+                             raw_median_s=statistics.median(raw[name]),
+                             raw_round_medians_s=raw_round_medians[name])
     return out
 
 

@@ -26,11 +26,14 @@ A *piece* is one model at one batch size. Its steps, each saved to `benchmarks/r
    every call timed against its yardstick; until 2026-11-30 the budget was passed in milliseconds), with its
    default sampler (or `--sampler`); its study stays in `--work-dir` (a rerun resumes it;
    `--redo-searches` runs the searches afresh and re-measures, keeping steps 1-2 and the FIDs of unchanged
-   recipes; `--redo-searches 3,5` only the searches at those budgets, the others kept).
+   recipes; `--redo-searches 3,5` only the searches at those budgets, the others kept; `--remeasure` only
+   step 4 again, FIDs kept).
 4. re-measured: every chosen configuration (references, the best hand configuration of each kind per budget,
-   autoeff's picks) timed interleaved round-robin in one process, and FID against the 1797 real digits on two
-   seed sets of `--final-samples` (cached by recipe, shared between batch sizes: the images do not depend
-   on the batch a latency is timed at), and at DDPM's sample count for the DDPM comparison.
+   autoeff's picks) timed interleaved round-robin in one process, each call paired with a yardstick call (the
+   reference's solver at a few steps; ratios to the reference then come from one machine speed), and FID
+   against the 1797 real digits on two seed sets of `--final-samples` (cached by recipe, shared between batch
+   sizes: the images do not depend on the batch a latency is timed at), and at DDPM's sample count for the
+   DDPM comparison.
 
 The sampler comparison (NSGA-II, TPE, GP, the budget-filling loop; 3 seeds) is `benchmarks/samplers.py`, the
 `make demo` repetition `benchmarks/demo_runs.py`. Targets (issue 13; figures, not tests): autoeff's FID <= the
@@ -59,6 +62,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from autoeff.measure import yardstick_steps  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     DEFAULT_OUT,
     ROOT,
@@ -132,7 +136,12 @@ class Bench:
         self.args, self.model, self.batch, self.piece, self.log = args, model, batch, piece, log
         self.handle = autoeff.load_model(model, device=args.device)
         self.context = make_context(self.handle, args.device)
-        self.screened: dict[str, float] = dict(piece.get("screened") or {})
+        # screening FIDs do not depend on the batch a latency is timed at: a piece starts from its siblings'
+        self.screened: dict[str, float] = {}
+        for other in siblings(args, model, piece.path):
+            if (other.get("config") or {}).get("screen_samples") == args.screen_samples:
+                self.screened.update(other.get("screened") or {})
+        self.screened.update(piece.get("screened") or {})
         self.screen_notes: dict[str, str] = dict(piece.get("screen_notes") or {})
         self.scans: dict[str, list[dict[str, Any]]] = {
             name: [{**e, "recipe": _recipe(e["recipe"])} for e in entries]
@@ -365,9 +374,15 @@ def remeasure(bench: Bench, finals: dict[str, Any], ddpm_label: str,
     args = bench.args
     pipes = {label: bench.pipe(recipe) for label, recipe in finals.items()}
     fns = {label: latency_call(bench.handle, p, bench.batch, LATENCY_SEED) for label, p in pipes.items()}
-    bench.log(f"final latency: {len(fns)} configurations, {args.rounds} interleaved rounds")
+    # every call paired with the 50-step reference's solver at a few steps (the search's own yardstick rule, at
+    # the middle budget): ratios to the reference are then taken at one machine speed (`round_ratio`)
+    steps = yardstick_steps(statistics.median(args.budget_pcts) / 100, 50)
+    yard = latency_call(bench.handle, bench.pipe(bench.recipe("dpmpp", 1, "uniform", steps)), bench.batch,
+                        LATENCY_SEED)
+    bench.log(f"final latency: {len(fns)} configurations, {args.rounds} interleaved rounds, yardstick {steps} steps")
     lat = interleaved_latency(fns, args.device, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
-                              max_rounds={ddpm_label: args.ddpm_rounds}, log=bench.log)
+                              max_rounds={ddpm_label: args.ddpm_rounds}, log=bench.log, yardstick=yard,
+                              yardstick_steps=steps)
     out, reuse = {}, reuse or {}
     for label, recipe in finals.items():
         q, err, code = None, None, code_identity()
@@ -401,13 +416,16 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
     # the FIDs of configurations measured before (references, hand) are kept when the recipe, sample count and
     # seeds are the same: a rerun changes the search or adds a budget, not how a recipe's images are made (the
     # latency of every row is re-measured, interleaved); each row says which code measured its FID
+    # (nor the batch size: the other pieces of this model are read too, this piece's own entries last)
     reuse: dict[str, dict[str, Any]] = {}
-    old_code = ((piece.get("config") or {}).get("machine") or {}).get("autoeff_code")
-    for entry in (piece.get("final") or {}).values():
-        q = entry.get("quality")
-        if q and not entry.get("error") and q.get("n") == args.final_samples \
-                and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]):
-            reuse[_recipe(entry["recipe"]).to_json()] = {**entry, "quality_code": entry.get("quality_code") or old_code}
+    for data in [*siblings(args, model, path), piece.data]:
+        old_code = ((data.get("config") or {}).get("machine") or {}).get("autoeff_code")
+        for entry in (data.get("final") or {}).values():
+            q = entry.get("quality")
+            if q and not entry.get("error") and q.get("n") == args.final_samples \
+                    and q.get("seeds") == list(FINAL_SEEDS[: args.seeds]) and not q.get("source"):
+                reuse[_recipe(entry["recipe"]).to_json()] = {**entry,
+                                                             "quality_code": entry.get("quality_code") or old_code}
     redo: list[str] = []
     if args.redo_searches == "all":
         redo = list(piece.get("searches") or {})
@@ -415,6 +433,7 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         redo = list(args.redo_searches)
     if redo:
         piece.data["searches"] = {k: v for k, v in (piece.get("searches") or {}).items() if k not in redo}
+    if redo or args.remeasure:
         for key in ("rows", "final"):
             piece.data.pop(key, None)
     bench = Bench(args, model, batch, piece, log)
@@ -486,11 +505,15 @@ def run_piece(args: argparse.Namespace, model: str, batch: int, log: Callable[[s
         ddpm_q = final[ddpm_label]["quality"]
         for name in dict.fromkeys(r["autoeff"] for r in rows if r["autoeff"]):
             if ddpm_q and ddpm_q["n"] != args.final_samples:
-                final[name]["quality_at_ddpm_n"] = final_quality(bench, bench.pipe(finals[name]), finals[name],
-                                                                 ddpm_q["n"])
+                earlier = (reuse.get(finals[name].to_json()) or {}).get("quality_at_ddpm_n")
+                final[name]["quality_at_ddpm_n"] = earlier if earlier and earlier.get("n") == ddpm_q["n"] else \
+                    final_quality(bench, bench.pipe(finals[name]), finals[name], ddpm_q["n"])
         piece.put("rows", rows)
         piece.put("final", final)
-    piece.put("config", {"command": command_line("compare.py", sys.argv[1:]),
+    old_cfg = piece.get("config") or {}
+    earlier = list(old_cfg.get("earlier_commands") or []) + ([old_cfg["command"]] if old_cfg.get("command") else [])
+    command = command_line("compare.py", sys.argv[1:])
+    piece.put("config", {"command": command, "earlier_commands": [c for c in earlier if c != command],
                          "machine": machine(args.threads, args.device), "model": model, "batch": batch,
                          "budgets_pct": args.budget_pcts, "space": args.space, "trials": args.trials,
                          "sampler": args.sampler or "default", "proxy_samples": args.proxy_samples,
@@ -513,36 +536,58 @@ def _within_noise(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["fid_mean"] - b["fid_mean"] <= max(a["fid_range"], b["fid_range"])
 
 
-def round_ratio(final: dict[str, Any], name: str, of: str = REFERENCE) -> float | None:
+RULES = ("paired", "rounds", "pooled")  # how a row's latency is set against the reference's (`round_ratio`)
+
+
+def round_ratio(final: dict[str, Any], name: str, of: str = REFERENCE, rule: str = "paired") -> float | None:
     """`name`'s latency over `of`'s, the median over the interleaved rounds of the ratio of their round medians
     (the rounds both were timed in). Rounds are what interleaving is for: this VM's speed moves by up to 50 %
     between rounds a minute apart (the DiT piece of 2026-11-30: every configuration fast in rounds 1 and 5, slow
     in 2-4), so the ratio of two pooled medians can compare one configuration's fast rounds with the other's
-    slow ones; `None` without round medians."""
-    a = (final.get(name) or {}).get("latency", {}).get("round_medians_s")
-    b = (final.get(of) or {}).get("latency", {}).get("round_medians_s")
-    pairs = [x / y for x, y in zip(a or [], b or [], strict=False) if y > 0]  # DDPM: fewer rounds
+    slow ones. `rule`: "paired" takes the round medians of calls each timed against the yardstick after it
+    (`interleaved_latency`; since 2026-11-30 evening: within a round the speed still moved, e.g. a 4-step row at
+    5.3-9.6 % of the reference over five rounds); "rounds" the round medians as measured; "pooled" gives None
+    (the caller then sets pooled medians against each other). Pieces timed without a yardstick have only the
+    measured round medians, which both round rules then read."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule == "pooled":
+        return None
+    key = "raw_round_medians_s" if rule == "rounds" else "round_medians_s"
+
+    def medians(n: str) -> list[float]:
+        lat = (final.get(n) or {}).get("latency", {})
+        return list(lat.get(key) or lat.get("round_medians_s") or [])
+
+    pairs = [x / y for x, y in zip(medians(name), medians(of), strict=False) if y > 0]  # DDPM: fewer rounds
     return statistics.median(pairs) if pairs else None
 
 
+def _pooled_median(m: dict[str, Any]) -> float:
+    """A re-measured row's pooled median as measured (without a yardstick's correction)."""
+    return float(m["latency"].get("raw_median_s") or m["latency"]["median_s"])
+
+
 def budget_share(piece: dict[str, Any], row: dict[str, Any], name: str | None,
-                 per_round: bool = True) -> float | None:
+                 rule: str = "paired") -> float | None:
     """How much of the row's budget configuration `name` takes in the re-measure (1.0: exactly the budget): its
-    per-round ratio to the 50-step reference (`round_ratio`) over the budget's share of that reference; the
-    pooled median over `final_budget` where the rounds are missing (or `per_round=False`: the rule until
-    2026-11-30, shown beside it)."""
+    ratio to the 50-step reference (`round_ratio` under `rule`) over the budget's share of that reference; with
+    the "pooled" rule (until 2026-11-30) or without round medians, the pooled medians as measured."""
     m = piece["final"].get(name or "")
     if not m:
         return None
-    ratio = round_ratio(piece["final"], name or "") if per_round else None
+    ratio = round_ratio(piece["final"], name or "", rule=rule)
     if ratio is None:
-        return float(m["latency"]["median_s"]) / final_budget(piece, row)
+        ref = piece["final"].get(REFERENCE)
+        if not ref:
+            return float(m["latency"]["median_s"]) / float(row["budget_s"])
+        ratio = _pooled_median(m) / _pooled_median(ref)
     return ratio / (float(row["budget_s"]) / float(piece["reference_s"]))
 
 
-def fits(piece: dict[str, Any], row: dict[str, Any], name: str | None, per_round: bool = True) -> bool:
+def fits(piece: dict[str, Any], row: dict[str, Any], name: str | None, rule: str = "paired") -> bool:
     """Whether a re-measured configuration is within the row's budget (`budget_share` <= 1)."""
-    share = budget_share(piece, row, name, per_round)
+    share = budget_share(piece, row, name, rule)
     return share is not None and share <= 1.0
 
 
@@ -557,7 +602,7 @@ def final_budget(piece: dict[str, Any], row: dict[str, Any]) -> float:
     return float(row["budget_s"]) / float(piece["reference_s"]) * float(ref["latency"]["median_s"])
 
 
-def best_hand(piece: dict[str, Any], row: dict[str, Any], per_round: bool = True) -> str | None:
+def best_hand(piece: dict[str, Any], row: dict[str, Any], rule: str = "paired") -> str | None:
     """The hand configuration the row compares with: the lowest final FID among this budget's hand
     configurations (plain, DeepCache, int8, compiled, ...) whose *re-measured* latency fits the budget. The step
     scans that chose them time each one alone and quickly; the re-measure times every row interleaved in one
@@ -565,27 +610,27 @@ def best_hand(piece: dict[str, Any], row: dict[str, Any], per_round: bool = True
     autoeff's candidates do in its own re-time."""
     final = piece["final"]
     names = [n for n in dict.fromkeys(row.get("hand_kinds", {}).values())
-             if final.get(n) and final[n].get("quality") and fits(piece, row, n, per_round)]
+             if final.get(n) and final[n].get("quality") and fits(piece, row, n, rule)]
     return min(names, key=lambda n: final[n]["quality"]["fid_mean"], default=None)
 
 
-def targets(piece: dict[str, Any], row: dict[str, Any], per_round: bool = True) -> dict[str, Any]:
+def targets(piece: dict[str, Any], row: dict[str, Any], rule: str = "paired") -> dict[str, Any]:
     final, cfg = piece["final"], piece["config"]
-    a, h = final.get(row["autoeff"] or ""), final.get(best_hand(piece, row, per_round) or "")
+    a, h = final.get(row["autoeff"] or ""), final.get(best_hand(piece, row, rule) or "")
     ref, ddpm = final.get(REFERENCE), final.get(cfg["ddpm_label"])
     s = piece["searches"][row["budget_label"]]
     t: dict[str, Any] = {}
     qa, qh, qr = (x["quality"] if x else None for x in (a, h, ref))
-    t["fits"] = fits(piece, row, row["autoeff"], per_round)
+    t["fits"] = fits(piece, row, row["autoeff"], rule)
     t["vs_hand"] = t["fits"] and (bool(qa and qh and _within_noise(qa, qh)) if qh else bool(qa))
     t["gap_closed"] = None
     if qa and qh and qr and not _within_noise(qh, qr):  # the hand configuration is worse than the reference
         t["gap_closed"] = (qh["fid_mean"] - qa["fid_mean"]) / (qh["fid_mean"] - qr["fid_mean"])
     t["gap_met"] = t["gap_closed"] is None or t["gap_closed"] >= GAP_TARGET
-    # per round, as the budgets (DDPM is timed in the first `ddpm_rounds` rounds only)
-    t["ddpm_speedup"] = round_ratio(final, cfg["ddpm_label"], row["autoeff"]) if a and ddpm and per_round else None
+    # by the rule of the budgets (DDPM is timed in the first `ddpm_rounds` rounds only)
+    t["ddpm_speedup"] = round_ratio(final, cfg["ddpm_label"], row["autoeff"], rule=rule) if a and ddpm else None
     if t["ddpm_speedup"] is None and a and ddpm:
-        t["ddpm_speedup"] = ddpm["latency"]["median_s"] / a["latency"]["median_s"]
+        t["ddpm_speedup"] = _pooled_median(ddpm) / _pooled_median(a)
     qd = (a.get("quality_at_ddpm_n") or qa) if a else None
     t["ddpm_within_noise"] = bool(qd and ddpm and ddpm["quality"] and _within_noise(qd, ddpm["quality"]))
     t["over_share"] = s["over_budget"] / s["measured"] if s["measured"] else None
@@ -622,7 +667,11 @@ def render(pieces: list[dict[str, Any]]) -> str:
         "the interleaved rounds (each round's median over the reference's in that round) is within the budget's "
         "share: this machine's speed moves by up to 50 % between rounds, and so do the references' medians (the "
         "budget cell: at the piece's start, and pooled over the re-measure's rounds); the DDPM ratio is per round "
-        "too. "
+        "too. Where a piece was re-measured with a yardstick, every timed call was followed by one call of the "
+        "reference's solver at a few steps and counts as the ratio of the two (as autoeff's search times its "
+        "candidates), so the round ratios compare costs at one machine speed; its milliseconds are then in the "
+        "conditions of the yardstick's first timing, and the targets cell says where the unpaired round medians "
+        "or the pooled medians give another verdict. "
         f"autoeff: `autoeff.optimize(space={cfg0['space']!r}, trials={cfg0['trials']}, seed=0, sampler="
         f"{cfg0['sampler']!r}, proxy {cfg0['proxy_samples']} / final {cfg0['search_final_samples']} samples)`.",
         "",
@@ -644,13 +693,16 @@ def render(pieces: list[dict[str, Any]]) -> str:
                      f">= 300x DDPM at its FID: {'yes' if t['ddpm_within_noise'] and (t['ddpm_speedup'] or 0) >= DDPM_SPEEDUP_TARGET else 'no'}",  # noqa: E501
                      f"<= 20% over: {'yes' if t['over_met'] else 'no'}",
                      f"<= 10 min: {'yes' if t['time_met'] else 'no'}"]
-            old = targets(p, row, per_round=False)  # the pooled-median rule, where it says otherwise
-            differ = [f"{k} {'yes' if old[k] else 'no'}" for k in ("fits", "vs_hand") if old[k] != t[k]]
-            if old["ddpm_speedup"] and t["ddpm_speedup"] and (old["ddpm_speedup"] >= DDPM_SPEEDUP_TARGET) != (
-                    t["ddpm_speedup"] >= DDPM_SPEEDUP_TARGET):
-                differ.append(f"DDPM {old['ddpm_speedup']:.0f}x")
-            if differ:
-                marks.append(f"(pooled medians: {', '.join(differ)})")
+            for rule, words in (("rounds", "unpaired rounds"), ("pooled", "pooled medians")):
+                if rule == "rounds" and not (ref and ref["latency"].get("raw_round_medians_s")):
+                    continue  # timed without a yardstick: the paired rule is this one
+                old = targets(p, row, rule)  # an earlier rule, where it says otherwise
+                differ = [f"{k} {'yes' if old[k] else 'no'}" for k in ("fits", "vs_hand") if old[k] != t[k]]
+                if old["ddpm_speedup"] and t["ddpm_speedup"] and (old["ddpm_speedup"] >= DDPM_SPEEDUP_TARGET) != (
+                        t["ddpm_speedup"] >= DDPM_SPEEDUP_TARGET):
+                    differ.append(f"DDPM {old['ddpm_speedup']:.0f}x")
+                if differ:
+                    marks.append(f"({words}: {', '.join(differ)})")
             hand_cells = (f"{h['label']} | {_lat_cell(p, row, hn)} | {fid_pm(h['quality'])}" if h
                           else "none fits | — | —")
             auto_cells = (f"{a['label']} | {_lat_cell(p, row, row['autoeff'])} | {fid_pm(a['quality'])}" if a
@@ -665,8 +717,10 @@ def render(pieces: list[dict[str, Any]]) -> str:
     lines += ["", "Machines and wall times:", ""]
     for p in pieces:
         cfg = p["config"]
-        lines.append(f"- {cfg['model']} batch {cfg['batch']}: `{cfg['command']}` — {machine_line(cfg['machine'])}; "
-                     f"{cfg['wall_min']:.0f} min; 50-step DPM-Solver++ 1: {ms(p['reference_s'])} ms.")
+        before = "".join(f"`{c}`, then " for c in cfg.get("earlier_commands") or [])
+        lines.append(f"- {cfg['model']} batch {cfg['batch']}: {before}`{cfg['command']}` — "
+                     f"{machine_line(cfg['machine'])}; {cfg['wall_min']:.0f} min; 50-step DPM-Solver++ 1: "
+                     f"{ms(p['reference_s'])} ms.")
     lines += ["", "Every re-measured configuration, per piece:", ""]
     for p in pieces:
         cfg = p["config"]
@@ -707,6 +761,12 @@ def pieces_dir(args: argparse.Namespace) -> Path:
     return results_dir(args.out) / "compare"
 
 
+def siblings(args: argparse.Namespace, model: str, path: Path) -> list[dict[str, Any]]:
+    """The saved pieces of `model` at other batch sizes than the one at `path`."""
+    return [json.loads(q.read_text()) for q in sorted(pieces_dir(args).glob(f"{model}-b*.json"))
+            if q != path and json.loads(q.read_text()).get("config", {}).get("model") == model]
+
+
 def finished_pieces(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for path in sorted(pieces_dir(args).glob("*.json")):
@@ -728,6 +788,8 @@ def main() -> None:
                    help="keep each piece's references and hand configurations; run autoeff's searches afresh (all, "
                         "or those at these budgets, e.g. 3,5) and re-measure the finalists (after a change to the "
                         "search)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="keep every step but the last: re-measure the chosen configurations (FIDs kept)")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--device", default="cpu")
     p.add_argument("--space", default="solver,schedule,cache,quantize,prune,compile",
