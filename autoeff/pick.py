@@ -46,13 +46,19 @@ def budget_seconds(budget: str | Budget, stored: StoredStudy) -> float:
     return parsed.resolve(baseline.latency_s)
 
 
+def ranked_under(records: list[TrialRecord], budget_s: float) -> list[TrialRecord]:
+    """The measured candidates whose search latency meets `budget_s`, best score first; on a tie (twins with the
+    same images, e.g. compiled and eager) the faster first."""
+    fits = [r for r in records if r.score is not None and r.latency_s <= budget_s]
+    return sorted(fits, key=lambda r: (r.score or 0.0, -r.latency_s), reverse=True)
+
+
 def pick_under_budget(records: list[TrialRecord], budget_s: float, handle: ModelHandle, settings: SearchSettings,
                       threads: int | None = None, baseline: Baseline | None = None) -> Pick:
     """The best stored candidate that meets `budget_s` when re-timed on this machine (see the module docstring).
     With the study's `baseline` (a budget relative to it), candidates are re-timed as it was: against its
     yardstick, when it had one (`Evaluator.follow`)."""
-    measured = [r for r in records if r.score is not None]
-    fits = sorted((r for r in measured if r.latency_s <= budget_s), key=lambda r: r.score or 0.0, reverse=True)
+    fits = ranked_under(records, budget_s)
     if not fits:
         fastest = min(records, key=lambda r: r.latency_s, default=None)
         detail = ("it holds no completed trial" if fastest is None else
@@ -73,4 +79,4 @@ def pick_under_budget(records: list[TrialRecord], budget_s: float, handle: Model
                       f"({', '.join(tried)}); measure on a quiet machine or raise the budget")
 
 
-__all__ = ["Pick", "budget_seconds", "pick_under_budget", "MAX_RETIMED"]
+__all__ = ["Pick", "budget_seconds", "pick_under_budget", "ranked_under", "MAX_RETIMED"]

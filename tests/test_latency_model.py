@@ -44,10 +44,26 @@ def test_the_step_count_that_fills_the_budget_leaves_the_noise_margin():
     points = [*CALIB, _pt(PLAIN, 4, 90.0)]  # 10 ms + 20 ms per step
     quiet = LatencyModel.fit(points, default_per_eval_s=1.0, noise=0.0)
     noisy = LatencyModel.fit(points, default_per_eval_s=1.0, noise=0.10)
-    assert quiet.steps_that_fill(PLAIN, 0.095, 2, 50) == 4  # 90 ms under 95 / 1.02
-    assert noisy.steps_that_fill(PLAIN, 0.095, 2, 50) == 3  # 90 ms over 95 / 1.10: one step fewer
-    assert noisy.steps_that_fill(PLAIN, 0.095, 2, 3) == 3
+    assert quiet.steps_that_fill(PLAIN, 0.115, 2, 50) == 5  # predicted 110 ms under 115 / 1.02
+    assert noisy.steps_that_fill(PLAIN, 0.115, 2, 50) == 4  # 110 ms over 115 / 1.10: one step fewer
+    assert noisy.steps_that_fill(PLAIN, 0.115, 2, 3) == 3
     assert noisy.steps_that_fill(PLAIN, 0.040, 2, 50) is None  # not even 2 steps fit
+
+
+def test_a_step_count_timed_within_the_budget_fills_it_whatever_the_margin():
+    """The margin is for predictions: 4 steps were timed at 90 ms, within a 95 ms budget, so a 10 % noise floor
+    (95 / 1.10 = 86 ms) does not take the structure down to 3; one timing over the budget there does."""
+    noisy = LatencyModel.fit([*CALIB, _pt(PLAIN, 4, 90.0)], default_per_eval_s=1.0, noise=0.10)
+    assert noisy.steps_that_fill(PLAIN, 0.095, 2, 50) == 4
+    assert noisy.steps_that_fill(PLAIN, 0.089, 2, 50) == 3  # timed over this budget: the margin decides
+    over = LatencyModel.fit([*CALIB, _pt(PLAIN, 4, 90.0), _pt(PLAIN, 4, 96.0)], default_per_eval_s=1.0, noise=0.10)
+    assert over.steps_that_fill(PLAIN, 0.095, 2, 50) == 3
+    # a structure never timed (predicted from the others) keeps its basis's margin
+    other = {"solver.name": "unipc", "cache_interval": 1}
+    k = noisy.steps_that_fill(other, 0.095, 2, 50)
+    target = 0.095 / (1 + max(noisy.margin, noisy.rel_error("similar")))
+    assert k is not None and noisy.predict(other, k).basis == "similar"
+    assert noisy.predict(other, k).latency_s <= target < noisy.predict(other, k + 1).latency_s
 
 
 def test_measured_errors_set_how_far_the_model_is_trusted_and_are_reported():

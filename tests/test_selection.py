@@ -139,3 +139,28 @@ def test_a_score_taken_during_the_search_is_reused_and_takes_part_whatever_its_p
     assert sorted(fake.measured) == [(0, 64), (1, 64), (2, 64)]
     assert 5 in [m["number"] for m in chosen.rungs[1]["measured"]]
     assert chosen.best is not None and chosen.best.record.number == 5
+
+
+def test_a_tie_on_the_final_sample_goes_to_the_faster_candidate():
+    # 0 and 1 are twins (the same images, so the same scores at every sample; 1 compiled and faster); 0 comes first
+    # in every ranking by score alone
+    records = [_rec(0, 10.0, latency=0.009), _rec(1, 10.0, latency=0.006), _rec(2, 30.0, latency=0.004)]
+    fake = Fake(fid={0: 5.0, 1: 5.0, 2: 9.0}, latency={0: 0.0095, 1: 0.0061})
+    chosen = _select(records, fake, noise=0.0)
+    assert sorted(fake.final) == [0, 1]
+    assert chosen.best is not None and chosen.best.record.number == 1
+    # a better score still wins over a faster one
+    fake = Fake(fid={0: 4.9, 1: 5.0, 2: 9.0}, latency={0: 0.0095, 1: 0.0061})
+    assert _select(records, fake, noise=0.0).best.record.number == 0
+    # and the planner's best by evidence breaks a tie the same way
+    assert best_by_evidence(records[:2], BUDGET).number == 1
+    twins = [_rec(0, 10.0, latency=0.009, contender=(64, 6.0)), _rec(1, 10.0, latency=0.006, contender=(64, 6.0))]
+    assert best_by_evidence(twins, BUDGET).number == 1
+
+
+def test_export_under_a_new_budget_tries_the_faster_twin_first():
+    from autoeff.pick import ranked_under
+
+    records = [_rec(0, 10.0, latency=0.009), _rec(1, 10.0, latency=0.006), _rec(2, 8.0, latency=0.02),
+               _rec(3, 12.0, latency=0.003)]
+    assert [r.number for r in ranked_under(records, BUDGET)] == [1, 0, 3]  # 2 is over the budget
