@@ -289,6 +289,14 @@ class LatencyModel:
         k = min(high, k)
         return k if k >= low else None
 
+    def steps_within(self, params: Mapping[str, Any], budget_s: float, low: int, high: int) -> int | None:
+        """The most evaluations in [low, high] whose predicted latency is within the budget itself, with no
+        margin: the budget's edge as the model sees it (`planner.FillPlanner.reach` measures it once)."""
+        fit, _ = self._structure_fit(params)
+        k = math.floor((budget_s - fit.fixed_s) / fit.per_eval_s) if fit.per_eval_s > 0 else high
+        k = min(high, k)
+        return k if k >= low else None
+
     def report(self) -> dict[str, Any]:
         """The fitted figures and the out-of-sample errors of every stored prediction, per basis."""
         errors: dict[str, Any] = {}

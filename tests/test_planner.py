@@ -126,6 +126,26 @@ def test_a_best_candidate_at_the_budgets_edge_is_hedged_one_step_fewer(loop):
     assert len(keys) == len(set(keys))  # never the same hedge twice
 
 
+@pytest.mark.parametrize("loop", [0.111], indirect=True)
+def test_the_budgets_edge_is_probed_once_and_a_step_count_timed_within_it_is_filled(loop):
+    # 111 ms: the margin (111 / 1.02 = 108.8 ms) fills 4 steps (90 ms), the prediction alone says 5 fit (110 ms).
+    # The loop measures the best structure at 5 steps once; timed within the budget, 5 is then its step count.
+    planner, study, run, _ = loop
+    run(16)
+    trials = study.get_trials()
+    probes = [t for t in trials if planned_as(t) == "probe"]
+    assert probes and all(t.values[0] <= 111 for t in probes)
+    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.STEPS_PARAM]) for t in probes]
+    assert len(keys) == len(set(keys))  # each edge once
+    first = probes[0]
+    structure = structure_params(first.params)
+    assert first.params[schedule.STEPS_PARAM] == 5 and planner.steps_for(structure) == 5
+    later = [t for t in trials if t.number > first.number and planned_as(t) in ("schedule", "positions")
+             and structure_params(t.params) == structure]
+    assert later and all(t.params[schedule.STEPS_PARAM] == 5 for t in later)
+    assert len([t for t in trials if t.values[0] > 111]) <= 0.2 * len(trials)
+
+
 def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
     planner, study, run, _ = loop  # 100 ms: 4 steps take 90 ms, more than 2 noise floors under the budget
     run(14)
