@@ -290,8 +290,9 @@ class LatencyModel:
         return k if k >= low else None
 
     def steps_within(self, params: Mapping[str, Any], budget_s: float, low: int, high: int) -> int | None:
-        """The most evaluations in [low, high] whose predicted latency is within the budget itself, with no
-        margin: the budget's edge as the model sees it (`planner.FillPlanner.reach` measures it once)."""
+        """The most evaluations in [low, high] whose predicted latency is within `budget_s`, no margin taken
+        off: the budget's edge as the model sees it (`planner.FillPlanner.reach` asks for the budget plus the
+        noise floor, and measures that edge once)."""
         fit, _ = self._structure_fit(params)
         k = math.floor((budget_s - fit.fixed_s) / fit.per_eval_s) if fit.per_eval_s > 0 else high
         k = min(high, k)

@@ -146,6 +146,23 @@ def test_the_budgets_edge_is_probed_once_and_a_step_count_timed_within_it_is_fil
     assert len([t for t in trials if t.values[0] > 111]) <= 0.2 * len(trials)
 
 
+@pytest.mark.parametrize("loop", [0.1085], indirect=True)
+def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
+    # 108.5 ms: 5 steps are predicted at 110 ms, within the noise floor (2 %) of the budget but over it: probed
+    # once, timed over, and the structure stays at the 4 steps the margin gives
+    planner, study, run, _ = loop
+    run(16)
+    trials = study.get_trials()
+    probes = [t for t in trials if planned_as(t) == "probe"]
+    assert probes and all(t.params[schedule.STEPS_PARAM] == 5 and t.values[0] > 108.5 for t in probes)
+    structure = structure_params(probes[0].params)
+    assert planner.steps_for(structure) == 4
+    assert len([t for t in probes if structure_params(t.params) == structure]) == 1
+    later = [t for t in trials if t.number > probes[0].number and planned_as(t) in ("schedule", "positions")
+             and structure_params(t.params) == structure]
+    assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
+
+
 def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
     planner, study, run, _ = loop  # 100 ms: 4 steps take 90 ms, more than 2 noise floors under the budget
     run(14)
