@@ -126,22 +126,29 @@ def test_a_best_candidate_at_the_budgets_edge_is_hedged_one_step_fewer(loop):
     assert len(keys) == len(set(keys))  # never the same hedge twice
 
 
+def _probed(loop, trials_to_run: int):
+    """Run the loop; its probes (each edge once), the first probe's structure and the exploit trials of that
+    structure after it."""
+    planner, study, run, _ = loop
+    run(trials_to_run)
+    trials = study.get_trials()
+    probes = [t for t in trials if planned_as(t) == "probe"]
+    assert probes
+    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.STEPS_PARAM]) for t in probes]
+    assert len(keys) == len(set(keys))  # each edge once
+    structure = structure_params(probes[0].params)
+    later = [t for t in trials if t.number > probes[0].number and planned_as(t) in ("schedule", "positions")
+             and structure_params(t.params) == structure]
+    return planner, trials, probes, structure, later
+
+
 @pytest.mark.parametrize("loop", [0.111], indirect=True)
 def test_the_budgets_edge_is_probed_once_and_a_step_count_timed_within_it_is_filled(loop):
     # 111 ms: the margin (111 / 1.02 = 108.8 ms) fills 4 steps (90 ms), the prediction alone says 5 fit (110 ms).
     # The loop measures the best structure at 5 steps once; timed within the budget, 5 is then its step count.
-    planner, study, run, _ = loop
-    run(16)
-    trials = study.get_trials()
-    probes = [t for t in trials if planned_as(t) == "probe"]
-    assert probes and all(t.values[0] <= 111 for t in probes)
-    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.STEPS_PARAM]) for t in probes]
-    assert len(keys) == len(set(keys))  # each edge once
-    first = probes[0]
-    structure = structure_params(first.params)
-    assert first.params[schedule.STEPS_PARAM] == 5 and planner.steps_for(structure) == 5
-    later = [t for t in trials if t.number > first.number and planned_as(t) in ("schedule", "positions")
-             and structure_params(t.params) == structure]
+    planner, trials, probes, structure, later = _probed(loop, 16)
+    assert all(t.values[0] <= 111 for t in probes)
+    assert probes[0].params[schedule.STEPS_PARAM] == 5 and planner.steps_for(structure) == 5
     assert later and all(t.params[schedule.STEPS_PARAM] == 5 for t in later)
     assert len([t for t in trials if t.values[0] > 111]) <= 0.2 * len(trials)
 
@@ -150,16 +157,10 @@ def test_the_budgets_edge_is_probed_once_and_a_step_count_timed_within_it_is_fil
 def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
     # 108.5 ms: 5 steps are predicted at 110 ms, within the noise floor (2 %) of the budget but over it: probed
     # once, timed over, and the structure stays at the 4 steps the margin gives
-    planner, study, run, _ = loop
-    run(16)
-    trials = study.get_trials()
-    probes = [t for t in trials if planned_as(t) == "probe"]
-    assert probes and all(t.params[schedule.STEPS_PARAM] == 5 and t.values[0] > 108.5 for t in probes)
-    structure = structure_params(probes[0].params)
+    planner, _, probes, structure, later = _probed(loop, 16)
+    assert all(t.params[schedule.STEPS_PARAM] == 5 and t.values[0] > 108.5 for t in probes)
     assert planner.steps_for(structure) == 4
     assert len([t for t in probes if structure_params(t.params) == structure]) == 1
-    later = [t for t in trials if t.number > probes[0].number and planned_as(t) in ("schedule", "positions")
-             and structure_params(t.params) == structure]
     assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
 
 
