@@ -56,8 +56,6 @@ RIDGE_LAMBDA = 1.0
 # the fixed cost's level says little about the steps).
 MIN_PER_EVAL_SHARE = 0.05
 CALIBRATION_KEY = "{}"
-# Timings at one step count, all within the budget, after which that step count fills it (`steps_that_fill`).
-CONFIRMED_TIMINGS = 1
 
 
 def structure_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,11 +130,17 @@ class Prediction:
 class _Fit:
     fixed_s: float
     per_eval_s: float
-    # per evaluation count: every latency timed for the structure there (trials and re-times)
-    timed_s: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    # per evaluation count timed for the structure: the slowest latency timed there (trials and re-times)
+    slowest_s: Mapping[int, float] = field(default_factory=dict)
 
     def latency(self, evals: int) -> float:
         return self.fixed_s + self.per_eval_s * evals
+
+    def most_evals(self, limit_s: float, low: int, high: int) -> int | None:
+        """The most evaluations in [low, high] predicted within `limit_s`; None when not even `low`."""
+        k = math.floor((limit_s - self.fixed_s) / self.per_eval_s) if self.per_eval_s > 0 else high
+        k = min(high, k)
+        return k if k >= low else None
 
 
 def _line(evals: Sequence[float], latency: Sequence[float]) -> tuple[float, float] | None:
@@ -198,10 +202,10 @@ class LatencyModel:
         else:  # one step count: the calibration's fixed cost, this structure's own per-evaluation cost
             fixed = min(self.fixed_s, min(p.latency_s for p in pts))
         per_eval = statistics.fmean((p.latency_s - fixed) / p.evals for p in pts)
-        timed: dict[int, tuple[float, ...]] = {}
+        slowest: dict[int, float] = {}
         for p in pts:
-            timed[p.evals] = (*timed.get(p.evals, ()), p.latency_s)
-        return _Fit(fixed_s=fixed, per_eval_s=max(per_eval, floor), timed_s=timed)
+            slowest[p.evals] = max(slowest.get(p.evals, 0.0), p.latency_s)
+        return _Fit(fixed_s=fixed, per_eval_s=max(per_eval, floor), slowest_s=slowest)
 
     def _fit_weights(self, by_key: Mapping[str, Sequence[LatencyPoint]]) -> None:
         """Ridge regression of log(per_eval / calibration's) on the structures' parameter indicators."""
@@ -272,8 +276,8 @@ class LatencyModel:
         budget is measured and scored, one over it is neither, and once timed the structure is filled to the
         noise floor. The calibration (the pipeline itself, its schedule pinned) counts as timed.
 
-        What was timed beats the margin: a step count at which the structure was timed (`CONFIRMED_TIMINGS`
-        times), every time within the budget, is filled even where the prediction with its margin says one step
+        What was timed beats the margin: a step count at which the structure was timed, every time within the
+        budget, is filled even where the prediction with its margin says one step
         fewer; one timing over the budget there returns it to the margin's count. The margin is for a guess: on the
         digits DiT at batch 16 and 5 % a compiled candidate at 3 steps was timed at 96.9 ms (re-timed at 99.3 ms
         in the selection) against a 103.0 ms budget, the margin (6.5 %) kept every later candidate of that
@@ -281,22 +285,17 @@ class LatencyModel:
         candidate is guarded as before: the hedge measures it one step fewer, the selection re-times it."""
         fit, basis = self._structure_fit(params)
         margin = self.margin if basis != "similar" else max(self.margin, self.rel_error(basis))
-        target = budget_s / (1.0 + margin)
-        k = math.floor((target - fit.fixed_s) / fit.per_eval_s) if fit.per_eval_s > 0 else high
+        k = fit.most_evals(budget_s / (1.0 + margin), low, high)
         if basis == "measured":
-            confirmed = [e for e, ts in fit.timed_s.items() if len(ts) >= CONFIRMED_TIMINGS and max(ts) <= budget_s]
-            k = max([k, *confirmed])
-        k = min(high, k)
-        return k if k >= low else None
+            timed = [min(e, high) for e, slowest in fit.slowest_s.items() if slowest <= budget_s and e >= low]
+            k = max([k, *timed]) if k is not None else max(timed, default=None)
+        return k
 
     def steps_within(self, params: Mapping[str, Any], budget_s: float, low: int, high: int) -> int | None:
         """The most evaluations in [low, high] whose predicted latency is within `budget_s`, no margin taken
         off: the budget's edge as the model sees it (`planner.FillPlanner.reach` asks for the budget plus the
         noise floor, and measures that edge once)."""
-        fit, _ = self._structure_fit(params)
-        k = math.floor((budget_s - fit.fixed_s) / fit.per_eval_s) if fit.per_eval_s > 0 else high
-        k = min(high, k)
-        return k if k >= low else None
+        return self._structure_fit(params)[0].most_evals(budget_s, low, high)
 
     def report(self) -> dict[str, Any]:
         """The fitted figures and the out-of-sample errors of every stored prediction, per basis."""

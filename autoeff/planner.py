@@ -22,11 +22,10 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
      its fill where the prediction is within the noise floor of the budget, either side, once (`reach`: the
      margin is for a guess, and a step count timed within the budget fills it, `LatencyModel.steps_that_fill`);
-     then a *transfer*: the
-     best's structure with a knob that keeps the images (`Knob.keeps_images`: compile, fused kernels) set
-     otherwise, with the best's schedule family at the step count that structure fills (or reaches, as the
-     probe) -- first its `typical` setting when that twin was never measured, then a measured twin whose speed
-     leaves room for more steps (on the digits U-Net
+     then a *transfer*: the best's structure with a knob that keeps the images (`Knob.keeps_images`: compile,
+     fused kernels) set otherwise, with the best's schedule family at the step count that structure fills (or
+     reaches, as the probe) -- first its `typical` setting when that twin was never measured, then a measured
+     twin whose speed leaves room for more steps (on the digits U-Net
      at 20 % the warm start's compiled pick ran 7 steps in 52.9 ms against 63.1 uncompiled, and the loop never
      tried the best's schedule there; with this step, on the digits DiT at 5 % it found a compiled 2-step
      candidate where only one uncompiled step fitted). Filling puts the best candidates at the
