@@ -34,16 +34,20 @@ def test_positions_round_trip_and_a_proposal_is_a_new_valid_schedule():
     assert propose(seen, 3, 1000, higher_is_better=False, seed=0) == proposal  # seeded
 
 
-def _fid(timesteps: list[int], cached: bool) -> float:
-    """Best when the steps sit at (1 - (i + 0.5) / k)^1.5 of the range; DeepCache costs 3."""
+def _fid(timesteps: list[int], cached: bool, steps: str = "flat") -> float:
+    """Best when the steps sit at (1 - (i + 0.5) / k)^1.5 of the range; DeepCache costs 3. `steps`: how the step
+    count itself counts: not at all (`flat`), better with more (`more`), best at 4 (`u`, as the digits FID)."""
     k = len(timesteps)
     ideal = [999 * (1 - (i + 0.5) / k) ** 1.5 for i in range(k)]
-    return 4.0 + sum(abs(t - g) for t, g in zip(timesteps, ideal, strict=True)) / (50 * k) + (3.0 if cached else 0.0)
+    by_count = {"flat": 0.0, "more": 12.0 / k, "u": 0.6 * abs(k - 4)}[steps]
+    return (4.0 + sum(abs(t - g) for t, g in zip(timesteps, ideal, strict=True)) / (50 * k) + (3.0 if cached else 0.0)
+            + by_count)
 
 
 @pytest.fixture
 def loop(random_digits_handle, request):
-    budget, min_steps = (lambda p: p if isinstance(p, tuple) else (p, 2))(getattr(request, "param", BUDGET))
+    param = getattr(request, "param", BUDGET)
+    budget, min_steps, steps_shape = (*param, "more")[:3] if isinstance(param, tuple) else (param, 2, "more")
     settings = SearchSettings(model="digits", budget=parse_budget(f"{budget * 1000:g}ms"), space=SPACE, metric="fid",
                               min_steps=min_steps, max_steps=20)
     ctx = context_for(random_digits_handle, settings)
@@ -67,7 +71,7 @@ def loop(random_digits_handle, request):
         cfg = recipe.knobs["schedule"]
         cached = recipe.knobs["cache"].interval > 1
         latency = 0.010 + cfg.steps * (0.010 if cached else 0.020)  # the cache halves a step
-        q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached), False, 32, stderr=0.3)
+        q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached, steps_shape), False, 32, stderr=0.3)
         set_recipe(trial, recipe)
         set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), budget)
         trial.set_constraint("latency", latency - budget)
@@ -162,6 +166,51 @@ def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
     assert planner.steps_for(structure) == 4
     assert len([t for t in probes if structure_params(t.params) == structure]) == 1
     assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
+
+
+def _steps_of(trials: list, kind: str) -> list[int]:
+    return [t.params[schedule.STEPS_PARAM] for t in trials if planned_as(t) == kind]
+
+
+@pytest.mark.parametrize("loop", [(0.250, 2, "u")], indirect=True)
+def test_past_eight_steps_the_loop_measures_half_the_steps_and_refines_there_when_fewer_score_better(loop):
+    # 250 ms fills 11-12 plain steps (10 + 12 x 20 = 250 ms); quality is best at 4 steps and worse by 0.6 a step
+    # away from it (as the digits FID: 5.67 at 4 steps, 8.67 at 10). Filling alone never measures fewer steps.
+    planner, study, run, _ = loop
+    run(30)
+    trials = study.get_trials()
+    fill = max(t.params[schedule.STEPS_PARAM] for t in trials if t.values[0] <= 250 and not t.params["cache_interval"]
+               > 1)
+    descended = _steps_of(trials, "descend")
+    assert descended and len(set(descended)) == 1  # half of a count past 8, rounded up
+    fewer = descended[0]
+    assert 5 <= fewer <= 8 and fewer < fill
+    best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
+    assert best.params[schedule.STEPS_PARAM] == fewer
+    # refined where it scored best: its hand families, then the positions of its steps (8 or fewer)
+    first = min(t.number for t in trials if planned_as(t) == "descend")
+    later = [t for t in trials if t.number > first and planned_as(t) in ("schedule", "positions")]
+    assert later and all(t.params[schedule.STEPS_PARAM] == fewer for t in later)
+    assert any(planned_as(t) == "positions" for t in later)
+    families = [t.params[schedule.FAMILY_PARAM] for t in trials if t.number >= first and planned_as(t) != "positions"
+                and t.params[schedule.STEPS_PARAM] == fewer and structure_params(t.params) ==
+                structure_params(best.params)]
+    assert len(families) == len(set(families))  # each hand family there once
+
+
+@pytest.mark.parametrize("loop", [(0.250, 2, "more")], indirect=True)
+def test_when_more_steps_score_better_the_descent_is_measured_once_and_the_fill_kept(loop):
+    planner, study, run, _ = loop
+    run(24)
+    trials = study.get_trials()
+    descended = [t for t in trials if planned_as(t) == "descend"]
+    assert descended  # one look below the fill, each hand family once per structure, never deeper
+    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
+             t.params[schedule.STEPS_PARAM]) for t in descended]
+    assert len(keys) == len(set(keys)) and {k[2] for k in keys} <= {6, 10}  # half of 11 plain, of 20 cached
+    best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
+    assert best.params[schedule.STEPS_PARAM] >= 11
+    assert not [t for t in trials if planned_as(t) == "positions"]  # past 8 steps: none
 
 
 def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
