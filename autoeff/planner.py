@@ -158,10 +158,8 @@ class FillPlanner:
                 return "descend", untried
         if k > MAX_FEW_STEPS or "free" not in self.families:
             return None
-        key = structure_key(structure)
-        same = [r for r in records if structure_key(r.params) == key and r.score is not None
-                and evaluations(r.params, self.context.default_steps) == k]
-        observed = [(self.timesteps(r), r.measurement.quality.value) for r in same if r.measurement.quality]
+        observed = [(self.timesteps(r), r.measurement.quality.value) for r in self.scored_at(structure, k, records)
+                    if r.measurement.quality]
         proposal = propose(observed, k, self.context.num_train_timesteps, higher_is_better=self.higher_is_better,
                            seed=self.seed + len(records))
         if proposal is None:
@@ -183,14 +181,18 @@ class FillPlanner:
                    and evaluations(r.params, self.context.default_steps) > steps for r in records)
         return steps if more else k
 
+    def scored_at(self, structure: dict[str, Any], k: int, records: Sequence[TrialRecord]) -> list[TrialRecord]:
+        """The scored records of `structure`'s structure at `k` evaluations."""
+        key = structure_key(structure)
+        return [r for r in records if structure_key(r.params) == key and r.score is not None
+                and evaluations(r.params, self.context.default_steps) == k]
+
     def untried_family(self, structure: dict[str, Any], k: int, records: Sequence[TrialRecord],
                        first: str | None = None) -> dict[str, Any] | None:
         """`structure` at `k` steps with the first hand family (`first`, then `STARTING_FAMILIES`) it was not
         measured with at `k`, passing over one that visits the timesteps of one measured (at 1-2 steps families
         can visit the same timesteps: the same images, nothing to learn); None when none is left."""
-        key = structure_key(structure)
-        same = [r for r in records if structure_key(r.params) == key and r.score is not None
-                and evaluations(r.params, self.context.default_steps) == k]
+        same = self.scored_at(structure, k, records)
         tried = {r.params.get(schedule.FAMILY_PARAM) for r in same}
         visited = {tuple(self.timesteps(r)) for r in same}
         order = [first] if first is not None else []

@@ -1,5 +1,6 @@
 """The budget-filling loop (`autoeff.planner`) and the timestep-position search (`autoeff.positions`), on a
-synthetic objective: latency = 10 ms + a per-step cost that the cache halves, FID from the schedule's shape."""
+synthetic objective: latency = 10 ms + a per-step cost that the cache halves, FID from the schedule's shape and
+step count."""
 
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ def test_positions_round_trip_and_a_proposal_is_a_new_valid_schedule():
     assert propose(seen, 3, 1000, higher_is_better=False, seed=0) == proposal  # seeded
 
 
-def _fid(timesteps: list[int], cached: bool, steps: str = "flat") -> float:
+def _fid(timesteps: list[int], cached: bool, steps: str) -> float:
     """Best when the steps sit at (1 - (i + 0.5) / k)^1.5 of the range; DeepCache costs 3. `steps`: how the step
-    count itself counts: not at all (`flat`), better with more (`more`), best at 4 (`u`, as the digits FID)."""
+    count itself counts: better with more (`more`), or best at 4 (`u`, as the digits FID)."""
     k = len(timesteps)
     ideal = [999 * (1 - (i + 0.5) / k) ** 1.5 for i in range(k)]
-    by_count = {"flat": 0.0, "more": 12.0 / k, "u": 0.6 * abs(k - 4)}[steps]
+    by_count = {"more": 12.0 / k, "u": 0.6 * abs(k - 4)}[steps]
     return (4.0 + sum(abs(t - g) for t, g in zip(timesteps, ideal, strict=True)) / (50 * k) + (3.0 if cached else 0.0)
             + by_count)
 
@@ -168,10 +169,6 @@ def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
     assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
 
 
-def _steps_of(trials: list, kind: str) -> list[int]:
-    return [t.params[schedule.STEPS_PARAM] for t in trials if planned_as(t) == kind]
-
-
 @pytest.mark.parametrize("loop", [(0.250, 2, "u")], indirect=True)
 def test_past_eight_steps_the_loop_measures_half_the_steps_and_refines_there_when_fewer_score_better(loop):
     # 250 ms fills 11-12 plain steps (10 + 12 x 20 = 250 ms); quality is best at 4 steps and worse by 0.6 a step
@@ -179,9 +176,8 @@ def test_past_eight_steps_the_loop_measures_half_the_steps_and_refines_there_whe
     planner, study, run, _ = loop
     run(30)
     trials = study.get_trials()
-    fill = max(t.params[schedule.STEPS_PARAM] for t in trials if t.values[0] <= 250 and not t.params["cache_interval"]
-               > 1)
-    descended = _steps_of(trials, "descend")
+    fill = max(t.params[schedule.STEPS_PARAM] for t in trials if t.values[0] <= 250 and t.params["cache_interval"] == 1)
+    descended = [t.params[schedule.STEPS_PARAM] for t in trials if planned_as(t) == "descend"]
     assert descended and len(set(descended)) == 1  # half of a count past 8, rounded up
     fewer = descended[0]
     assert 5 <= fewer <= 8 and fewer < fill
