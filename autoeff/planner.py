@@ -21,9 +21,15 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      at half the steps with each hand family (the best's first), since quality need not improve with steps --
      on the digits U-Net at batch 16 and 20 % the screening FID of UniPC-2 quadratic was 5.67 at 4 steps and
      8.67 at 10, DPM-Solver++ 2M AYS 6.28 at 4 and 8.72 at 10, and the loop, filling 10-17 steps, picked
-     DPM-Solver++ 3M at 10 steps (FID 4.14 +- 0.04 at 2000 samples) against the hand's 4 steps (3.77 +- 0.14);
-     once a structure scores best below its fill, it is refined at that step count (`count_for`), and descends
-     again while it stays past 8. Before those,
+     DPM-Solver++ 3M at 10 steps (FID 4.14 +- 0.04 at 2000 samples) against the hand's 4 steps (3.77 +- 0.14).
+     The descent starts (`scout`) with the best structure and the best structure of each other solver order,
+     each at half the steps it fills with its own family, before the hand families at the fill: how quality
+     turns with steps depends on the order (there, first-order solvers improved up to the fill, second-order
+     ones were best at 4), and the re-searched 20 % descended only its first-order best and found nothing. Once
+     a structure scores better below its fill than at more steps with one family (`count_for`), it is refined at
+     that step count: at 8 or fewer, first one step fewer at a time while that scores better (`step_below`, a
+     line search that stops one step past the turn), then its hand families and positions; past 8 it descends
+     again. Before those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
      its fill where the prediction is within the noise floor of the budget, either side, once (`reach`: the
@@ -59,6 +65,7 @@ from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, propose
 from autoeff.search_spaces import schedule
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.registry import get_knob
+from autoeff.search_spaces.space import drawn_params
 from autoeff.selection import NEAR_BUDGET, best_by_evidence
 from autoeff.study import StoredStudy, TrialRecord, is_warm_start, planned_as
 
@@ -76,6 +83,7 @@ class FillPlanner:
                  space: Sequence[str]) -> None:
         self.stored, self.context, self.budget_s = stored, context, budget_s
         self.model, self.scheduler, self.higher_is_better, self.seed = model, scheduler, higher_is_better, seed
+        self.space = list(space)
         self.searches_steps = schedule.NAME in space
         self.image_keeping = [get_knob(n) for n in space if get_knob(n).keeps_images
                               and get_knob(n).applies_to(context)]
@@ -110,9 +118,10 @@ class FillPlanner:
         return planned is not None and self._enqueue(planned[1], planned[0])
 
     def _enqueue(self, params: dict[str, Any], kind: str) -> bool:
-        """Enqueue unless an identical candidate exists (then False)."""
+        """Enqueue unless an identical candidate exists (then False), with the params its trial will end with
+        (`space.drawn_params`: the structure is then the one its measurement is stored under)."""
         waiting = len(self.stored.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        self.stored.enqueue(params, planned=kind)
+        self.stored.enqueue(drawn_params(params, self.space, self.context), planned=kind)
         return len(self.stored.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting
 
     def _exploit_turn(self) -> bool:
@@ -122,9 +131,11 @@ class FillPlanner:
         return exploit <= explore
 
     def exploit(self, model: LatencyModel) -> tuple[str, dict[str, Any]] | None:
-        """The best structure's next candidate: a hedge one step fewer at the budget's edge, a transfer to an
-        image-keeping twin, a hand family it lacks at its step count (`count_for`), past 8 steps the same at half
-        the steps, else (2-8 steps) positions proposed by Bayesian optimisation; `(kind, params)` or None."""
+        """The best structure's next candidate: a hedge one step fewer at the budget's edge; at its fill a probe
+        of the edge, below it (fewer scored better) one step fewer; a transfer to an image-keeping twin; past 8
+        steps each solver order's best at half its fill (`scout`); a hand family it lacks at its step count
+        (`count_for`); past 8 steps the same at half the steps, else (2-8 steps) positions proposed by Bayesian
+        optimisation; `(kind, params)` or None."""
         if not self.searches_steps:
             return None
         records = self.stored.records()
@@ -135,19 +146,29 @@ class FillPlanner:
             return None
         structure = structure_params(best.params)
         family = self.hand_family(best, records)
-        hedge = self.hedge(best, family, records, model)
+        hedge = self.hedge(best, family, model)
         if hedge is not None:
             return "hedge", hedge
         k = self.steps_for(structure, model)
         if k is None:
             return None
-        edge = self.reach(structure, model)
-        if edge is not None and edge > k and family is not None:
-            return "probe", {**structure, **schedule.to_params(schedule.Config(family=family, steps=edge))}
-        transfer = self.transfer(best, family, k, model, records)
-        if transfer is not None:
-            return "transfer", transfer
-        k = self.count_for(best, family, k, records)
+        refine = self.count_for(best, k, records)
+        if refine == k:  # at its fill: the budget's edge
+            edge = self.reach(structure, model)
+            if edge is not None and edge > k and family is not None:
+                return "probe", {**structure, **schedule.to_params(schedule.Config(family=family, steps=edge))}
+        elif refine <= MAX_FEW_STEPS:  # fewer steps scored better: one fewer, until it scores worse
+            lower = self.step_below(best, family, refine)
+            if lower is not None:
+                return "descend", lower
+        if refine > -(-k // 2):  # twins that fill more steps; none once half the steps or fewer scored better
+            transfer = self.transfer(best, family, k, model, records)
+            if transfer is not None:
+                return "transfer", transfer
+        scout = self.scout(best, scored, model, records)
+        if scout is not None:
+            return "descend", scout
+        k = refine
         untried = self.untried_family(structure, k, records)
         if untried is not None:
             return "schedule", untried
@@ -167,19 +188,74 @@ class FillPlanner:
         cfg = schedule.Config(family="free", steps=k, timesteps=proposal)
         return "positions", {**structure, **schedule.to_params(cfg)}
 
-    def count_for(self, best: TrialRecord, family: str | None, k: int, records: Sequence[TrialRecord]) -> int:
+    def count_for(self, best: TrialRecord, k: int, records: Sequence[TrialRecord]) -> int:
         """The step count to refine `best`'s structure at: `k`, the one that fills the budget, unless `best` has
-        fewer and its structure with its `family` (`hand_family`) was measured within the budget at more, scoring
-        worse since `best` is the best: then `best`'s own. Quality need not improve with steps (module docstring,
-        *descend*); a family that beats another at fewer steps says nothing about steps (it is tried at `k`)."""
+        fewer and its structure scored better there than at more steps with one schedule family (both within the
+        budget): then `best`'s own. Quality need not improve with steps (module docstring, *descend*); a family
+        that beats another at fewer steps says nothing about steps (it is tried at `k`)."""
         steps = evaluations(best.params, self.context.default_steps)
-        if steps >= k or family is None:
+        if steps >= k:
             return k
         key = structure_key(best.params)
-        more = any(structure_key(r.params) == key and r.score is not None and r.feasible(self.budget_s)
-                   and r.params.get(schedule.FAMILY_PARAM) == family
-                   and evaluations(r.params, self.context.default_steps) > steps for r in records)
-        return steps if more else k
+        mine = [r for r in records if structure_key(r.params) == key and r.score is not None
+                and r.feasible(self.budget_s)]
+        for family in {r.params.get(schedule.FAMILY_PARAM) for r in mine}:
+            here = [r.score for r in mine if r.params.get(schedule.FAMILY_PARAM) == family and r.score is not None
+                    and evaluations(r.params, self.context.default_steps) == steps]
+            more = [r.score for r in mine if r.params.get(schedule.FAMILY_PARAM) == family and r.score is not None
+                    and evaluations(r.params, self.context.default_steps) > steps]
+            if here and more and max(here) > max(more):
+                return steps
+        return k
+
+    def step_below(self, best: TrialRecord, family: str | None, steps: int) -> dict[str, Any] | None:
+        """`best`'s structure with `family` one step under `steps` (where it scored better than at more), unless
+        tried there or under the fewest: a line search down the step count of a U-shaped quality, one trial a
+        step, that stops where a step fewer scores worse (then `best` stays at `steps`)."""
+        if family is None or steps - 1 < self.context.min_steps:
+            return None
+        if self.tried(best.params, family, steps - 1):
+            return None
+        return {**structure_params(best.params),
+                **schedule.to_params(schedule.Config(family=family, steps=steps - 1))}
+
+    def scout(self, best: TrialRecord, scored: Sequence[TrialRecord], model: LatencyModel,
+              records: Sequence[TrialRecord]) -> dict[str, Any] | None:
+        """Past 8 steps, the best structure and the best structure of each other solver order (by evidence,
+        `best_by_evidence`; best-scored order first) at half the steps it fills, with its `hand_family`, once
+        each: quality need not improve with steps, and how it turns depends on the solver's order (module
+        docstring, *descend*). On the digits U-Net at batch 16 and 20 % the best was first-order (DPM-Solver++
+        1M, better with more steps) and the loop's descent of it found nothing, while the hand's best was UniPC-2
+        at 4 steps, a structure the loop had measured only at its fill. A structure measured at half its fill or
+        fewer is passed over."""
+        groups: dict[int | None, list[TrialRecord]] = {}
+        for r in scored:
+            solver = r.recipe.knobs.get("solver")
+            groups.setdefault(getattr(solver, "order", None), []).append(r)
+        leaders = [b for g in groups.values() if (b := best_by_evidence(g, self.budget_s)) is not None
+                   and structure_key(b.params) != structure_key(best.params)]
+        leaders.sort(key=lambda r: r.score if r.score is not None else float("-inf"), reverse=True)
+        for leader in [best, *leaders]:
+            structure = structure_params(leader.params)
+            fill = self.steps_for(structure, model)
+            family = self.hand_family(leader, records)
+            if fill is None or fill <= MAX_FEW_STEPS or family is None:
+                continue
+            fewer = -(-fill // 2)  # half the evaluations, rounded up
+            key = structure_key(structure)
+            if fewer < self.context.min_steps or any(
+                    structure_key(t.params) == key and evaluations(t.params, self.context.default_steps) <= fewer
+                    for t in self.stored.study.get_trials(deepcopy=False)):
+                continue
+            return {**structure, **schedule.to_params(schedule.Config(family=family, steps=fewer))}
+        return None
+
+    def tried(self, params: dict[str, Any], family: str, steps: int) -> bool:
+        """Whether the structure of `params` was tried (measured or not) with `family` at `steps`."""
+        key = structure_key(params)
+        return any(structure_key(t.params) == key and t.params.get(schedule.FAMILY_PARAM) == family
+                   and t.params.get(schedule.STEPS_PARAM) == steps
+                   for t in self.stored.study.get_trials(deepcopy=False))
 
     def scored_at(self, structure: dict[str, Any], k: int, records: Sequence[TrialRecord]) -> list[TrialRecord]:
         """The scored records of `structure`'s structure at `k` evaluations."""
@@ -204,21 +280,16 @@ class FillPlanner:
                 return {**structure, **schedule.to_params(cfg)}
         return None
 
-    def hedge(self, best: TrialRecord, family: str | None, records: Sequence[TrialRecord], model: LatencyModel
-              ) -> dict[str, Any] | None:
+    def hedge(self, best: TrialRecord, family: str | None, model: LatencyModel) -> dict[str, Any] | None:
         """`best` one step fewer when its measured latency is at the budget's edge (module docstring), unless
-        measured already, with `family`, its `hand_family` (a `free` schedule's positions are for their own step
+        tried already, with `family`, its `hand_family` (a `free` schedule's positions are for their own step
         count)."""
         steps = best.params.get(schedule.STEPS_PARAM)
         if not isinstance(steps, int) or steps - 1 < self.context.min_steps:
             return None
         if best.latency_s <= self.budget_s / (1.0 + NEAR_BUDGET * model.margin):
             return None
-        key = structure_key(best.params)
-        if family is None:
-            return None
-        if any(structure_key(r.params) == key and r.params.get(schedule.FAMILY_PARAM) == family
-               and r.params.get(schedule.STEPS_PARAM) == steps - 1 for r in records):
+        if family is None or self.tried(best.params, family, steps - 1):
             return None
         return {**structure_params(best.params), **schedule.to_params(schedule.Config(family=family, steps=steps - 1))}
 

@@ -23,6 +23,7 @@ from autoeff.search_spaces import cache, quantize, schedule, solver
 from autoeff.search_spaces.base import SpaceContext
 from autoeff.search_spaces.groups import searched_groups
 from autoeff.search_spaces.registry import get_knob, ordered
+from autoeff.search_spaces.space import drawn_params
 
 
 def _off_params(space: Sequence[str], context: SpaceContext) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def warm_start_params(space: Sequence[str], context: SpaceContext, fit_steps: in
         for name, cfg in pick.items():
             if name in space:
                 params.update(get_knob(name).to_params(cfg))
+        params = drawn_params(params, space, context) if params else params
         key = json.dumps(params, sort_keys=True, default=str)
         if params and key not in seen:
             seen.add(key)

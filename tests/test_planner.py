@@ -35,12 +35,15 @@ def test_positions_round_trip_and_a_proposal_is_a_new_valid_schedule():
     assert propose(seen, 3, 1000, higher_is_better=False, seed=0) == proposal  # seeded
 
 
-def _fid(timesteps: list[int], cached: bool, steps: str) -> float:
+def _fid(timesteps: list[int], cached: bool, steps: str, order: int = 1) -> float:
     """Best when the steps sit at (1 - (i + 0.5) / k)^1.5 of the range; DeepCache costs 3. `steps`: how the step
-    count itself counts: better with more (`more`), or best at 4 (`u`, as the digits FID)."""
+    count itself counts: better with more (`more`), best at 4 (`u`), or by the solver's `order` (`order`: a
+    first-order solver better with more, a higher-order one best at 4 and better there than any first-order one,
+    as the digits FID)."""
     k = len(timesteps)
     ideal = [999 * (1 - (i + 0.5) / k) ** 1.5 for i in range(k)]
-    by_count = {"more": 12.0 / k, "u": 0.6 * abs(k - 4)}[steps]
+    shape = steps if steps != "order" else ("more" if order == 1 else "u-low")
+    by_count = {"more": 12.0 / k, "u": 0.6 * abs(k - 4), "u-low": 0.4 * abs(k - 4)}[shape]
     return (4.0 + sum(abs(t - g) for t, g in zip(timesteps, ideal, strict=True)) / (50 * k) + (3.0 if cached else 0.0)
             + by_count)
 
@@ -72,7 +75,8 @@ def loop(random_digits_handle, request):
         cfg = recipe.knobs["schedule"]
         cached = recipe.knobs["cache"].interval > 1
         latency = 0.010 + cfg.steps * (0.010 if cached else 0.020)  # the cache halves a step
-        q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached, steps_shape), False, 32, stderr=0.3)
+        q = QualityResult("fid", _fid(planner.timesteps_of(cfg), cached, steps_shape, recipe.knobs["solver"].order),
+                          False, 32, stderr=0.3)
         set_recipe(trial, recipe)
         set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), budget)
         trial.set_constraint("latency", latency - budget)
@@ -170,28 +174,27 @@ def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
 
 
 @pytest.mark.parametrize("loop", [(0.250, 2, "u")], indirect=True)
-def test_past_eight_steps_the_loop_measures_half_the_steps_and_refines_there_when_fewer_score_better(loop):
+def test_past_eight_steps_the_loop_measures_half_the_steps_then_walks_down_while_fewer_score_better(loop):
     # 250 ms fills 11-12 plain steps (10 + 12 x 20 = 250 ms); quality is best at 4 steps and worse by 0.6 a step
     # away from it (as the digits FID: 5.67 at 4 steps, 8.67 at 10). Filling alone never measures fewer steps.
     planner, study, run, _ = loop
     run(30)
     trials = study.get_trials()
     fill = max(t.params[schedule.STEPS_PARAM] for t in trials if t.values[0] <= 250 and t.params["cache_interval"] == 1)
-    descended = [t.params[schedule.STEPS_PARAM] for t in trials if planned_as(t) == "descend"]
-    assert descended and len(set(descended)) == 1  # half of a count past 8, rounded up
-    fewer = descended[0]
-    assert 5 <= fewer <= 8 and fewer < fill
+    descended = [t for t in trials if planned_as(t) == "descend"]
+    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
+             t.params[schedule.STEPS_PARAM]) for t in descended]
+    assert descended and len(keys) == len(set(keys))  # each step count of a structure and family once
+    assert descended[0].params[schedule.STEPS_PARAM] == -(-fill // 2)  # first half the fill, rounded up
     best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
-    assert best.params[schedule.STEPS_PARAM] == fewer
-    # refined where it scored best: its hand families, then the positions of its steps (8 or fewer)
-    first = min(t.number for t in trials if planned_as(t) == "descend")
-    later = [t for t in trials if t.number > first and planned_as(t) in ("schedule", "positions")]
-    assert later and all(t.params[schedule.STEPS_PARAM] == fewer for t in later)
-    assert any(planned_as(t) == "positions" for t in later)
-    families = [t.params[schedule.FAMILY_PARAM] for t in trials if t.number >= first and planned_as(t) != "positions"
-                and t.params[schedule.STEPS_PARAM] == fewer and structure_params(t.params) ==
-                structure_params(best.params)]
-    assert len(families) == len(set(families))  # each hand family there once
+    assert best.params[schedule.STEPS_PARAM] == 4 < fill  # walked down to where quality turns
+    mine = [t for t in descended if structure_params(t.params) == structure_params(best.params)]
+    assert {3, 4, 5} <= {t.params[schedule.STEPS_PARAM] for t in mine}  # one step at a time, one past the best
+    # refined where it scored best: its hand families there
+    found = min(t.number for t in trials if structure_params(t.params) == structure_params(best.params)
+                and t.params[schedule.STEPS_PARAM] == 4)
+    later = [t for t in trials if t.number > found and planned_as(t) in ("schedule", "positions")]
+    assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
 
 
 @pytest.mark.parametrize("loop", [(0.250, 2, "more")], indirect=True)
@@ -207,6 +210,32 @@ def test_when_more_steps_score_better_the_descent_is_measured_once_and_the_fill_
     best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
     assert best.params[schedule.STEPS_PARAM] >= 11
     assert not [t for t in trials if planned_as(t) == "positions"]  # past 8 steps: none
+
+
+@pytest.mark.parametrize("loop", [(0.250, 2, "order")], indirect=True)
+def test_past_eight_steps_each_solver_orders_best_is_measured_at_half_its_fill_and_walked_down_while_better(loop):
+    # 250 ms fills 11-12 plain steps. A first-order solver scores best there (better with more steps, as
+    # DPM-Solver++ 1M on the digits U-Net); a higher-order one is worse there but best of all at 4 steps (as
+    # UniPC-2: 5.67 at 4, 8.67 at 10). Descending only the best structure finds nothing: the loop must measure the
+    # higher order's best structure below its fill, then walk its step count down while a step fewer scores better.
+    planner, study, run, _ = loop
+    run(30)
+    trials = study.get_trials()
+
+    def order(t: optuna.trial.FrozenTrial) -> int:
+        return recipe_of(t).knobs["solver"].order
+
+    descended = [t for t in trials if planned_as(t) == "descend"]
+    assert {order(t) == 1 for t in descended} == {True, False}  # the best's order and another
+    best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
+    assert order(best) > 1 and best.params[schedule.STEPS_PARAM] == 4
+    walked = [(t.params[schedule.FAMILY_PARAM], t.params[schedule.STEPS_PARAM]) for t in descended
+              if structure_params(t.params) == structure_params(best.params)]
+    assert max(k for _, k in walked) >= 6 and 3 in {k for _, k in walked}  # from half its fill, one past the best
+    assert len(walked) == len(set(walked))  # each step count of a family once
+    later = [t for t in trials if t.number > best.number and planned_as(t) in ("schedule", "positions")
+             and structure_params(t.params) == structure_params(best.params)]
+    assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)  # refined where it is best
 
 
 def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):

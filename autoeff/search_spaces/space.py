@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import optuna
+
 from autoeff.models.handle import ModelHandle
 from autoeff.recipe import Recipe
 from autoeff.search_spaces.base import ConfigError, SpaceContext, Stage, copy_pipeline
@@ -57,6 +59,24 @@ def build_pipeline(handle: ModelHandle, recipe: Recipe, context: SpaceContext, w
     return apply_knobs(pipe, recipe, context, which="runtime")
 
 
+def draw(knobs: Sequence[str], trial: Any, context: SpaceContext) -> dict[str, Any]:
+    """Each knob's config drawn from `trial`, the step count and timesteps (`Stage.TIMESTEPS`) after every other
+    knob, so a sampler that chooses the step count knows the structure it is for (`planner.FillSampler`)."""
+    ordered_knobs = ordered(knobs)
+    last = [k for k in ordered_knobs if k.stage == Stage.TIMESTEPS]
+    return {k.name: k.suggest(trial, context) for k in [*(k for k in ordered_knobs if k not in last), *last]}
+
+
+def drawn_params(params: dict[str, Any], knobs: Sequence[str], context: SpaceContext) -> dict[str, Any]:
+    """The trial parameters a trial enqueued with `params` ends with: those the knobs' `suggest` reads (a
+    knob's `to_params` may write one its suggest does not ask on this model, e.g. `cache_method` where the model
+    has one cache method). A structure is known by its parameters (`latency_model.structure_key`), so a planned
+    candidate must be planned with the parameters it will be measured with."""
+    trial = optuna.trial.FixedTrial(params)
+    draw([k for k in knobs if get_knob(k).applies_to(context)], trial, context)
+    return dict(trial.params)
+
+
 class SearchSpace:
     """The knobs to search for one model; `suggest(trial)` draws a Recipe, `build(recipe)` a pipeline."""
 
@@ -75,10 +95,8 @@ class SearchSpace:
     def suggest(self, trial: Any) -> Recipe:
         """Draw a Recipe. The step count and timesteps (`Stage.TIMESTEPS`) are drawn after every other knob, so
         a sampler that chooses the step count knows the structure it is for (`planner.FillSampler`)."""
-        knobs = ordered(self.knobs)
-        last = [k for k in knobs if k.stage == Stage.TIMESTEPS]
-        drawn = {k.name: k.suggest(trial, self.context) for k in [*(k for k in knobs if k not in last), *last]}
-        return Recipe(model=self.handle.spec, knobs={k.name: drawn[k.name] for k in knobs})
+        drawn = draw(self.knobs, trial, self.context)
+        return Recipe(model=self.handle.spec, knobs={k.name: drawn[k.name] for k in ordered(self.knobs)})
 
     def build(self, recipe: Recipe, weights: Any = None) -> Any:
         return build_pipeline(self.handle, recipe, self.context, weights=weights)
