@@ -53,7 +53,15 @@ from autoeff.planner import FillPlanner, FillSampler
 from autoeff.preflight import Preflight
 from autoeff.recipe import Recipe
 from autoeff.result import OptimizeResult, Recovery
-from autoeff.search import CandidateFailed, Objective, context_for, directions, make_sampler, metric_names
+from autoeff.search import (
+    CandidateFailed,
+    Objective,
+    context_for,
+    directions,
+    make_sampler,
+    metric_names,
+    over_budget_reason,
+)
 from autoeff.search_spaces import compile as compile_knob
 from autoeff.search_spaces import prune, schedule
 from autoeff.search_spaces.base import SpaceContext
@@ -388,7 +396,7 @@ def _search(pre: Preflight, study: optuna.Study, stored: StoredStudy, rdb: Any, 
             log_trial(trial, stored, budget_s)
             if tracker is not None:
                 tracker.trial(trial, budget_s)
-            report(trial.state.name, fail_reason(trial) or skip_reason(trial))
+            report(trial.state.name, unscored_reason(trial, budget_s))
 
         run_trials(study, objective, registry=registry, wait_for_running=True, catch=(CandidateFailed,),
                    callbacks=[after_trial, *callbacks], refill=refill,
@@ -440,7 +448,7 @@ def log_trial(trial: optuna.trial.FrozenTrial, stored: StoredStudy, budget_s: fl
     """One line per finished trial (INFO): its number, state, figures, feasibility, recipe, and the best so far."""
     m, recipe = measurement_of(trial), recipe_of(trial)
     if trial.state.name != "COMPLETE" or m is None:
-        logger.info(f"trial {trial.number} {trial.state.name}: {fail_reason(trial) or skip_reason(trial) or ''}")
+        logger.info(f"trial {trial.number} {trial.state.name}: {unscored_reason(trial, budget_s) or ''}")
         return
     best = max((r for r in stored.records() if r.score is not None and r.feasible(budget_s)),
                key=lambda r: r.score or 0.0, default=None)
@@ -448,6 +456,16 @@ def log_trial(trial: optuna.trial.FrozenTrial, stored: StoredStudy, budget_s: fl
     logger.info(f"trial {trial.number} {trial.state.name}: {_figures(m)}, "
                 f"{'feasible' if m.latency_s <= budget_s else 'over budget'}; {so_far} | "
                 f"{recipe.describe() if recipe is not None else '-'}")
+
+
+def unscored_reason(trial: optuna.trial.FrozenTrial, budget_s: float) -> str | None:
+    """Why a finished trial has no quality: its failure, why it was not built, or its latency measured over the
+    budget (that trial stores its measurement, not a reason)."""
+    reason = fail_reason(trial) or skip_reason(trial)
+    m = measurement_of(trial)
+    if reason is None and m is not None and m.quality is None:
+        return over_budget_reason(m.latency_s, budget_s)
+    return reason
 
 
 def write_summary(result: OptimizeResult, out: Path) -> None:

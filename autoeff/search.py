@@ -72,6 +72,12 @@ MIN_FIT_CHANCE = 0.25
 BUDGET_CONSTRAINT = "latency_minus_budget_s"
 
 
+def over_budget_reason(latency_s: float, budget_s: float) -> str:
+    """Why a candidate measured over budget has no quality: the trial's reason where it ends (PRUNED)."""
+    return (f"measured {latency_s * 1000:.1f} ms, more than {OVER_BUDGET_MARGIN:.0%} over the budget of "
+            f"{budget_s * 1000:.1f} ms: quality not measured")
+
+
 def decline_reason(prediction: Prediction, budget_s: float, fastest_s: float | None,
                    min_chance: float = MIN_FIT_CHANCE) -> str | None:
     """Why a candidate is not built, or None. It is declined when its predicted latency, lowered by the 80th
@@ -215,8 +221,7 @@ class Objective:
         self.contend(trial, pipe, m, deadline)
         trial.set_constraint(BUDGET_CONSTRAINT, m.latency_s - self.budget_s)
         if m.quality is None:  # no value stands in for a quality that was not measured
-            raise optuna.TrialPruned(f"measured {m.latency_s * 1000:.1f} ms, more than {OVER_BUDGET_MARGIN:.0%} over "
-                                     f"the budget of {self.budget_s * 1000:.1f} ms: quality not measured")
+            raise optuna.TrialPruned(over_budget_reason(m.latency_s, self.budget_s))
         values = [m.latency_s * 1000.0, m.quality.value]
         if self.settings.size_objective:
             values.append(m.size_mb or 0.0)

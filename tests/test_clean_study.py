@@ -13,6 +13,7 @@ import autoeff
 from autoeff.api import optimize
 from autoeff.evaluators.quality import standard_error
 from autoeff.measure import EvaluationSpec, Evaluator
+from autoeff.run import unscored_reason
 from autoeff.search import Objective, context_for, directions, metric_names
 from autoeff.search_spaces.space import SearchSpace
 from autoeff.settings import SearchSettings
@@ -41,6 +42,9 @@ def test_over_budget_candidates_end_pruned_with_their_latency_and_the_next_is_no
     m = measurement_of(first)
     assert m is not None and m.quality is None and m.latency_s > 1e-4
     assert first.constraints["latency_minus_budget_s"] > 0
+    # the progress line and the log say why it has no quality (they said "trial 0 PRUNED: " with nothing after)
+    assert f"measured {m.latency_s * 1000:.1f} ms" in (unscored_reason(first, 1e-4) or "")
+    assert unscored_reason(second, 1e-4) == skip_reason(second)
     # the model, having timed the first, predicts the second clearly over: not built, the prediction and why kept
     assert second.state == optuna.trial.TrialState.PRUNED and measurement_of(second) is None
     assert "clearly over, not built" in (skip_reason(second) or "")

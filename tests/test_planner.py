@@ -185,7 +185,10 @@ def test_past_eight_steps_the_loop_measures_half_the_steps_then_walks_down_while
     keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
              t.params[schedule.STEPS_PARAM]) for t in descended]
     assert descended and len(keys) == len(set(keys))  # each step count of a structure and family once
-    assert descended[0].params[schedule.STEPS_PARAM] == -(-fill // 2)  # first half the fill, rounded up
+    # a look at half the steps that held up (within noise of the best) is followed by the other families there
+    looks = [(k[0], k[2]) for k in keys if k[2] >= 4]
+    assert len(looks) > len(set(looks))
+    assert descended[0].params[schedule.STEPS_PARAM] <= -(-fill // 2)  # first half its steps, rounded up
     best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
     assert best.params[schedule.STEPS_PARAM] == 4 < fill  # walked down to where quality turns
     mine = [t for t in descended if structure_params(t.params) == structure_params(best.params)]
@@ -200,13 +203,16 @@ def test_past_eight_steps_the_loop_measures_half_the_steps_then_walks_down_while
 @pytest.mark.parametrize("loop", [(0.250, 2, "more")], indirect=True)
 def test_when_more_steps_score_better_the_descent_is_measured_once_and_the_fill_kept(loop):
     planner, study, run, _ = loop
-    run(24)
+    run(30)
     trials = study.get_trials()
     descended = [t for t in trials if planned_as(t) == "descend"]
-    assert descended  # one look below the fill, each hand family once per structure, never deeper
+    assert descended  # one look below the fill per structure, never deeper
     keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
              t.params[schedule.STEPS_PARAM]) for t in descended]
     assert len(keys) == len(set(keys)) and {k[2] for k in keys} <= {6, 10}  # half of 11 plain, of 20 cached
+    # each look scored clearly worse than the best at the fill (beyond its noise): no other family is tried there
+    looks = [(k[0], k[2]) for k in keys]
+    assert len(looks) == len(set(looks))
     best = min((t for t in trials if t.values[0] <= 250), key=lambda t: t.values[1])
     assert best.params[schedule.STEPS_PARAM] >= 11
     assert not [t for t in trials if planned_as(t) == "positions"]  # past 8 steps: none
