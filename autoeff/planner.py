@@ -30,7 +30,9 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      that step count: at 8 or fewer, first one step fewer at a time while that scores better (`step_below`, a
      line search that stops one step past the turn), then its hand families and positions; past 8 it descends
      again. A scouted structure's other hand families at half its fill are measured only where it held up
-     (`holds_up`: within noise of the best on the largest sample both were scored on). Before those,
+     (`holds_up`: within noise of the best on the largest sample both were scored on), and then it is walked
+     down one step at a time with its best family there while each step scores better (`walk_down`). Before
+     those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
      its fill where the prediction is within the noise floor of the budget, either side, once (`reach`: the
@@ -61,6 +63,7 @@ import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from autoeff.evaluators.quality import score
 from autoeff.latency_model import LatencyModel, evaluations, structure_key, structure_params
 from autoeff.positions import MAX_FEW_STEPS, STARTING_FAMILIES, propose
 from autoeff.search_spaces import schedule
@@ -248,11 +251,40 @@ class FillPlanner:
             if not any(structure_key(t.params) == key and evaluations(t.params, self.context.default_steps) <= fewer
                        for t in trials):
                 return {**structure, **schedule.to_params(schedule.Config(family=family, steps=fewer))}
-        for structure, fewer, family in halves:  # then the other families where the look held up
-            if self.holds_up(structure, fewer, best, records):
-                untried = self.untried_family(structure, fewer, records, first=family)
-                if untried is not None:
-                    return untried
+        held = [(structure, fewer, family) for structure, fewer, family in halves
+                if self.holds_up(structure, fewer, best, records)]
+        for structure, fewer, family in held:  # then the other families where the look held up
+            untried = self.untried_family(structure, fewer, records, first=family)
+            if untried is not None:
+                return untried
+        for structure, fewer, _ in held:  # then down from there, with its best family, while that scores better
+            lower = self.walk_down(structure, fewer, records)
+            if lower is not None:
+                return lower
+        return None
+
+    def walk_down(self, structure: dict[str, Any], start: int, records: Sequence[TrialRecord]
+                  ) -> dict[str, Any] | None:
+        """The next step of a line search down the step count of `structure` from `start`, with the hand family
+        that scored best there (by evidence): one step fewer than the fewest measured, while each step scored
+        better than the one above it (`better`); None once one did not, at the fewest steps, or when a step was
+        tried and not scored. A structure within noise of the best at half its steps can be better still at
+        fewer (the digits FID of UniPC-2 quadratic at batch 16: 6.24 at 5 steps, 5.67 at 4; 500 samples)."""
+        top = best_by_evidence(self.scored_at(structure, start, records), self.budget_s)
+        family = None if top is None else top.params.get(schedule.FAMILY_PARAM)
+        if top is None or not isinstance(family, str) or family == "free":
+            return None
+        current, count = top, start
+        while count - 1 >= self.context.min_steps:
+            below = [r for r in self.scored_at(structure, count - 1, records)
+                     if r.params.get(schedule.FAMILY_PARAM) == family and r.feasible(self.budget_s)]
+            if not below:
+                if self.tried(structure, family, count - 1):
+                    return None
+                return {**structure, **schedule.to_params(schedule.Config(family=family, steps=count - 1))}
+            if not better(below[0], current):
+                return None
+            current, count = below[0], count - 1
         return None
 
     def holds_up(self, structure: dict[str, Any], k: int, best: TrialRecord, records: Sequence[TrialRecord]
@@ -388,6 +420,15 @@ class FillPlanner:
     def timesteps_of(self, config: schedule.Config) -> list[int]:
         """The timesteps a schedule config visits on this model."""
         return schedule.timesteps_for_scheduler(config, self.scheduler, self.context.family)
+
+
+def better(a: TrialRecord, b: TrialRecord) -> bool:
+    """Whether `a` scored better than `b` on the largest sample both were scored on (the halving's first rung
+    when both were scored there, else the proxy): FID's bias depends on the sample, so only like is compared."""
+    if a.contender is not None and b.contender is not None and a.contender[0] == b.contender[0] \
+            and a.contender[1] is not None and b.contender[1] is not None:
+        return score(a.contender[1]) > score(b.contender[1])
+    return (a.score if a.score is not None else float("-inf")) > (b.score if b.score is not None else float("-inf"))
 
 
 def quality_view(study: optuna.Study, higher_is_better: bool) -> optuna.Study:
