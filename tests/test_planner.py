@@ -173,6 +173,13 @@ def test_an_edge_probed_over_the_budget_leaves_the_margins_step_count(loop):
     assert later and all(t.params[schedule.STEPS_PARAM] == 4 for t in later)
 
 
+def _descended(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], list[tuple]]:
+    """The trials the loop planned as `descend`, and each one's (structure, family, step count)."""
+    descended = [t for t in study.get_trials() if planned_as(t) == "descend"]
+    return descended, [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
+                        t.params[schedule.STEPS_PARAM]) for t in descended]
+
+
 @pytest.mark.parametrize("loop", [(0.250, 2, "u")], indirect=True)
 def test_past_eight_steps_the_loop_measures_half_the_steps_then_walks_down_while_fewer_score_better(loop):
     # 250 ms fills 11-12 plain steps (10 + 12 x 20 = 250 ms); quality is best at 4 steps and worse by 0.6 a step
@@ -181,9 +188,7 @@ def test_past_eight_steps_the_loop_measures_half_the_steps_then_walks_down_while
     run(30)
     trials = study.get_trials()
     fill = max(t.params[schedule.STEPS_PARAM] for t in trials if t.values[0] <= 250 and t.params["cache_interval"] == 1)
-    descended = [t for t in trials if planned_as(t) == "descend"]
-    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
-             t.params[schedule.STEPS_PARAM]) for t in descended]
+    descended, keys = _descended(study)
     assert descended and len(keys) == len(set(keys))  # each step count of a structure and family once
     # a look at half the steps that held up (within noise of the best) is followed by the other families there
     looks = [(k[0], k[2]) for k in keys if k[2] >= 4]
@@ -205,10 +210,8 @@ def test_when_more_steps_score_better_the_descent_is_measured_once_and_the_fill_
     planner, study, run, _ = loop
     run(30)
     trials = study.get_trials()
-    descended = [t for t in trials if planned_as(t) == "descend"]
+    descended, keys = _descended(study)
     assert descended  # one look below the fill per structure, never deeper
-    keys = [(tuple(sorted(structure_params(t.params).items())), t.params[schedule.FAMILY_PARAM],
-             t.params[schedule.STEPS_PARAM]) for t in descended]
     assert len(keys) == len(set(keys)) and {k[2] for k in keys} <= {6, 10}  # half of 11 plain, of 20 cached
     # each look scored clearly worse than the best at the fill (beyond its noise): no other family is tried there
     looks = [(k[0], k[2]) for k in keys]
