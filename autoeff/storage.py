@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,8 +84,34 @@ def storage_url(storage: str | None, out: Path) -> str:
     return normalize_storage_url(storage) if storage else default_storage(out)
 
 
+# SQLite's extended result code for a read-only connection that finds a hot journal it must roll back first
+# (https://www.sqlite.org/rescode.html#readonly_rollback).
+_SQLITE_READONLY_ROLLBACK = 776
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The table names of the SQLite file `path`, read through a read-only connection.
+
+    A process killed in the middle of a write (`kill -9` of a run during a commit) leaves a hot rollback journal
+    next to the file; SQLite rolls it back on the next open, which a read-only connection cannot do ("attempt to
+    write a readonly database"). Only then the file is opened read-write, so that SQLite's own recovery runs, as
+    the resumed run's first open would do anyway.
+    """
+    def read(uri: str) -> set[str]:
+        with closing(sqlite3.connect(uri, uri=True)) as con:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    try:
+        return read(f"{path.resolve().as_uri()}?mode=ro")
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorcode", None) != _SQLITE_READONLY_ROLLBACK and "readonly" not in str(e):
+            raise
+    return read(f"{path.resolve().as_uri()}?mode=rw")
+
+
 def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bool:
-    """Refuse a storage URL that cannot hold a study, reading only (nothing is created or written).
+    """Refuse a storage URL that cannot hold a study, reading only (nothing is created; a hot journal left by a
+    killed process is rolled back, see `_sqlite_tables`).
 
     `what` names the URL in messages (`--storage`, `the study in --out`). Returns whether it already holds
     Optuna's tables (so a study of that name may exist). Raises SearchError with one line.
@@ -117,8 +144,7 @@ def check_storage(url: str, what: str, new_parent_must_exist: bool = True) -> bo
             raise SearchError(f"{what} {mask_url(url)!r}: {path} is not an SQLite database; give a new file or an "
                               "Optuna study database")
         try:
-            with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as con:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = _sqlite_tables(path)
         except sqlite3.Error as e:
             raise SearchError(f"{what} {mask_url(url)!r}: {path} cannot be read as SQLite ({e})") from None
         if tables and "studies" not in tables:

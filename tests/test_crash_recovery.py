@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 import autoeff
 from autoeff.export import ExportError, export_pipeline, load
 from autoeff.recipe import Recipe
+from autoeff.storage import check_storage
 from autoeff.study import StoredStudy, fail_reason, set_worker, worker_of
 from autoeff.workers import WorkerRegistry, open_storage, reclaim_orphans, trial_counts, worker_id
 
@@ -28,8 +30,44 @@ FAST = ["--steps", "10", "--proxy-samples", "16", "--final-samples", "32", "--ma
 
 
 def _integrity(db: Path) -> str:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    """SQLite's integrity check of `db`, opened read-write as the next run opens it: a kill in the middle of a
+    commit leaves a hot journal, which SQLite rolls back on that open (a read-only connection cannot)."""
+    with closing(sqlite3.connect(db)) as con:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+_KILLED_WRITER = """
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("BEGIN")
+con.execute("CREATE TABLE scratch (x TEXT)")
+con.executemany("INSERT INTO scratch VALUES (?)", [("x" * 100,)] * 20000)  # spills pages into the file
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_study_left_with_a_hot_journal_by_a_killed_writer_is_resumed(tmp_path):
+    """A process killed in the middle of a write leaves a hot rollback journal; a read-only connection cannot
+    read the file then. The storage check a resumed run makes rolls it back (SQLite's own recovery) instead of
+    refusing the study as unreadable, and the study loads with its completed trial and nothing of the torn
+    write."""
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(storage=url, study_name="s")
+    study.enqueue_trial({"k": 3})
+    study.optimize(lambda t: float(t.suggest_int("k", 1, 9)), n_trials=1)
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(db)], check=False)
+    assert db.with_name("study.db-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"), \
+            closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        con.execute("SELECT name FROM sqlite_master").fetchall()
+
+    assert check_storage(url, "--storage") is True
+    assert _integrity(db) == "ok"
+    with closing(sqlite3.connect(db)) as con:
+        assert not con.execute("SELECT name FROM sqlite_master WHERE name = 'scratch'").fetchall()
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [(t.state, t.params, t.values) for t in trials] == [(TrialState.COMPLETE, {"k": 3}, [3.0])]
 
 
 def _ask(study: optuna.Study, owner: str | None) -> optuna.Trial:
@@ -275,6 +313,7 @@ import autoeff
 from autoeff.budget import parse_budget
 from autoeff.export import export_pipeline
 from autoeff.recipe import Recipe
+from autoeff.storage import check_storage
 from autoeff.search import context_for
 from autoeff.settings import SearchSettings
 handle = autoeff.load_model("digits")
