@@ -30,8 +30,9 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      that step count: at 8 or fewer, first one step fewer at a time while that scores better (`step_below`, a
      line search that stops one step past the turn), then its hand families and positions; past 8 it descends
      again. A scouted structure's other hand families at half its fill are measured only where it held up
-     (`holds_up`: within noise of the best on the largest sample both were scored on), and then it is walked
-     down one step at a time with its best family there while each step scores better (`walk_down`). Before
+     (`held_families`: within noise of the best on the largest sample both were scored on), and then it is
+     walked down one step at a time while each step scores better (`walk_down`), first with the family that
+     led there, then with each other family that held up there (within noise, the lead says little). Before
      those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
@@ -222,8 +223,10 @@ class FillPlanner:
               records: Sequence[TrialRecord]) -> dict[str, Any] | None:
         """Past 8 steps, the best structure (at `refine`, its step count) and the best structure of each other
         solver order (by evidence, `best_by_evidence`; best-scored order first; at the step count it fills) at half
-        those steps: first each with its `hand_family`, once; then, for each that held up there (`holds_up`), its
-        other hand families. Quality need not improve with steps, how it turns depends on the solver's order, and
+        those steps: first each with its `hand_family`, once; then, for each that held up there
+        (`held_families`), its other hand families; then the walks down from there (`walk_down`), each held
+        structure's leading family first, then its other families that held up. Quality need not improve with
+        steps, how it turns depends on the solver's order, and
         at few steps the family matters more (module docstring, *descend*). On the digits U-Net at batch 16 and
         20 % the best was first-order (DPM-Solver++ 1M, better with more steps) and the loop's descent of it found
         nothing, while the hand's best was UniPC-2 quadratic at 4 steps, a structure the loop had measured only at
@@ -251,28 +254,29 @@ class FillPlanner:
             if not any(structure_key(t.params) == key and evaluations(t.params, self.context.default_steps) <= fewer
                        for t in trials):
                 return {**structure, **schedule.to_params(schedule.Config(family=family, steps=fewer))}
-        held = [(structure, fewer, family) for structure, fewer, family in halves
-                if self.holds_up(structure, fewer, best, records)]
-        for structure, fewer, family in held:  # then the other families where the look held up
-            untried = self.untried_family(structure, fewer, records, first=family)
+        held = [(structure, fewer, families) for structure, fewer, family in halves
+                if (families := self.held_families(structure, fewer, best, records))]
+        for structure, fewer, families in held:  # then the other families where the look held up
+            untried = self.untried_family(structure, fewer, records, first=families[0])
             if untried is not None:
                 return untried
-        for structure, fewer, _ in held:  # then down from there, with its best family, while that scores better
-            lower = self.walk_down(structure, fewer, records)
-            if lower is not None:
-                return lower
+        for rank in range(len(self.families)):  # then down from there while that scores better: the family that
+            for structure, fewer, families in held:  # led at the look first, then each other that held up there
+                if rank < len(families) and (lower := self.walk_down(structure, fewer, records,
+                                                                     families[rank])) is not None:
+                    return lower
         return None
 
-    def walk_down(self, structure: dict[str, Any], start: int, records: Sequence[TrialRecord]
+    def walk_down(self, structure: dict[str, Any], start: int, records: Sequence[TrialRecord], family: str
                   ) -> dict[str, Any] | None:
-        """The next step of a line search down the step count of `structure` from `start`, with the hand family
-        that scored best there (by evidence): one step fewer than the fewest measured, while each step scored
-        better than the one above it (`better`); None once one did not, at the fewest steps, or when a step was
-        tried and not scored. A structure within noise of the best at half its steps can be better still at
-        fewer (the digits FID of UniPC-2 quadratic at batch 16: 6.24 at 5 steps, 5.67 at 4; 500 samples)."""
-        top = best_by_evidence(self.scored_at(structure, start, records), self.budget_s)
-        family = None if top is None else top.params.get(schedule.FAMILY_PARAM)
-        if top is None or not isinstance(family, str) or family == "free":
+        """The next step of a line search down the step count of `structure` from `start` with hand `family`:
+        one step fewer than the fewest measured, while each step scored better than the one above it (`better`);
+        None once one did not, at the fewest steps, or when a step was tried and not scored. A structure within
+        noise of the best at half its steps can be better still at fewer (the digits FID of UniPC-2 quadratic at
+        batch 16: 6.24 at 5 steps, 5.67 at 4; 500 samples)."""
+        top = best_by_evidence([r for r in self.scored_at(structure, start, records)
+                                if r.params.get(schedule.FAMILY_PARAM) == family], self.budget_s)
+        if top is None or family == "free":
             return None
         current, count = top, start
         while count - 1 >= self.context.min_steps:
@@ -287,21 +291,32 @@ class FillPlanner:
             current, count = below[0], count - 1
         return None
 
-    def holds_up(self, structure: dict[str, Any], k: int, best: TrialRecord, records: Sequence[TrialRecord]
-                 ) -> bool:
-        """Whether `structure` scored within noise of `best` at `k` evaluations with some family
-        (`selection.contends`, the rule that sends a candidate to the halving's first rung), on the largest sample
-        both were scored on (FID's bias depends on the sample: only like is compared with like). On the digits
-        U-Net at batch 16 and 20 % the best, DPM-Solver++ 3M with DeepCache every 4th step, scored FID 11.4 (128
-        samples) at 10 steps and 62 at 5, and the three other families at 5 steps then scored 198-433."""
+    def held_families(self, structure: dict[str, Any], k: int, best: TrialRecord, records: Sequence[TrialRecord]
+                      ) -> list[str]:
+        """The hand families with which `structure` held up at `k` evaluations: scored within noise of `best`
+        (`selection.contends`, the rule that sends a candidate to the halving's first rung) on the largest sample
+        both were scored on (FID's bias depends on the sample: only like is compared with like); the best by
+        evidence first. On the digits U-Net at batch 16 and 20 % the best, DPM-Solver++ 3M with DeepCache every
+        4th step, scored FID 11.4 (128 samples) at 10 steps and 62 at 5, and the three other families at 5 steps
+        then scored 198-433. Every family that held up is walked down, not only the leading one: within noise
+        the lead says little, and at 6 steps DPM-Solver++ 2M with int8 led with the uniform family (512-sample
+        FID 6.58 against quadratic's 6.70), which is worse with fewer steps, while quadratic is better (the
+        screening FID of 2M quadratic: 6.42 at 6 steps, 5.76 at 5; uniform 6.34, 7.00)."""
+        held: list[TrialRecord] = []
         for r in self.scored_at(structure, k, records):
             pairs = [(r.measurement.quality, best.measurement.quality)]
             if r.contender is not None and best.contender is not None and r.contender[0] == best.contender[0]:
                 pairs.insert(0, (r.contender[1], best.contender[1]))
             q, b = next(((q, b) for q, b in pairs if q is not None and b is not None), (None, None))
-            if q is not None and contends(q, b):
-                return True
-        return False
+            if q is not None and r.feasible(self.budget_s) and contends(q, b):
+                held.append(r)
+        families: list[str] = []
+        while (top := best_by_evidence(held, self.budget_s)) is not None:
+            family = top.params.get(schedule.FAMILY_PARAM)
+            if isinstance(family, str) and family != "free" and family not in families:
+                families.append(family)
+            held.remove(top)
+        return families
 
     def tried(self, params: dict[str, Any], family: str, steps: int) -> bool:
         """Whether the structure of `params` was tried (measured or not) with `family` at `steps`."""
