@@ -226,12 +226,11 @@ class FillPlanner:
         those steps: first each with its `hand_family`, once; then, for each that held up there
         (`held_families`), its other hand families; then the walks down from there (`walk_down`), each held
         structure's leading family first, then its other families that held up. Quality need not improve with
-        steps, how it turns depends on the solver's order, and
-        at few steps the family matters more (module docstring, *descend*). On the digits U-Net at batch 16 and
-        20 % the best was first-order (DPM-Solver++ 1M, better with more steps) and the loop's descent of it found
-        nothing, while the hand's best was UniPC-2 quadratic at 4 steps, a structure the loop had measured only at
-        its fill; scouted with its own family (uniform) at 5 steps, the second order scored FID 7.2 on 512 samples
-        against the best's 6.2."""
+        steps, how it turns depends on the solver's order, and at few steps the family matters more (module
+        docstring, *descend*). On the digits U-Net at batch 16 and 20 % the best was first-order (DPM-Solver++
+        1M, better with more steps) and the loop's descent of it found nothing, while the hand's best was UniPC-2
+        quadratic at 4 steps, a structure the loop had measured only at its fill; scouted with its own family
+        (uniform) at 5 steps, the second order scored FID 7.2 on 512 samples against the best's 6.2."""
         groups: dict[int | None, list[TrialRecord]] = {}
         for r in scored:
             solver = r.recipe.knobs.get("solver")
