@@ -23,17 +23,19 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      8.67 at 10, DPM-Solver++ 2M AYS 6.28 at 4 and 8.72 at 10, and the loop, filling 10-17 steps, picked
      DPM-Solver++ 3M at 10 steps (FID 4.14 +- 0.04 at 2000 samples) against the hand's 4 steps (3.77 +- 0.14).
      The descent starts (`scout`) with the best structure and the best structure of each other solver order,
-     each at half the steps it fills with its own family, before the hand families at the fill: how quality
-     turns with steps depends on the order (there, first-order solvers improved up to the fill, second-order
-     ones were best at 4), and the re-searched 20 % descended only its first-order best and found nothing. Once
-     a structure scores better below its fill than at more steps with one family (`count_for`), it is refined at
+     each at half the steps it fills (without the knobs that trade images for speed where that fills more,
+     `unbought`: it needs less speed there) with the family that scored best below a fill so far
+     (`look_family`; the first look with its own), before the hand families at the fill: how quality turns with
+     steps depends on the order (there, first-order solvers improved up to the fill, second-order ones were
+     best at 4), and the re-searched 20 % descended only its first-order best and found nothing. Right after
+     its look, a scouted structure's other hand families there are measured where it held up
+     (`held_families`: within noise of the best on the largest sample both were scored on); then it is walked
+     down one step at a time while each step scores better (`walk_down`), first with the family that led
+     there, then with each other family that held up there (within noise, the lead says little). Once a
+     structure scores better below its fill than at more steps with one family (`count_for`), it is refined at
      that step count: at 8 or fewer, first one step fewer at a time while that scores better (`step_below`, a
-     line search that stops one step past the turn), then its hand families and positions; past 8 it descends
-     again. A scouted structure's other hand families at half its fill are measured only where it held up
-     (`held_families`: within noise of the best on the largest sample both were scored on), and then it is
-     walked down one step at a time while each step scores better (`walk_down`), first with the family that
-     led there, then with each other family that held up there (within noise, the lead says little). Before
-     those,
+     line search that stops one step past the turn; then the same, `walk_down`, for each other family measured
+     there within noise of it), then its hand families and positions; past 8 it descends again. Before those,
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
      its fill where the prediction is within the noise floor of the budget, either side, once (`reach`: the
@@ -162,8 +164,11 @@ class FillPlanner:
             edge = self.reach(structure, model)
             if edge is not None and edge > k and family is not None:
                 return "probe", {**structure, **schedule.to_params(schedule.Config(family=family, steps=edge))}
-        elif refine <= MAX_FEW_STEPS:  # fewer steps scored better: one fewer, until it scores worse
-            lower = self.step_below(best, family, refine)
+        elif refine <= MAX_FEW_STEPS:  # fewer steps scored better: one fewer, until it scores worse; then the
+            lower = self.step_below(best, family, refine)  # same for each other family that held up there
+            for other in self.held_families(structure, refine, best, records):
+                if lower is None and other != family:
+                    lower = self.walk_down(structure, refine, records, other)
             if lower is not None:
                 return "descend", lower
         if refine > -(-k // 2):  # twins that fill more steps; none once half the steps or fewer scored better
@@ -223,9 +228,11 @@ class FillPlanner:
               records: Sequence[TrialRecord]) -> dict[str, Any] | None:
         """Past 8 steps, the best structure (at `refine`, its step count) and the best structure of each other
         solver order (by evidence, `best_by_evidence`; best-scored order first; at the step count it fills) at half
-        those steps: first each with its `hand_family`, once; then, for each that held up there
-        (`held_families`), its other hand families; then the walks down from there (`walk_down`), each held
-        structure's leading family first, then its other families that held up. Quality need not improve with
+        those steps, each without the knobs that trade images for speed (`unbought`) where that fills more:
+        each in turn, a look with the family of the best measured below its fill so far (`look_family`;
+        the first with its `hand_family`), once, and where that held up (`held_families`), its other hand
+        families there; then the walks down from there (`walk_down`), each held structure's leading family
+        first, then its other families that held up. Quality need not improve with
         steps, how it turns depends on the solver's order, and at few steps the family matters more (module
         docstring, *descend*). On the digits U-Net at batch 16 and 20 % the best was first-order (DPM-Solver++
         1M, better with more steps) and the loop's descent of it found nothing, while the hand's best was UniPC-2
@@ -240,31 +247,62 @@ class FillPlanner:
         leaders.sort(key=lambda r: r.score if r.score is not None else float("-inf"), reverse=True)
         halves: list[tuple[dict[str, Any], int, str]] = []  # (structure, half its steps, its family)
         for leader in [best, *leaders]:
-            structure = structure_params(leader.params)
-            count = refine if leader is best else self.steps_for(structure, model)
+            count = refine if leader is best else self.steps_for(structure_params(leader.params), model)
             family = self.hand_family(leader, records)
             if count is not None and count > MAX_FEW_STEPS and family is not None:
                 fewer = -(-count // 2)  # half the evaluations, rounded up
+                structure = self.unbought(leader.params)  # without the knobs that trade images for speed,
+                fits = self.steps_for(structure, model)  # where that is still below its own fill
+                if fits is None or fits <= fewer:
+                    structure = structure_params(leader.params)
                 if fewer >= self.context.min_steps:
                     halves.append((structure, fewer, family))
         trials = self.stored.study.get_trials(deepcopy=False)
-        for structure, fewer, family in halves:  # first a look at half the steps, each once
-            key = structure_key(structure)
+        for structure, fewer, family in halves:  # each in turn: a look at half the steps, once, then its other
+            key = structure_key(structure)  # families there where it held up
             if not any(structure_key(t.params) == key and evaluations(t.params, self.context.default_steps) <= fewer
                        for t in trials):
+                family = self.look_family(trials, records) or family
                 return {**structure, **schedule.to_params(schedule.Config(family=family, steps=fewer))}
+            families = self.held_families(structure, fewer, best, records)
+            if families and (untried := self.untried_family(structure, fewer, records, first=families[0])):
+                return untried
         held = [(structure, fewer, families) for structure, fewer, family in halves
                 if (families := self.held_families(structure, fewer, best, records))]
-        for structure, fewer, families in held:  # then the other families where the look held up
-            untried = self.untried_family(structure, fewer, records, first=families[0])
-            if untried is not None:
-                return untried
         for rank in range(len(self.families)):  # then down from there while that scores better: the family that
             for structure, fewer, families in held:  # led at the look first, then each other that held up there
                 if rank < len(families) and (lower := self.walk_down(structure, fewer, records,
                                                                      families[rank])) is not None:
                     return lower
         return None
+
+    def look_family(self, trials: Sequence[FrozenTrial], records: Sequence[TrialRecord]) -> str | None:
+        """The hand family of the best candidate (by evidence) measured below its fill so far (the scouts' looks
+        and walks, planned `descend`), or None before there is one: what a look at few steps measures first. At
+        few steps the family matters more than at the fill, and alike across solvers: on the digits U-Net at
+        batch 16 the screening FID at 5 steps was 5.76 quadratic against 7.00 uniform for DPM-Solver++ 2M, 6.90
+        against 7.91 for DDIM; at 4 steps UniPC-2 5.67 against 9.04. The loop had looked at 2M with its own
+        family, uniform, at 5 steps (FID 7.22 on 512 samples against the best's 6.36), which did not hold up,
+        after the first-order best's look had measured quadratic best of the four families at 6 steps."""
+        below = {t.number for t in trials if planned_as(t) == "descend"}
+        top = best_by_evidence([r for r in records if r.number in below
+                                and r.params.get(schedule.FAMILY_PARAM) not in (None, "free")], self.budget_s)
+        return None if top is None else str(top.params[schedule.FAMILY_PARAM])
+
+    def unbought(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The structure of `params` with every knob that trades images for speed turned off (those with an `off`
+        that do not keep the images: cache, quantization, pruning, guidance cut-off; compile and fused kernels
+        stay). Below its fill a structure needs less speed than such knobs bought for its fill, and they cost
+        quality most at few steps: on the digits U-Net at batch 16 and 20 % the loop looked at DPM-Solver++ 3M
+        with DeepCache every 4th step at 5 steps (FID 62 on 128 samples, against 11.4 at 10) and at DPM-Solver++
+        2M with DeepCache N=2 at 5 (15.6 against 12.0 at 10), while the screening FID of plain 2M quadratic is
+        5.76 at 5 steps and 8.10 at 10 (500 samples)."""
+        plain = dict(params)
+        for name in self.space:
+            knob = get_knob(name)
+            if knob.off is not None and not knob.keeps_images and knob.applies_to(self.context):
+                plain.update(knob.to_params(knob.off(self.context)))
+        return structure_params(drawn_params(plain, self.space, self.context))
 
     def walk_down(self, structure: dict[str, Any], start: int, records: Sequence[TrialRecord], family: str
                   ) -> dict[str, Any] | None:
