@@ -289,58 +289,103 @@ def test_each_family_that_held_up_at_half_the_fill_is_walked_down_not_only_the_o
     assert {5, 3} <= {k for f, k in mine if f == family}  # one step at a time, one past the best
 
 
-def test_a_look_below_the_fill_leaves_out_the_knobs_that_trade_images_for_speed(random_digits_handle):
-    # 250 ms: plain steps cost 20 ms, cached ones 10. The best is first-order at its fill; the second order's best
-    # is cached at 20 steps, within noise of it. Half of 20 steps needs no cache (10 plain steps fit), and the cache
-    # costs most at few steps: the second order's look at fewer steps is its structure without the cache.
+def _by_hand(handle, fid):
+    """A loop at 250 ms (plain steps cost 20 ms, cached ones 10) whose candidates are measured as they are
+    planned: `fid(order, cached, family, k)`. Returns `measure(params)` and `exploit(n)`, which measures up to `n`
+    of the loop's exploit candidates and returns them as `(kind, params)`."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     stored = StoredStudy(study)
     stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
                                     {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
-    ctx = context_for(random_digits_handle, SearchSettings(model="digits", budget=parse_budget("250ms"), space=SPACE,
-                                                           metric="fid", min_steps=2, max_steps=20))
+    ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget("250ms"), space=SPACE, metric="fid",
+                                             min_steps=2, max_steps=20))
     planner = FillPlanner(stored, ctx, 0.250, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
-                          scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
-                          space=SPACE)
-    space = SearchSpace(random_digits_handle, SPACE, ctx)
+                          scheduler=handle.pipeline.scheduler, higher_is_better=False, seed=0, space=SPACE)
+    space = SearchSpace(handle, SPACE, ctx)
 
-    def fid(order: int, cached: bool, k: int) -> float:
-        if order == 1:
-            return 5.0 + 6.0 / k
-        return 5.6 + 0.01 * abs(20 - k) + (3.0 if k < 10 else 0.0) if cached else 5.2 + 0.1 * abs(k - 5)
-
-    def measure(params: dict) -> None:
-        study.enqueue_trial(params)
+    def measure(params: dict, planned: str | None = None) -> None:
+        if planned is None:
+            study.enqueue_trial(params)
+        else:  # as the loop enqueues it (`FillPlanner._enqueue`): what it planned is stored with it
+            stored.enqueue(params, planned=planned)
 
         def objective(trial: optuna.Trial) -> list[float]:
             recipe = space.suggest(trial)
-            k, cached = recipe.knobs["schedule"].steps, recipe.knobs["cache"].interval > 1
-            latency = 0.010 + k * (0.010 if cached else 0.020)
-            q = QualityResult("fid", fid(recipe.knobs["solver"].order, cached, k), False, 32, stderr=0.3)
+            cfg, cached = recipe.knobs["schedule"], recipe.knobs["cache"].interval > 1
+            latency = 0.010 + cfg.steps * (0.010 if cached else 0.020)
+            q = QualityResult("fid", fid(recipe.knobs["solver"].order, cached, cfg.family, cfg.steps), False, 32,
+                              stderr=0.3)
             set_recipe(trial, recipe)
             set_measurement(trial, Measurement(latency_s=latency, quality=q, score=score(q)), 0.250)
             return [latency * 1000, q.value]
 
         study.optimize(objective, n_trials=1)
 
+    def exploit(n: int) -> list[tuple[str, dict]]:
+        planned_ones = []
+        for _ in range(n):
+            planned = planner.exploit(planner.model())
+            if planned is None:
+                break
+            planned_ones.append(planned)
+            measure(planned[1], planned[0])
+        return planned_ones
+
     warm = warm_start_params(SPACE, ctx)
+    return measure, exploit, warm
+
+
+def test_a_look_below_the_fill_leaves_out_the_knobs_that_trade_images_for_speed(random_digits_handle):
+    # The best is first-order at its fill (11 steps, 5.85); the second order's best is cached at 20 steps (5.9),
+    # within noise of it. Half of 20 steps needs no cache (10 plain steps fit), and the cache costs most at few
+    # steps: the second order's look at fewer steps is its structure without the cache. The first-order look (at
+    # 6 steps) measured quadratic best of the families there: the second order's look is with quadratic, not
+    # with its own uniform.
+    def fid(order: int, cached: bool, family: str, k: int) -> float:
+        if order == 1:
+            return 5.0 + 6.0 / k + (0.0 if family == "quadratic" else 0.3)
+        return 5.9 + 0.01 * abs(20 - k) + (3.0 if k < 10 else 0.0) if cached else 5.2 + 0.1 * abs(k - 5)
+
+    measure, exploit, warm = _by_hand(random_digits_handle, fid)
     first = next(p for p in warm if p["solver.name"] == "dpmpp" and p.get("solver.dpmpp.order") == 1)
     cached = next(p for p in warm if p.get("cache_interval", 1) > 1)
-    assert cached.get("solver.dpmpp.order") == 2
+    assert cached.get("solver.dpmpp.order") == 2 and cached[schedule.FAMILY_PARAM] == "uniform"
     measure({**first, schedule.STEPS_PARAM: 11})
     measure({**cached, schedule.STEPS_PARAM: 20})
-    looks = []
-    for _ in range(30):
-        planned = planner.exploit(planner.model())
-        if planned is None:
-            break
-        if planned[0] == "descend":
-            looks.append(planned[1])
-        measure(planned[1])
+    planned = exploit(30)
+    looks = [params for kind, params in planned if kind == "descend"]
+    firsts = [p for p in looks if p.get("solver.dpmpp.order") == 1]
+    assert {p[schedule.FAMILY_PARAM] for p in firsts if p[schedule.STEPS_PARAM] == 6} >= {"uniform", "quadratic"}
     second = [p for p in looks if p.get("solver.dpmpp.order") == 2]
     assert second and all(p["cache_interval"] == 1 for p in second)
     assert second[0][schedule.STEPS_PARAM] == 10  # half of 20, which 10 + 10 x 20 ms fits without the cache
-    assert {p[schedule.STEPS_PARAM] for p in second} >= {6, 5, 4}  # and walked down to where it is best
+    assert second[0][schedule.FAMILY_PARAM] == "quadratic"  # the family that scored best below a fill
+    assert {p[schedule.STEPS_PARAM] for p in second} >= {5, 4}  # and on down to where it is best, one past
+
+
+def test_at_the_bests_own_count_each_family_within_noise_of_it_is_walked_down(random_digits_handle):
+    # DPM-Solver++ 2M scores best with AYS at 5 steps (5.0; 7.5 at 10, 5.5 at 4); quadratic there is within
+    # noise (5.3) and better with fewer steps (4.7 at 4). Walking down only the best's own family stops at 5.
+    def fid(order: int, cached: bool, family: str, k: int) -> float:
+        if order == 1:
+            return 6.0 + 6.0 / k
+        if family == "ays":
+            return 5.0 + 0.5 * abs(k - 5)
+        return 4.7 + 0.6 * abs(k - 4) + (0.0 if family == "quadratic" else 2.0)
+
+    measure, exploit, warm = _by_hand(random_digits_handle, fid)
+    ays = next(p for p in warm if p.get("solver.dpmpp.order") == 2 and p[schedule.FAMILY_PARAM] == "ays"
+               and p.get("cache_interval", 1) == 1)
+    first = next(p for p in warm if p["solver.name"] == "dpmpp" and p.get("solver.dpmpp.order") == 1)
+    measure({**first, schedule.STEPS_PARAM: 11})
+    measure({**ays, schedule.STEPS_PARAM: 10})
+    measure({**ays, schedule.STEPS_PARAM: 5})
+    planned = exploit(20)
+    mine = [(p[schedule.FAMILY_PARAM], p[schedule.STEPS_PARAM]) for kind, p in planned
+            if kind == "descend" and p.get("solver.dpmpp.order") == 2]
+    assert ("ays", 4) in mine  # its own family, one step fewer: worse, the walk stops
+    assert ("quadratic", 4) in mine and ("quadratic", 3) in mine  # measured at 5 within noise, walked down
+    assert ("ays", 2) not in mine  # AYS at 4 was within noise of the best there: walked, and it stopped at 3
 
 
 def test_no_hedge_when_the_best_is_well_inside_the_budget(loop):
