@@ -166,9 +166,10 @@ class FillPlanner:
                 return "probe", {**structure, **schedule.to_params(schedule.Config(family=family, steps=edge))}
         elif refine <= MAX_FEW_STEPS:  # fewer steps scored better: one fewer, until it scores worse; then the
             lower = self.step_below(best, family, refine)  # same for each other family that held up there
-            for other in self.held_families(structure, refine, best, records):
-                if lower is None and other != family:
-                    lower = self.walk_down(structure, refine, records, other)
+            if lower is None:
+                lower = next((walk for other in self.held_families(structure, refine, best, records)
+                              if other != family
+                              and (walk := self.walk_down(structure, refine, records, other)) is not None), None)
             if lower is not None:
                 return "descend", lower
         if refine > -(-k // 2):  # twins that fill more steps; none once half the steps or fewer scored better
@@ -258,6 +259,7 @@ class FillPlanner:
                 if fewer >= self.context.min_steps:
                     halves.append((structure, fewer, family))
         trials = self.stored.study.get_trials(deepcopy=False)
+        held: list[tuple[dict[str, Any], int, list[str]]] = []  # (structure, its look's steps, families held up)
         for structure, fewer, family in halves:  # each in turn: a look at half the steps, once, then its other
             key = structure_key(structure)  # families there where it held up
             if not any(structure_key(t.params) == key and evaluations(t.params, self.context.default_steps) <= fewer
@@ -265,10 +267,10 @@ class FillPlanner:
                 family = self.look_family(trials, records) or family
                 return {**structure, **schedule.to_params(schedule.Config(family=family, steps=fewer))}
             families = self.held_families(structure, fewer, best, records)
-            if families and (untried := self.untried_family(structure, fewer, records, first=families[0])):
-                return untried
-        held = [(structure, fewer, families) for structure, fewer, family in halves
-                if (families := self.held_families(structure, fewer, best, records))]
+            if families:
+                if (untried := self.untried_family(structure, fewer, records, first=families[0])) is not None:
+                    return untried
+                held.append((structure, fewer, families))
         for rank in range(len(self.families)):  # then down from there while that scores better: the family that
             for structure, fewer, families in held:  # led at the look first, then each other that held up there
                 if rank < len(families) and (lower := self.walk_down(structure, fewer, records,

@@ -313,7 +313,6 @@ import autoeff
 from autoeff.budget import parse_budget
 from autoeff.export import export_pipeline
 from autoeff.recipe import Recipe
-from autoeff.storage import check_storage
 from autoeff.search import context_for
 from autoeff.settings import SearchSettings
 handle = autoeff.load_model("digits")

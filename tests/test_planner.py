@@ -291,8 +291,8 @@ def test_each_family_that_held_up_at_half_the_fill_is_walked_down_not_only_the_o
 
 def _by_hand(handle, fid):
     """A loop at 250 ms (plain steps cost 20 ms, cached ones 10) whose candidates are measured as they are
-    planned: `fid(order, cached, family, k)`. Returns `measure(params)` and `exploit(n)`, which measures up to `n`
-    of the loop's exploit candidates and returns them as `(kind, params)`."""
+    planned: `fid(order, cached, family, k)`. Returns `measure(params)`, `exploit(n)`, which measures up to `n`
+    of the loop's exploit candidates and returns them as `(kind, params)`, and the warm starts' params."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     stored = StoredStudy(study)
     stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
