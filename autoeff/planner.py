@@ -39,7 +39,8 @@ quantization, pruning, guidance, kernels, compile) and the schedule's shape. Tri
      when the best sits at the budget's edge (its measured latency within `selection.NEAR_BUDGET` noise floors
      of the budget), a *hedge*: the same candidate one step fewer; a *probe*: the best's structure one step past
      its fill where the prediction is within the noise floor of the budget, either side, once (`reach`: the
-     margin is for a guess, and a step count timed within the budget fills it, `LatencyModel.steps_that_fill`);
+     margin is for a guess, and a step count whose timings have their median within the budget fills it,
+     `LatencyModel.steps_that_fill`);
      then a *transfer*: the best's structure with a knob that keeps the images (`Knob.keeps_images`: compile,
      fused kernels) set otherwise, with the best's schedule family at the step count that structure fills (or
      reaches, as the probe) -- first its `typical` setting when that twin was never measured, then a measured
