@@ -130,8 +130,8 @@ class Prediction:
 class _Fit:
     fixed_s: float
     per_eval_s: float
-    # per evaluation count timed for the structure: every latency timed there (trials and re-times)
-    timed_s: Mapping[int, Sequence[float]] = field(default_factory=dict)
+    # per evaluation count timed for the structure: the median of the latencies timed there (trials and re-times)
+    timed_s: Mapping[int, float] = field(default_factory=dict)
 
     def latency(self, evals: int) -> float:
         return self.fixed_s + self.per_eval_s * evals
@@ -205,7 +205,8 @@ class LatencyModel:
         timed: dict[int, list[float]] = {}
         for p in pts:
             timed.setdefault(p.evals, []).append(p.latency_s)
-        return _Fit(fixed_s=fixed, per_eval_s=max(per_eval, floor), timed_s=timed)
+        return _Fit(fixed_s=fixed, per_eval_s=max(per_eval, floor),
+                    timed_s={evals: statistics.median(times) for evals, times in timed.items()})
 
     def _fit_weights(self, by_key: Mapping[str, Sequence[LatencyPoint]]) -> None:
         """Ridge regression of log(per_eval / calibration's) on the structures' parameter indicators."""
@@ -290,8 +291,7 @@ class LatencyModel:
         margin = self.margin if basis != "similar" else max(self.margin, self.rel_error(basis))
         k = fit.most_evals(budget_s / (1.0 + margin), low, high)
         if basis == "measured":
-            timed = [min(e, high) for e, times in fit.timed_s.items() if statistics.median(times) <= budget_s
-                     and e >= low]
+            timed = [min(e, high) for e, median in fit.timed_s.items() if median <= budget_s and e >= low]
             k = max([k, *timed]) if k is not None else max(timed, default=None)
         return k
 
