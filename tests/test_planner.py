@@ -66,22 +66,26 @@ def _fid(timesteps: list[int], cached: bool, steps: str, order: int = 1, family:
             + by_count)
 
 
-@pytest.fixture
-def loop(random_digits_handle, request):
-    param = getattr(request, "param", BUDGET)
-    budget, min_steps, steps_shape = (*param, "more")[:3] if isinstance(param, tuple) else (param, 2, "more")
-    settings = SearchSettings(model="digits", budget=parse_budget(f"{budget * 1000:g}ms"), space=SPACE, metric="fid",
-                              min_steps=min_steps, max_steps=20)
-    ctx = context_for(random_digits_handle, settings)
-    space = SearchSpace(random_digits_handle, SPACE, ctx)
+def _planner(handle, budget_s: float, space_names: list[str] = SPACE, min_steps: int = 2):
+    """A budget-filling loop at `budget_s` over `space_names` (2-20 steps or `min_steps`-20) on a new in-memory
+    study whose calibration says 10 ms + 20 ms per step: `(study, stored, context, planner, search space)`."""
     study = optuna.create_study(directions=["minimize", "minimize"])
     stored = StoredStudy(study)
     stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
                                     {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
+    ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget(f"{budget_s * 1000:g}ms"),
+                                             space=space_names, metric="fid", min_steps=min_steps, max_steps=20))
+    planner = FillPlanner(stored, ctx, budget_s, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
+                          scheduler=handle.pipeline.scheduler, higher_is_better=False, seed=0, space=space_names)
+    return study, stored, ctx, planner, SearchSpace(handle, space_names, ctx)
+
+
+@pytest.fixture
+def loop(random_digits_handle, request):
+    param = getattr(request, "param", BUDGET)
+    budget, min_steps, steps_shape = (*param, "more")[:3] if isinstance(param, tuple) else (param, 2, "more")
+    study, stored, ctx, planner, space = _planner(random_digits_handle, budget, min_steps=min_steps)
     stored.set_warm_starts(warm_start_params(SPACE, ctx, fit_steps=9))
-    planner = FillPlanner(stored, ctx, budget, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
-                          scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
-                          space=SPACE)
     study.sampler = FillSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, constant_liar=False), planner)
     drawn: list[tuple[int, int | None]] = []  # sampler-drawn trials: (steps used, steps the model fills)
 
@@ -293,15 +297,7 @@ def _by_hand(handle, fid):
     """A loop at 250 ms (plain steps cost 20 ms, cached ones 10) whose candidates are measured as they are
     planned: `fid(order, cached, family, k)`. Returns `measure(params)`, `exploit(n)`, which measures up to `n`
     of the loop's exploit candidates and returns them as `(kind, params)`, and the warm starts' params."""
-    study = optuna.create_study(directions=["minimize", "minimize"])
-    stored = StoredStudy(study)
-    stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
-                                    {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
-    ctx = context_for(handle, SearchSettings(model="digits", budget=parse_budget("250ms"), space=SPACE, metric="fid",
-                                             min_steps=2, max_steps=20))
-    planner = FillPlanner(stored, ctx, 0.250, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
-                          scheduler=handle.pipeline.scheduler, higher_is_better=False, seed=0, space=SPACE)
-    space = SearchSpace(handle, SPACE, ctx)
+    study, stored, ctx, planner, space = _planner(handle, 0.250)
 
     def measure(params: dict, planned: str | None = None) -> None:
         if planned is None:
@@ -444,16 +440,7 @@ def test_exploit_gives_the_best_schedule_the_steps_a_knob_that_keeps_the_images_
     # measures the compiled twin, and once it is timed at 14 ms a step (the same score, so it is the best now),
     # runs the best's schedule there at the 6 steps it fills (10 + 6 x 14 = 94 ms, under 100 / 1.02)
     names = [*SPACE, "compile"]
-    study = optuna.create_study(directions=["minimize", "minimize"])
-    stored = StoredStudy(study)
-    stored.set_latency_calibration([{"evals": 6, "latency_s": 0.130}, {"evals": 2, "latency_s": 0.050},
-                                    {"evals": 6, "latency_s": 0.130}])  # 10 ms + 20 ms per step
-    ctx = context_for(random_digits_handle, SearchSettings(model="digits", budget=parse_budget("100ms"), space=names,
-                                                           metric="fid", min_steps=2, max_steps=20))
-    planner = FillPlanner(stored, ctx, BUDGET, model=lambda: LatencyModel.from_study(stored, ctx.default_steps),
-                          scheduler=random_digits_handle.pipeline.scheduler, higher_is_better=False, seed=0,
-                          space=names)
-    space = SearchSpace(random_digits_handle, names, ctx)
+    study, _, ctx, planner, space = _planner(random_digits_handle, BUDGET, names)
 
     def measure(params: dict, per_step: float) -> None:
         study.enqueue_trial(params)
